@@ -1,0 +1,256 @@
+"""The only module that knows open_clip: load a frozen CLIP and expose what prompt learning needs.
+
+Prompt learning needs a text forward that starts from token embeddings (open_clip's
+`encode_text` takes token ids only). `Backbone.encode_text_embeddings` runs the same layers
+as `encode_text` on given embeddings, for both of open_clip's text-tower layouts (the classic
+CLIP attributes on the model, and the `model.text` TextTransformer of the custom-text
+models). Because the text mask is causal and the pooled token is the [EOS], every position
+after the last [EOS] of a batch changes nothing: the batch is cut there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+import torch.nn.functional as F
+
+from .errors import UserError, close_matches
+
+TINY = "groupcoop-tiny"
+RANDOM = "random"
+_CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+
+
+def _asset(name: str) -> Path:
+    return Path(str(resources.files("groupcoop") / "assets" / name))
+
+
+def tiny_weights_path() -> Path:
+    return _asset(f"{TINY}.safetensors")
+
+
+def _register_tiny_config() -> None:
+    import open_clip
+
+    if TINY not in open_clip.list_models():
+        open_clip.add_model_config(_asset(f"{TINY}.json"))
+
+
+def available_backbones() -> list[str]:
+    """Architecture names open_clip knows, plus the bundled tiny CLIP."""
+    import open_clip
+
+    _register_tiny_config()
+    return sorted(set(open_clip.list_models()))
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def _looks_like_file(pretrained: str) -> bool:
+    return pretrained.endswith(_CHECKPOINT_SUFFIXES) or "/" in pretrained or pretrained.startswith(".")
+
+
+def _resolve_weights(name: str, pretrained: str | None) -> tuple[str | None, str]:
+    """Check name + pretrained before building anything; return (open_clip pretrained arg, identity)."""
+    import open_clip
+
+    if name.startswith(("hf-hub:", "local-dir:")):
+        return None, name
+    known = available_backbones()
+    if name not in known:
+        raise UserError(
+            f"unknown backbone '{name}'{close_matches(name, known)}; "
+            f"use an open_clip architecture (`groupcoop backbones` lists them), an hf-hub: id or {TINY}"
+        )
+    if pretrained is None:
+        if name == TINY:
+            return str(tiny_weights_path()), f"{TINY}@{_file_digest(tiny_weights_path())}"
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        raise UserError(
+            f"backbone '{name}' needs --pretrained: a tag ({', '.join(tags) or 'none published'}), "
+            f"a checkpoint file, or '{RANDOM}' for random weights"
+        )
+    if pretrained == RANDOM:
+        return None, f"{name}@random"
+    if _looks_like_file(pretrained):
+        path = Path(pretrained).expanduser()
+        if not path.is_file():
+            raise UserError(f"checkpoint file not found: {path}; pass an existing .safetensors/.pt file or a pretrained tag")
+        if not pretrained.endswith(_CHECKPOINT_SUFFIXES):
+            raise UserError(f"checkpoint {path} has an unknown suffix; use .safetensors (preferred), .pt, .pth or .bin")
+        return str(path), f"{name}@file:{_file_digest(path)}"
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    if pretrained not in tags:
+        raise UserError(
+            f"unknown pretrained tag '{pretrained}' for {name}{close_matches(pretrained, tags)}; "
+            f"available: {', '.join(tags) or 'none (pass a checkpoint file or random)'}"
+        )
+    return pretrained, f"{name}@{pretrained}"
+
+
+@dataclass
+class TextTower:
+    """The text-side modules of either open_clip layout, under one set of names."""
+
+    token_embedding: torch.nn.Embedding
+    positional_embedding: torch.Tensor
+    transformer: torch.nn.Module
+    attn_mask: torch.Tensor | None
+    ln_final: torch.nn.Module
+    text_projection: torch.nn.Module | torch.Tensor | None
+    pool_type: str
+    eos_id: int | None
+    cls_emb: torch.Tensor | None
+    extra_mask: bool  # pad or CLS masks depend on token ids: no cut, no embedding path shortcut
+
+
+def _text_tower(model) -> TextTower:
+    if hasattr(model, "text"):
+        t = model.text
+        if not hasattr(t, "positional_embedding"):
+            raise UserError(
+                f"the text tower {type(t).__name__} is not supported for prompt learning; "
+                "use a CLIP model with an open_clip text transformer"
+            )
+        return TextTower(
+            t.token_embedding, t.positional_embedding, t.transformer, t.attn_mask, t.ln_final,
+            t.text_projection, t.pool_type, getattr(t, "eos_id", None), t.cls_emb,
+            bool(t.use_pad_mask or t.cls_emb is not None),
+        )
+    return TextTower(
+        model.token_embedding, model.positional_embedding, model.transformer, model.attn_mask,
+        model.ln_final, model.text_projection, getattr(model, "text_pool_type", "argmax"),
+        getattr(model, "text_eos_id", None), None, False,
+    )
+
+
+class Backbone:
+    """A frozen open_clip model with image encoding and an embedding-level text forward."""
+
+    def __init__(self, model, preprocess, tokenizer, name: str, identity: str):
+        self.model = model.eval().requires_grad_(False)
+        self.preprocess = preprocess
+        self.tokenizer = tokenizer
+        self.name = name
+        self.identity = identity
+        self.text = _text_tower(model)
+        if self.text.extra_mask:
+            raise UserError(f"backbone {name}: text towers with padding or CLS masks are not supported for prompt learning")
+
+    @property
+    def device(self) -> torch.device:
+        return self.text.positional_embedding.device
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.encode_text(["a"]).shape[-1])
+
+    @property
+    def context_length(self) -> int:
+        return int(self.text.positional_embedding.shape[0])
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.model.logit_scale.exp())
+
+    def to(self, device) -> "Backbone":
+        self.model.to(device)
+        self.text = _text_tower(self.model)
+        return self
+
+    def parameter_count(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        return self.tokenizer(texts).to(self.device)
+
+    def token_embeddings(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.text.token_embedding(ids.to(self.device))
+
+    def pool_positions(self, ids: torch.Tensor) -> torch.Tensor:
+        """Index of the pooled token per sequence (the [EOS] for argmax/eos pooling)."""
+        if self.text.pool_type == "argmax":
+            return ids.argmax(dim=-1)
+        if self.text.pool_type == "eos":
+            return (ids == self.text.eos_id).int().argmax(dim=-1)
+        if self.text.pool_type == "last":
+            return torch.full((ids.shape[0],), ids.shape[1] - 1, dtype=torch.long, device=ids.device)
+        return torch.zeros(ids.shape[0], dtype=torch.long, device=ids.device)
+
+    def encode_text_embeddings(self, x: torch.Tensor, pool_at: torch.Tensor, cut: bool = True) -> torch.Tensor:
+        """Text features from token embeddings `x` (B, L, W); equals `encode_text` on the same tokens.
+
+        `pool_at` (B,) is where the pooled token sits (`pool_positions`). With `cut`, the
+        sequence stops after the last pooled position of the batch: the causal mask makes
+        later positions irrelevant to earlier ones.
+        """
+        t = self.text
+        length = x.shape[1]
+        if cut and t.attn_mask is not None and t.pool_type in ("argmax", "eos"):
+            length = int(pool_at.max()) + 1
+            x = x[:, :length]
+        cast = t.transformer.get_cast_dtype() if hasattr(t.transformer, "get_cast_dtype") else x.dtype
+        x = x.to(cast) + t.positional_embedding[:length].to(cast)
+        mask = t.attn_mask[:length, :length] if t.attn_mask is not None else None
+        x = t.transformer(x, attn_mask=mask)
+        x = t.ln_final(x)
+        if t.pool_type == "last":
+            pooled = x[:, -1]
+        elif t.pool_type == "first":
+            pooled = x[:, 0]
+        else:
+            pooled = x[torch.arange(x.shape[0], device=x.device), pool_at]
+        if t.text_projection is not None:
+            pooled = t.text_projection(pooled) if isinstance(t.text_projection, torch.nn.Module) else pooled @ t.text_projection
+        return pooled
+
+    @torch.inference_mode()
+    def encode_text(self, texts: list[str], normalize: bool = False) -> torch.Tensor:
+        ids = self.tokenize(texts)
+        out = self.encode_text_embeddings(self.token_embeddings(ids), self.pool_positions(ids))
+        return F.normalize(out, dim=-1) if normalize else out
+
+    @torch.inference_mode()
+    def encode_images(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """Image features for a preprocessed batch (B, 3, H, W)."""
+        out = self.model.encode_image(images.to(self.device))
+        return F.normalize(out, dim=-1) if normalize else out
+
+
+def load_backbone(name: str, pretrained: str | None = None, device: str | torch.device = "cpu") -> Backbone:
+    """Load a frozen CLIP by open_clip name + tag, local checkpoint, `hf-hub:` id, or the bundled tiny model.
+
+    `pretrained='random'` builds the architecture with seeded random weights (tests, benchmarks).
+    """
+    import open_clip
+
+    weights, identity = _resolve_weights(name, pretrained)
+    torch.manual_seed(0)  # random-init weights are part of the identity: keep them reproducible
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            name, pretrained=weights, device=device, weights_only=True
+        )
+    except RuntimeError as err:
+        if "size mismatch" in str(err) or "Missing key" in str(err) or "Unexpected key" in str(err):
+            raise UserError(f"checkpoint {weights} does not fit architecture {name}: {str(err).splitlines()[0]}") from None
+        raise
+    tokenizer = open_clip.get_tokenizer(name)
+    return Backbone(model, preprocess, tokenizer, name, identity)
+
+
+def describe_models() -> SimpleNamespace:
+    """Names and tags for `groupcoop backbones`."""
+    import open_clip
+
+    return SimpleNamespace(models=available_backbones(), pretrained=open_clip.list_pretrained())
