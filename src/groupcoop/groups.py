@@ -1,0 +1,371 @@
+"""Group labelers (gt | zeroshot | kmeans | pseudo) behind one interface, and a quality report.
+
+A labeler gives each image a value index for every bias attribute; groups are then the
+class x the product of all attributes, numbered with `group_index` (a1 least significant).
+Every labeler except `gt` works PER CLASS: each class's images are labelled on their own,
+because a bias value ("on water") looks different for each class and groups never cross
+classes.
+
+- `gt`: the dataset's own bias labels.
+- `zeroshot`: argmax of the caller's zero-shot scores `attr_scores[j]` (n, n_values_j),
+  cosine similarities to "a photo of a {class} {value phrase}".
+- `kmeans`: K-means on the class's image features. Cluster ids carry no names, so they are
+  returned raw (they are NOT aligned with value names); judge them with `quality`, which
+  matches predicted to true groups one-to-one before counting. With several attributes it
+  clusters once into prod(sizes) clusters and writes each id as mixed-radix digits (one per
+  attribute): clustering the same features once per attribute would give every attribute
+  the same split and leave most product groups empty.
+- `pseudo` (the default when labels are missing): the zero-shot assignments seed a
+  clustering of the class's features, so groups follow the image geometry but keep the
+  names the prompts gave them (cluster v starts at the zero-shot centroid of value v).
+  Variants, chosen by `variant=` (default `DEFAULT_PSEUDO_VARIANT`):
+    `kmeans` - K-means initialised at the zero-shot centroids;
+    `gmm`    - diagonal Gaussian mixture whose means, weights and variances start from the
+               zero-shot assignment;
+    `blend`  - K-means (zero-shot init) on features concatenated with the zero-shot score
+               vector, scaled to weigh `BLEND_WEIGHT` times the features' spread.
+
+A class with fewer images than clusters cannot be clustered: `pseudo` falls back to
+zero-shot there and `kmeans` gives each image its own cluster. Everything is deterministic
+for a given seed (estimators get `random_state=seed`; no global RNG is touched).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Mapping, NamedTuple, Sequence
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+from sklearn.cluster import KMeans
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+from sklearn.mixture import GaussianMixture
+
+from .data.base import group_index
+from .errors import UserError, close_matches
+
+KMEANS_N_INIT = 10  # restarts for plain `kmeans` (fixed so results do not depend on sklearn's default)
+DEFAULT_PSEUDO_VARIANT = "kmeans"  # the lead picks this by experiment; see PSEUDO_VARIANTS
+BLEND_WEIGHT = 0.25  # `blend`: score block's spread relative to the features' spread
+
+_MISSING_SCORES = (
+    "the '{method}' group labeler needs zero-shot scores for every bias attribute: give the "
+    "dataset's attribute phrases or pass --bias-prompts \"on land,on water\" "
+    "(or use --groups gt / kmeans)"
+)
+
+
+class ClassPart(NamedTuple):
+    """One class's images for one attribute: what a per-class labeler sees."""
+
+    feats: np.ndarray | None  # (m, d) float64, or None when the labeler needs none
+    scores: np.ndarray | None  # (m, size) zero-shot scores, or None
+    truth: np.ndarray | None  # (m,) true value indices (gt only), or None
+    size: int  # number of attribute values
+    k: int  # number of clusters to make (== size except for kmeans with `clusters`)
+    seed: int
+    variant: str
+
+
+@dataclass(frozen=True)
+class Labeler:
+    """A named way to label one class's images with one attribute's value indices."""
+
+    name: str
+    label: Callable[[ClassPart], np.ndarray]
+    needs_scores: bool = False
+    needs_truth: bool = False
+    needs_feats: bool = False
+    joint: bool = False  # True: label all attributes at once (unnamed clusters: kmeans)
+    doc: str = ""
+
+
+# ---------------------------------------------------------------- per-class labelers
+
+
+def _zeroshot(part: ClassPart) -> np.ndarray:
+    return np.argmax(part.scores, axis=1)
+
+
+def _gt(part: ClassPart) -> np.ndarray:
+    return part.truth
+
+
+def _kmeans(part: ClassPart) -> np.ndarray:
+    m = len(part.feats)
+    if m < part.k:  # too few images to cluster: each image is its own cluster
+        return np.arange(m)
+    return _fit_kmeans(part.feats, part.k, "k-means++", KMEANS_N_INIT, part.seed)
+
+
+def _zeroshot_centroids(x: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Mean of the images zero-shot assigns to each value; for a value that gets none, the
+    image scoring highest for it (so every cluster starts somewhere sensible)."""
+    assigned = np.argmax(scores, axis=1)
+    centroids = np.empty((scores.shape[1], x.shape[1]))
+    for v in range(scores.shape[1]):
+        members = assigned == v
+        centroids[v] = x[members].mean(axis=0) if members.any() else x[np.argmax(scores[:, v])]
+    return centroids
+
+
+def _fit_kmeans(x: np.ndarray, k: int, init, n_init: int, seed: int) -> np.ndarray:
+    with warnings.catch_warnings():  # duplicate points / empty clusters are not errors here
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model = KMeans(n_clusters=k, init=init, n_init=n_init, random_state=seed)
+        return model.fit_predict(x)
+
+
+def _pseudo_kmeans(x: np.ndarray, scores: np.ndarray, seed: int) -> np.ndarray:
+    """K-means started at the zero-shot centroids: cluster v keeps value v's name."""
+    return _fit_kmeans(x, scores.shape[1], _zeroshot_centroids(x, scores), 1, seed)
+
+
+def _pseudo_gmm(x: np.ndarray, scores: np.ndarray, seed: int) -> np.ndarray:
+    """Diagonal Gaussian mixture whose means, weights and variances start from the zero-shot
+    assignment (component v = value v)."""
+    k = scores.shape[1]
+    assigned = np.argmax(scores, axis=1)
+    counts = np.bincount(assigned, minlength=k)
+    floor = 1e-3 * x.var(axis=0).mean() + 1e-12  # keeps tiny components from collapsing
+    var = np.tile(x.var(axis=0), (k, 1))  # fallback for values with < 2 images
+    for v in np.flatnonzero(counts >= 2):
+        var[v] = x[assigned == v].var(axis=0)
+    model = GaussianMixture(
+        n_components=k,
+        covariance_type="diag",
+        reg_covar=floor,
+        means_init=_zeroshot_centroids(x, scores),
+        weights_init=(counts + 1) / (counts.sum() + k),
+        precisions_init=1.0 / (var + floor),
+        random_state=seed,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return model.fit(x).predict(x)
+
+
+def _pseudo_blend(x: np.ndarray, scores: np.ndarray, seed: int) -> np.ndarray:
+    """Zero-shot-initialised K-means on [features, scaled scores]: the prompts keep a say
+    in the clustering, not only in its start."""
+    s = scores - scores.mean(axis=1, keepdims=True)  # only differences between values matter
+    feat_spread = np.sqrt(((x - x.mean(axis=0)) ** 2).sum(axis=1).mean())
+    score_spread = np.sqrt(((s - s.mean(axis=0)) ** 2).sum(axis=1).mean())
+    if score_spread > 0:
+        s = s * (BLEND_WEIGHT * feat_spread / score_spread)
+    return _pseudo_kmeans(np.hstack([x, s]), scores, seed)
+
+
+PSEUDO_VARIANTS: dict[str, Callable[[np.ndarray, np.ndarray, int], np.ndarray]] = {
+    "kmeans": _pseudo_kmeans,
+    "gmm": _pseudo_gmm,
+    "blend": _pseudo_blend,
+}
+
+
+def _pseudo(part: ClassPart) -> np.ndarray:
+    if len(part.feats) < part.size:  # too few images to cluster: keep the zero-shot names
+        return _zeroshot(part)
+    return PSEUDO_VARIANTS[part.variant](part.feats, part.scores, part.seed)
+
+
+LABELERS: dict[str, Labeler] = {
+    "gt": Labeler("gt", _gt, needs_truth=True, doc="the dataset's own bias labels"),
+    "zeroshot": Labeler("zeroshot", _zeroshot, needs_scores=True, doc="argmax of zero-shot scores"),
+    "kmeans": Labeler(
+        "kmeans", _kmeans, needs_feats=True, joint=True,
+        doc="per-class K-means on image features; raw cluster ids (unnamed)",
+    ),
+    "pseudo": Labeler(
+        "pseudo", _pseudo, needs_scores=True, needs_feats=True,
+        doc="zero-shot-seeded clustering of image features (see PSEUDO_VARIANTS)",
+    ),
+}
+
+
+# ---------------------------------------------------------------- the one interface
+
+
+def _per_attribute(value, k: int, what: str) -> list:
+    """An int/None for all attributes, or one entry per attribute."""
+    if value is None or np.isscalar(value):
+        return [value] * k
+    value = list(value)
+    if len(value) != k:
+        raise UserError(f"{what} has {len(value)} entries but there are {k} bias attributes")
+    return value
+
+
+def group_sizes(method: str, attr_sizes: Sequence[int], clusters=None) -> list[int]:
+    """The radix of each attribute in the group index: the attribute sizes, except for
+    `kmeans` with `clusters` set, where each attribute has that many clusters."""
+    if method != "kmeans":
+        return [int(s) for s in attr_sizes]
+    return [int(c or s) for c, s in zip(_per_attribute(clusters, len(attr_sizes), "clusters"), attr_sizes)]
+
+
+def assign_attributes(
+    method: str,
+    feats: np.ndarray | None,
+    y: np.ndarray,
+    attr_sizes: Sequence[int],
+    attr_scores: Sequence[np.ndarray] | None = None,
+    clusters: int | Sequence[int | None] | None = None,
+    seed: int = 0,
+    *,
+    attrs: np.ndarray | None = None,
+    variant: str | None = None,
+) -> np.ndarray:
+    """Value index per image and attribute, (n, k) int64, labelled class by class.
+
+    `attr_scores[j]` (n, attr_sizes[j]) are zero-shot scores (zeroshot, pseudo); `attrs`
+    (n, k) true labels (gt); `clusters` overrides the cluster count of `kmeans` (int or one
+    per attribute); `variant` picks the `pseudo` variant (ignored by other methods).
+    """
+    if method not in LABELERS:
+        raise UserError(
+            f"unknown group labeler '{method}'{close_matches(method, LABELERS)}; "
+            f"choose one of: {', '.join(LABELERS)}"
+        )
+    labeler = LABELERS[method]
+    variant = variant or DEFAULT_PSEUDO_VARIANT
+    if method == "pseudo" and variant not in PSEUDO_VARIANTS:
+        raise UserError(
+            f"unknown pseudo-group variant '{variant}'{close_matches(variant, PSEUDO_VARIANTS)}; "
+            f"choose one of: {', '.join(PSEUDO_VARIANTS)}"
+        )
+    y = np.asarray(y, dtype=np.int64)
+    n, n_attrs = len(y), len(attr_sizes)
+
+    if labeler.needs_scores:
+        if attr_scores is None or len(attr_scores) == 0:
+            raise UserError(_MISSING_SCORES.format(method=method))
+        attr_scores = [np.asarray(s, dtype=np.float64) for s in attr_scores]
+        if len(attr_scores) != n_attrs:
+            raise UserError(f"got zero-shot scores for {len(attr_scores)} bias attributes but the dataset has {n_attrs}")
+        for j, (s, size) in enumerate(zip(attr_scores, attr_sizes)):
+            if s.shape != (n, size):
+                raise UserError(f"zero-shot scores for bias attribute {j} have shape {s.shape}; expected ({n}, {size}): one prompt per value")
+    if labeler.needs_truth:
+        if attrs is None:
+            raise UserError("--groups gt needs the dataset's bias labels; this dataset has none, use --groups pseudo")
+        attrs = np.asarray(attrs, dtype=np.int64).reshape(n, n_attrs)
+        if (attrs < 0).any():
+            raise UserError("--groups gt needs a bias label on every image, but some are missing; use --groups pseudo")
+    if labeler.needs_feats:
+        if feats is None:
+            raise ValueError(f"the '{method}' group labeler needs image features")
+        feats = np.asarray(feats, dtype=np.float64)
+        if len(feats) != n:
+            raise ValueError(f"feats has {len(feats)} rows but y has {n}")
+
+    ks = group_sizes(method, attr_sizes, clusters)
+    out = np.zeros((n, n_attrs), dtype=np.int64)
+    for c in np.unique(y):
+        rows = np.flatnonzero(y == c)
+        if labeler.joint:  # one clustering into prod(ks) ids, split into per-attribute digits
+            part = ClassPart(feats[rows], None, None, 0, int(np.prod(ks)), seed, variant)
+            ids = labeler.label(part)
+            for j, k in enumerate(ks):
+                ids, out[rows, j] = np.divmod(ids, k)
+            continue
+        for j in range(n_attrs):
+            part = ClassPart(
+                feats=feats[rows] if labeler.needs_feats else None,
+                scores=attr_scores[j][rows] if labeler.needs_scores else None,
+                truth=attrs[rows, j] if labeler.needs_truth else None,
+                size=int(attr_sizes[j]),
+                k=ks[j],
+                seed=seed,
+                variant=variant,
+            )
+            out[rows, j] = labeler.label(part)
+    return out
+
+
+def assign_groups(
+    method: str,
+    feats: np.ndarray | None,
+    y: np.ndarray,
+    attr_sizes: Sequence[int],
+    attr_scores: Sequence[np.ndarray] | None = None,
+    clusters: int | Sequence[int | None] | None = None,
+    seed: int = 0,
+    *,
+    attrs: np.ndarray | None = None,
+    variant: str | None = None,
+) -> np.ndarray:
+    """Group index per image: class x product of the attributes from `assign_attributes`
+    (radices from `group_sizes`, so kmeans with extra clusters never collides)."""
+    a = assign_attributes(
+        method, feats, y, attr_sizes, attr_scores, clusters, seed, attrs=attrs, variant=variant
+    )
+    return group_index(y, a, group_sizes(method, attr_sizes, clusters))
+
+
+# ---------------------------------------------------------------- quality report
+
+
+def quality(
+    true_groups: np.ndarray,
+    pred_groups: np.ndarray,
+    names: Sequence[str] | Mapping[int, str] | None = None,
+) -> dict:
+    """How well predicted groups agree with true ones (rows with a true group < 0 are skipped).
+
+    `accuracy` counts agreement under the best one-to-one matching of predicted to true
+    groups (Hungarian), so unnamed cluster ids are judged fairly; `named_accuracy` is plain
+    equality (meaningful when ids share the true naming: gt, zeroshot, pseudo). Per true
+    group: its matched predicted group `pred` (None if unmatched), sizes, precision, recall.
+    """
+    t = np.asarray(true_groups, dtype=np.int64)
+    p = np.asarray(pred_groups, dtype=np.int64)
+    if t.shape != p.shape:
+        raise ValueError(f"true_groups {t.shape} and pred_groups {p.shape} differ in shape")
+    keep = t >= 0
+    t, p = t[keep], p[keep]
+    if len(t) == 0:
+        raise ValueError("no rows with a true group to compare against")
+
+    t_ids, t_inv = np.unique(t, return_inverse=True)
+    p_ids, p_inv = np.unique(p, return_inverse=True)
+    table = np.zeros((len(t_ids), len(p_ids)), dtype=np.int64)
+    np.add.at(table, (t_inv, p_inv), 1)
+    rows, cols = linear_sum_assignment(table, maximize=True)
+    match = dict(zip(rows.tolist(), cols.tolist()))
+
+    groups = []
+    for i, g in enumerate(t_ids.tolist()):
+        n_true = int(table[i].sum())
+        if i in match:
+            jcol = match[i]
+            hit, n_pred, pred = int(table[i, jcol]), int(table[:, jcol].sum()), int(p_ids[jcol])
+        else:
+            hit, n_pred, pred = 0, 0, None
+        groups.append({
+            "group": g,
+            "name": _name(names, g),
+            "pred": pred,
+            "n_true": n_true,
+            "n_pred": n_pred,
+            "precision": hit / n_pred if n_pred else 0.0,
+            "recall": hit / n_true,
+        })
+    return {
+        "accuracy": float(table[rows, cols].sum() / len(t)),
+        "named_accuracy": float(np.mean(t == p)),
+        "nmi": float(normalized_mutual_info_score(t, p)),
+        "ari": float(adjusted_rand_score(t, p)),
+        "n": int(len(t)),
+        "groups": groups,
+    }
+
+
+def _name(names, g: int) -> str:
+    if names is None:
+        return str(g)
+    if isinstance(names, Mapping):
+        return str(names.get(g, g))
+    return str(names[g]) if 0 <= g < len(names) else str(g)

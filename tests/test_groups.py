@@ -1,0 +1,176 @@
+"""Group labelers and their quality report, on synthetic Gaussian blobs (no CLIP needed).
+
+Each class's images sit around a class centre; each bias value adds its own direction, so
+the true attribute is a cluster in feature space. Zero-shot scores are a noisy version of
+the truth: the right value wins for about 75% of the images.
+"""
+
+import json
+
+import numpy as np
+import pytest
+
+from groupcoop.data.base import group_index
+from groupcoop.errors import UserError
+from groupcoop.groups import (
+    LABELERS,
+    PSEUDO_VARIANTS,
+    assign_attributes,
+    assign_groups,
+    group_sizes,
+    quality,
+)
+
+
+def blobs(n=300, d=32, sizes=(2,), n_classes=2, sep=1.0, correct=0.75, seed=0):
+    """Features (n, d) L2-normalised, y, true attrs (n, k) and noisy zero-shot scores."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, n_classes, n)
+    attrs = np.stack([rng.integers(0, s, n) for s in sizes], axis=1)
+    feats = rng.normal(size=(n, d)) + sep * rng.normal(size=(n_classes, d))[y]
+    scores = []
+    for j, s in enumerate(sizes):
+        feats += sep * rng.normal(size=(n_classes, s, d))[y, attrs[:, j]]
+        wrong = rng.random(n) > correct
+        said = np.where(wrong, (attrs[:, j] + rng.integers(1, s, n)) % s, attrs[:, j])
+        scores.append(0.25 + 0.05 * np.eye(s)[said] + 0.01 * rng.normal(size=(n, s)))
+    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+    return feats.astype(np.float32), y, attrs, scores
+
+
+def true_groups(y, attrs, sizes):
+    return group_index(y, attrs, list(sizes))
+
+
+def test_table_names():
+    assert set(LABELERS) == {"gt", "zeroshot", "kmeans", "pseudo"}
+    assert {"kmeans", "gmm"} <= set(PSEUDO_VARIANTS)
+
+
+def test_zeroshot_is_argmax():
+    feats, y, _, scores = blobs()
+    out = assign_attributes("zeroshot", feats, y, [2], scores)
+    assert out.shape == (len(y), 1)
+    np.testing.assert_array_equal(out[:, 0], scores[0].argmax(axis=1))
+
+
+def test_gt_returns_labels():
+    feats, y, attrs, _ = blobs(sizes=(2, 3))
+    np.testing.assert_array_equal(assign_attributes("gt", feats, y, [2, 3], attrs=attrs), attrs)
+    with pytest.raises(UserError):
+        assign_attributes("gt", feats, y, [2, 3])
+
+
+def test_kmeans_recovers_separated_clusters():
+    feats, y, attrs, _ = blobs(sep=3.0)
+    pred = assign_groups("kmeans", feats, y, [2])
+    assert quality(true_groups(y, attrs, [2]), pred)["accuracy"] > 0.95
+
+
+def test_kmeans_several_attributes_fills_the_product():
+    """One clustering per class into prod(sizes) clusters, not the same split twice."""
+    feats, y, attrs, _ = blobs(n=400, sizes=(2, 2), sep=3.0)
+    pred = assign_groups("kmeans", feats, y, [2, 2])
+    assert len(np.unique(pred)) == 8
+    assert quality(true_groups(y, attrs, [2, 2]), pred)["accuracy"] > 0.95
+
+
+def test_kmeans_extra_clusters_do_not_collide():
+    feats, y, _, _ = blobs()
+    assert group_sizes("kmeans", [2], clusters=5) == [5]
+    pred = assign_groups("kmeans", feats, y, [2], clusters=5)
+    assert pred.max() < 2 * 5 and len(np.unique(pred)) == 10
+    assert np.all(pred // 5 == y)  # groups never cross classes
+
+
+@pytest.mark.parametrize("variant", sorted(PSEUDO_VARIANTS))
+def test_pseudo_beats_noisy_zeroshot(variant):
+    feats, y, attrs, scores = blobs(sep=1.0)
+    truth = true_groups(y, attrs, [2])
+    zs = quality(truth, assign_groups("zeroshot", feats, y, [2], scores))
+    ps = quality(truth, assign_groups("pseudo", feats, y, [2], scores, variant=variant))
+    assert zs["named_accuracy"] < 0.85
+    # pseudo keeps the prompts' names: agreement without any matching improves
+    assert ps["named_accuracy"] > zs["named_accuracy"] + 0.1
+    assert ps["named_accuracy"] > 0.95
+
+
+def test_two_attributes_combine_into_product_index():
+    feats, y, attrs, scores = blobs(sizes=(2, 3))
+    a = assign_attributes("zeroshot", feats, y, [2, 3], scores)
+    g = assign_groups("zeroshot", feats, y, [2, 3], scores)
+    np.testing.assert_array_equal(g, y * 6 + a[:, 0] + 2 * a[:, 1])
+    pseudo = assign_groups("pseudo", feats, y, [2, 3], scores)
+    assert pseudo.min() >= 0 and pseudo.max() < 2 * 6
+    assert quality(true_groups(y, attrs, [2, 3]), pseudo)["named_accuracy"] > 0.9
+
+
+def test_few_images_per_class_degrade_gracefully():
+    """A 10-valued attribute with classes of 3 images: no crash, zero-shot names kept."""
+    feats, y, _, _ = blobs(n=6, sizes=(2,), n_classes=2)
+    rng = np.random.default_rng(1)
+    scores = [rng.normal(size=(6, 10))]
+    pseudo = assign_attributes("pseudo", feats, y, [10], scores)
+    np.testing.assert_array_equal(pseudo[:, 0], scores[0].argmax(axis=1))
+    kmeans = assign_attributes("kmeans", feats, y, [10])
+    assert kmeans.shape == (6, 1) and kmeans.max() < 10
+    gmm = assign_attributes("pseudo", feats, y, [3], [s[:, :3] for s in scores], variant="gmm")
+    assert gmm.shape == (6, 1) and gmm.max() < 3
+
+
+def test_empty_zeroshot_value_still_gets_a_cluster():
+    """A value no image scores highest for starts at its best-scoring image instead."""
+    feats, y, attrs, scores = blobs(sep=3.0)
+    s = scores[0].copy()
+    s[:, 1] -= 1.0  # zero-shot never picks value 1 ...
+    s[:, 1] += 0.5 * (attrs[:, 0] == 1)  # ... but ranks true value-1 images highest for it
+    pred = assign_groups("pseudo", feats, y, [2], [s])
+    assert quality(true_groups(y, attrs, [2]), pred)["named_accuracy"] > 0.95
+
+
+def test_quality_permuted_labelling_is_perfect():
+    feats, y, attrs, _ = blobs(sizes=(2, 2))
+    truth = true_groups(y, attrs, [2, 2])
+    perm = np.random.default_rng(0).permutation(8) + 100
+    q = quality(truth, perm[truth])
+    assert q["accuracy"] == 1.0 and q["nmi"] == pytest.approx(1.0) and q["ari"] == pytest.approx(1.0)
+    assert all(g["precision"] == 1.0 and g["recall"] == 1.0 for g in q["groups"])
+
+
+def test_quality_json_shape():
+    truth = np.array([0, 0, 1, 1, 1, 2, -1])
+    pred = np.array([5, 5, 5, 7, 7, 9, 3])
+    q = quality(truth, pred, names=["a", "b", "c"])
+    json.dumps(q)  # plain Python values only
+    assert {"accuracy", "nmi", "ari", "groups"} <= set(q)
+    assert all(type(q[k]) is float for k in ("accuracy", "nmi", "ari"))
+    assert q["accuracy"] == pytest.approx(5 / 6)  # the -1 row is skipped
+    g = q["groups"]
+    assert [x["group"] for x in g] == [0, 1, 2] and [x["name"] for x in g] == ["a", "b", "c"]
+    assert {"group", "name", "n_true", "n_pred", "precision", "recall"} <= set(g[0])
+    assert g[1]["n_true"] == 3 and g[1]["n_pred"] == 2 and g[1]["precision"] == 1.0
+    assert g[1]["recall"] == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize("method", ["zeroshot", "pseudo"])
+def test_missing_scores_is_a_user_error(method):
+    feats, y, _, _ = blobs()
+    with pytest.raises(UserError, match="--bias-prompts"):
+        assign_attributes(method, feats, y, [2])
+
+
+def test_bad_names_and_shapes_are_user_errors():
+    feats, y, _, scores = blobs()
+    with pytest.raises(UserError, match="pseudo"):
+        assign_groups("psuedo", feats, y, [2], scores)
+    with pytest.raises(UserError, match="variant"):
+        assign_groups("pseudo", feats, y, [2], scores, variant="nope")
+    with pytest.raises(UserError, match="expected"):
+        assign_groups("zeroshot", feats, y, [3], scores)
+
+
+@pytest.mark.parametrize("method,variant", [("kmeans", None)] + [("pseudo", v) for v in sorted(PSEUDO_VARIANTS)])
+def test_same_seed_same_output(method, variant):
+    feats, y, _, scores = blobs(sizes=(2, 2), sep=0.5)
+    run = lambda seed: assign_groups(method, feats, y, [2, 2], scores, seed=seed, variant=variant)
+    np.testing.assert_array_equal(run(3), run(3))
