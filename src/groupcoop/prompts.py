@@ -1,0 +1,103 @@
+"""Learnable prompts: `[SOS] [V1..VM] <name> . [EOS]` with M context vectors per prompt.
+
+One prompt per class (CoOp) or per (class, group) (GroupCoOp). The context is either shared
+by all prompts or one per prompt. Initialisation from a phrase places the phrase's token
+embeddings in the last slots (random N(0, 0.02) before them when M is longer than the
+phrase). The name part stays frozen text, so a group prompt can carry its attribute words
+("round shape on water"). Text features come through the backbone's embedding path, cut
+after the last [EOS].
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .errors import UserError
+
+FORMAT = "groupcoop-prompts/1"
+
+
+class PromptLearner(nn.Module):
+    def __init__(self, backbone, names: list[str], n_ctx: int = 16, init: str | None = "a photo of a",
+                 shared: bool = False, generator: torch.Generator | None = None):
+        super().__init__()
+        self.backbone = backbone
+        self.names = list(names)
+        self.n_ctx = n_ctx
+        self.init = init
+        self.shared = shared
+        width = backbone.text.token_embedding.weight.shape[1]
+        placeholder = " ".join(["X"] * n_ctx)
+        ids = backbone.tokenize([f"{placeholder} {name}." for name in names])
+        pool_at = backbone.pool_positions(ids)
+        if int(pool_at.max()) >= ids.shape[1] - 1 and backbone.text.pool_type != "last":
+            raise UserError(f"prompt too long for the text encoder's {ids.shape[1]} tokens; use a smaller --n-ctx")
+        with torch.no_grad():
+            embedded = backbone.token_embeddings(ids)
+        length = int(pool_at.max()) + 1 if backbone.text.pool_type in ("argmax", "eos") else ids.shape[1]
+        self.register_buffer("prefix", embedded[:, :1].clone(), persistent=False)
+        self.register_buffer("suffix", embedded[:, 1 + n_ctx:length].clone(), persistent=False)
+        self.register_buffer("pool_at", pool_at, persistent=False)
+        ctx = torch.empty(1 if shared else len(names), n_ctx, width, device=self.prefix.device)
+        nn.init.normal_(ctx, std=0.02, generator=generator)
+        if init:
+            phrase = backbone.tokenize([init])
+            k = int(backbone.pool_positions(phrase)[0]) - 1  # tokens between [SOS] and [EOS]
+            if k > n_ctx:
+                raise UserError(f"--ctx-init '{init}' has {k} tokens but --n-ctx is {n_ctx}; raise --n-ctx or shorten the phrase")
+            with torch.no_grad():
+                ctx[:, n_ctx - k:] = backbone.token_embeddings(phrase)[0, 1:1 + k]
+        self.ctx = nn.Parameter(ctx)
+
+    def forward(self) -> torch.Tensor:
+        """Text features (P, D), not normalised."""
+        ctx = self.ctx.expand(len(self.names), -1, -1)
+        x = torch.cat([self.prefix, ctx, self.suffix], dim=1)
+        return self.backbone.encode_text_embeddings(x, self.pool_at, cut=True)
+
+    def trainable_parameters(self) -> int:
+        return self.ctx.numel()
+
+    # -- saving and loading; safetensors + JSON, never pickle ------------------------------
+
+    def metadata(self, extra: dict | None = None) -> dict:
+        return {"format": FORMAT, "backbone": self.backbone.identity, "names": self.names, "n_ctx": self.n_ctx,
+                "init": self.init, "shared": self.shared, **(extra or {})}
+
+    def save(self, folder: Path, extra: dict | None = None) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file({"ctx": self.ctx.detach().cpu().contiguous()}, str(folder / "prompts.safetensors"))
+        (folder / "prompts.json").write_text(json.dumps(self.metadata(extra), indent=1))
+
+
+def load_prompts(folder: Path, backbone, expect_classes: list[str] | None = None) -> tuple[PromptLearner, dict]:
+    """Learned prompts from a run folder, checked against the backbone and class list."""
+    folder = Path(folder)
+    meta_path, weights_path = folder / "prompts.json", folder / "prompts.safetensors"
+    if not meta_path.is_file() or not weights_path.is_file():
+        raise UserError(f"no learned prompts in {folder}: expected prompts.json and prompts.safetensors from `groupcoop train`")
+    try:
+        meta = json.loads(meta_path.read_text())
+        ctx = load_file(str(weights_path))["ctx"]
+    except (ValueError, KeyError, SafetensorError, OSError) as err:
+        raise UserError(f"cannot read prompts in {folder}: {err}; re-run `groupcoop train`") from None
+    if meta.get("format") != FORMAT:
+        raise UserError(f"{meta_path} is not a groupcoop prompts file (format {meta.get('format')!r})")
+    if meta["backbone"] != backbone.identity:
+        raise UserError(f"prompts in {folder} were learned on backbone {meta['backbone']}, not {backbone.identity}; "
+                        "load them with that backbone or train new ones")
+    if expect_classes is not None and meta.get("classes") != list(expect_classes):
+        raise UserError(f"prompts in {folder} are for classes {meta.get('classes')}, not {list(expect_classes)}; "
+                        "use prompts trained on this dataset")
+    learner = PromptLearner(backbone, meta["names"], n_ctx=meta["n_ctx"], init=None, shared=meta["shared"])
+    if tuple(ctx.shape) != tuple(learner.ctx.shape):
+        raise UserError(f"prompts in {folder} have context shape {tuple(ctx.shape)}, expected {tuple(learner.ctx.shape)}")
+    with torch.no_grad():
+        learner.ctx.copy_(ctx.to(learner.ctx.device))
+    return learner, meta
