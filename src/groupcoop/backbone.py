@@ -11,6 +11,7 @@ after the last [EOS] of a batch changes nothing: the batch is cut there.
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -237,6 +238,9 @@ def load_backbone(name: str, pretrained: str | None = None, device: str | torch.
 
     weights, identity = _resolve_weights(name, pretrained)
     torch.manual_seed(0)  # random-init weights are part of the identity: keep them reproducible
+    quiet = logging.getLogger()
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # open_clip warns on purpose-built random init
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(
             name, pretrained=weights, device=device, weights_only=True
@@ -245,6 +249,8 @@ def load_backbone(name: str, pretrained: str | None = None, device: str | torch.
         if "size mismatch" in str(err) or "Missing key" in str(err) or "Unexpected key" in str(err):
             raise UserError(f"checkpoint {weights} does not fit architecture {name}: {str(err).splitlines()[0]}") from None
         raise
+    finally:
+        quiet.setLevel(level)
     tokenizer = open_clip.get_tokenizer(name)
     return Backbone(model, preprocess, tokenizer, name, identity)
 

@@ -268,3 +268,33 @@ def run_report(metrics: dict) -> str:
         parts.append(f"pseudo-group agreement with true train groups: accuracy {100 * q['accuracy']:.1f}  "
                      f"NMI {q['nmi']:.3f}  ARI {q['ari']:.3f}")
     return "\n".join(parts)
+
+
+def write_groups(prep: Prepared, out: Path, method: str, seed: int = 0, bias_prompts=None, clusters=None,
+                 variant: str | None = None) -> str:
+    """Label the training split with a labeler; write groups.csv and quality.json; return a summary."""
+    import pandas as pd
+
+    ds = prep.dataset
+    plan = plan_groups(prep, method, seed, bias_prompts, clusters, variant=variant)
+    rows = ds.split_indices("train")
+    table = pd.DataFrame({"index": rows, "y": ds.y[rows], "group": plan.train,
+                          "group_name": [plan.names[g] for g in plan.train]})
+    if ds.has_group_labels:
+        table["true_group"] = ds.groups[rows]
+    quality = plan.quality or {"note": "the dataset has no bias labels to compare with"}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_text(out / "groups.csv", table.to_csv(index=False))
+    _atomic_text(out / "quality.json", json.dumps(quality, indent=1) + "\n")
+    if plan.quality:
+        q = plan.quality
+        return (f"{method} groups on {ds.name} train ({len(rows)} images): accuracy {100 * q['accuracy']:.1f}  "
+                f"NMI {q['nmi']:.3f}  ARI {q['ari']:.3f}; wrote {out}/groups.csv and quality.json")
+    return f"{method} groups on {ds.name} train ({len(rows)} images); no true groups to compare; wrote {out}/groups.csv"
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)

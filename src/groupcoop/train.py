@@ -109,8 +109,8 @@ def train_prompts(recipe, hp: dict, learner: PromptLearner, train: SplitData, va
             pred = predict(learner(), val.feats.to(device), n_classes, aggregate)
         acc, _ = group_accuracies(pred, val.y, val.groups, n_val_groups)
         score = (float(np.nanmin(acc)), float(np.mean(pred == val.y)))
-        history.append({"epoch": epoch, "loss": float(loss), "val_worst_group_acc": score[0], "val_avg_acc": score[1]})
-        log(f"  epoch {epoch + 1:3d}/{hp['epochs']}  loss {float(loss):.4f}  val worst-group {100 * score[0]:.1f}  "
+        history.append({"epoch": epoch, "loss": loss.item(), "val_worst_group_acc": score[0], "val_avg_acc": score[1]})
+        log(f"  epoch {epoch + 1:3d}/{hp['epochs']}  loss {loss.item():.4f}  val worst-group {100 * score[0]:.1f}  "
             f"avg {100 * score[1]:.1f}")
         if score > best:
             best, best_epoch, stale = score, epoch, 0

@@ -18,6 +18,7 @@ from .celeba import load_celeba
 from .csv_dataset import load_csv
 from .multiceleba import load_multiceleba
 from .subpopbench import load_subpopbench
+from .synthetic import TASKS, make_task_dataset
 from .waterbirds import load_waterbirds
 
 
@@ -63,6 +64,19 @@ LOADERS: dict[str, LoaderSpec] = {
         "attr_values=, attr_phrases=, split_col=",
     ),
 }
+
+
+def _synthetic_loader(task: str) -> Callable[..., GroupDataset]:
+    def load(root=None, seed: int = 0) -> GroupDataset:
+        return make_task_dataset(task, seed=int(seed))
+
+    return load
+
+
+LOADERS.update({
+    name: LoaderSpec(_synthetic_loader(name), f"built-in synthetic world, {task.description} (no --root)", needs_root=False)
+    for name, task in TASKS.items()
+})
 
 
 def _check_options(name: str, loader: Callable, options: dict) -> None:

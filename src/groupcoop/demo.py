@@ -1,0 +1,131 @@
+"""`groupcoop demo`: zero-shot vs CoOp vs GroupCoOp on a synthetic task with the bundled tiny CLIP.
+
+Features are extracted once (and cached); each method and seed is a normal run folder under
+OUT/<method>/seed-<k>/. OUT/summary.json maps each method to its metrics.json content (seed 0)
+with an `over_seeds` block of means and standard deviations; OUT/report.txt holds the table
+that is printed, and OUT/report.png a per-group bar chart.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .backbone import TINY
+from .data.synthetic import make_task_dataset
+from .errors import UserError
+from .pipeline import prepare, run_method, run_report, write_run
+
+METHODS = ("zeroshot", "coop", "groupcoop")
+HEADLINE = ("avg_acc", "worst_group_acc", "unbiased_acc")
+
+
+def _mean_std(values: list[float]) -> dict:
+    return {"mean": float(np.mean(values)), "std": float(np.std(values)), "values": [float(v) for v in values]}
+
+
+def summarise(runs: dict[str, list[dict]]) -> dict:
+    """{method: metrics of seed 0 + over_seeds {split: {metric: mean/std/values, groups: [...]}}}."""
+    summary = {}
+    for method, per_seed in runs.items():
+        entry = json.loads(json.dumps(per_seed[0]))
+        entry.pop("history", None)
+        over = {"seeds": [m["seed"] for m in per_seed]}
+        for split in per_seed[0]["splits"]:
+            block = {k: _mean_std([m["splits"][split][k] for m in per_seed]) for k in HEADLINE}
+            block["groups"] = [
+                {"name": g["name"], "acc": _mean_std([m["splits"][split]["groups"][i]["acc"] for m in per_seed])}
+                for i, g in enumerate(per_seed[0]["splits"][split]["groups"])
+            ]
+            over[split] = block
+        entry["over_seeds"] = over
+        summary[method] = entry
+    return summary
+
+
+def comparison_table(summary: dict, split: str = "test") -> str:
+    """Methods as rows: average, worst-group, unbiased and per-group accuracy (percent, mean ± std)."""
+    n_seeds = len(next(iter(summary.values()))["over_seeds"]["seeds"])
+    fmt = (lambda s: f"{100 * s['mean']:.1f} ± {100 * s['std']:.1f}") if n_seeds > 1 else (lambda s: f"{100 * s['mean']:.1f}")
+    first = next(iter(summary.values()))["over_seeds"][split]
+    cols = ["method", "average", "worst-group", "unbiased"] + [g["name"] for g in first["groups"]]
+    rows = []
+    for method, entry in summary.items():
+        o = entry["over_seeds"][split]
+        rows.append([method, fmt(o["avg_acc"]), fmt(o["worst_group_acc"]), fmt(o["unbiased_acc"])]
+                    + [fmt(g["acc"]) for g in o["groups"]])
+    widths = [max(len(str(r[i])) for r in rows + [cols]) for i in range(len(cols))]
+    line = lambda r: "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
+    out = [line(cols), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in rows]
+    seeds = f"{n_seeds} seeds, mean ± std" if n_seeds > 1 else "1 seed"
+    return f"{split} split, accuracy in % ({seeds}):\n" + "\n".join(out)
+
+
+def _plot(summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = list(summary)
+    groups = [g["name"] for g in summary[methods[0]]["over_seeds"]["test"]["groups"]]
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    width = 0.8 / len(methods)
+    for i, m in enumerate(methods):
+        accs = [100 * g["acc"]["mean"] for g in summary[m]["over_seeds"]["test"]["groups"]]
+        errs = [100 * g["acc"]["std"] for g in summary[m]["over_seeds"]["test"]["groups"]]
+        ax.bar(np.arange(len(groups)) + i * width, accs, width, yerr=errs, label=m)
+    ax.set_xticks(np.arange(len(groups)) + width * (len(methods) - 1) / 2, groups, fontsize=8)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title("per-group test accuracy")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run_demo(out: Path, seeds: int = 1, task: str = "synth-waterbirds", cache_dir=None, workers=None,
+             progress: bool = True, log=print) -> dict:
+    from .data.synthetic import TASKS
+
+    if task not in TASKS:
+        raise UserError(f"unknown synthetic task '{task}'; choose one of: {', '.join(TASKS)}")
+    if out.exists() and any(out.iterdir()) and not (out / "summary.json").is_file():
+        raise UserError(f"{out} is not empty and holds no demo; choose another --out")
+    dataset = make_task_dataset(task)
+    log(f"groupcoop demo: {task} ({dataset.info['description']}), backbone {TINY}")
+    prep = prepare(dataset, TINY, cache_dir=cache_dir, workers=workers, progress=progress)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        runs: dict[str, list[dict]] = {}
+        for method in METHODS:
+            for seed in range(seeds):
+                metrics, learner = run_method(prep, method, seed=seed, log=lambda s: None)
+                config = {"dataset": task, "backbone": TINY, "method": method, "groups": metrics["groups_source"],
+                          "seed": seed, "hyperparameters": metrics["hyperparameters"]}
+                write_run(tmp / method / f"seed-{seed}", config, metrics, learner, run_report(metrics))
+                runs.setdefault(method, []).append(metrics)
+                test = metrics["splits"]["test"]
+                log(f"  {method:<10} seed {seed}: test worst-group {100 * test['worst_group_acc']:.1f}  "
+                    f"average {100 * test['avg_acc']:.1f}")
+        summary = summarise(runs)
+        table = comparison_table(summary)
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+        (tmp / "report.txt").write_text(table + "\n")
+        _plot(summary, tmp / "report.png")
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    log("")
+    log(table)
+    log(f"\nwrote {out}/summary.json, {out}/report.txt, {out}/report.png and one run folder per method and seed")
+    return summary
