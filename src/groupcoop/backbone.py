@@ -245,10 +245,14 @@ def load_backbone(name: str, pretrained: str | None = None, device: str | torch.
         model, _, preprocess = open_clip.create_model_and_transforms(
             name, pretrained=weights, device=device, weights_only=True
         )
-    except RuntimeError as err:
-        if "size mismatch" in str(err) or "Missing key" in str(err) or "Unexpected key" in str(err):
-            raise UserError(f"checkpoint {weights} does not fit architecture {name}: {str(err).splitlines()[0]}") from None
+    except (RuntimeError, AssertionError, KeyError, ValueError) as err:
+        if weights and Path(weights).is_file():
+            first = (str(err).splitlines() or [type(err).__name__])[0]
+            raise UserError(f"checkpoint {weights} does not fit architecture {name}: {first}") from None
         raise
+    except OSError as err:  # hub downloads: no network, no cache
+        raise UserError(f"could not fetch weights {name} {pretrained or ''}: {str(err).splitlines()[0]}; download them "
+                        "where there is network access and pass the file with --pretrained") from None
     finally:
         quiet.setLevel(level)
     tokenizer = open_clip.get_tokenizer(name)

@@ -1,0 +1,112 @@
+"""The backbone layer: the embedding-level text forward must be encode_text, for every family we claim."""
+
+import json
+
+import open_clip
+import pytest
+import torch
+
+from groupcoop.backbone import TINY, load_backbone
+from groupcoop.errors import UserError
+
+TEXTS = ["a photo of a dog.", "x", "a much longer prompt, with several words and punctuation, to check the cut"]
+
+
+def _assert_matches_encode_text(bb, texts=TEXTS):
+    ids = bb.tokenize(texts)
+    with torch.no_grad():
+        reference = bb.model.encode_text(ids)
+        for cut in (True, False):
+            ours = bb.encode_text_embeddings(bb.token_embeddings(ids), bb.pool_positions(ids), cut=cut)
+            assert (ours - reference).abs().max().item() <= 1e-5, f"{bb.name} cut={cut}"
+
+
+@pytest.mark.parametrize("name", ["RN50", "RN101", "ViT-B-32", "ViT-B-16", "ViT-L-14"])
+def test_embedding_path_equals_encode_text(name):
+    _assert_matches_encode_text(load_backbone(name, "random"))
+
+
+@pytest.fixture(scope="module")
+def custom_text_configs(tmp_path_factory):
+    """Small CustomTextCLIP configs (model.text layout) with each pooling type."""
+    folder = tmp_path_factory.mktemp("configs")
+    vision = {"image_size": 32, "layers": 1, "width": 64, "head_width": 32, "patch_size": 8}
+    variants = {
+        "test-custom-argmax": {},
+        "test-custom-eos": {"pool_type": "eos", "eos_id": 49407},
+        "test-custom-last-bidirectional": {"pool_type": "last", "no_causal_mask": True},
+    }
+    for name, extra in variants.items():
+        text = {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2, **extra}
+        (folder / f"{name}.json").write_text(json.dumps({"embed_dim": 32, "custom_text": True,
+                                                         "vision_cfg": vision, "text_cfg": text}))
+    open_clip.add_model_config(folder)
+    return list(variants)
+
+
+def test_custom_text_tower_layouts(custom_text_configs):
+    for name in custom_text_configs:
+        bb = load_backbone(name, "random")
+        assert hasattr(bb.model, "text")
+        _assert_matches_encode_text(bb)
+
+
+def test_cut_shortens_the_sequence():
+    bb = load_backbone(TINY)
+    ids = bb.tokenize(["a red circle"])
+    seen = {}
+
+    def record(module, args):
+        seen["len"] = args[0].shape[1]
+
+    hook = bb.text.transformer.register_forward_pre_hook(record)
+    with torch.no_grad():
+        bb.encode_text_embeddings(bb.token_embeddings(ids), bb.pool_positions(ids), cut=True)
+    hook.remove()
+    assert seen["len"] == int(bb.pool_positions(ids)[0]) + 1 < ids.shape[1]
+
+
+def test_tiny_loads_bundled_weights_and_is_frozen():
+    bb = load_backbone(TINY)
+    assert bb.identity.startswith(f"{TINY}@")
+    assert not any(p.requires_grad for p in bb.model.parameters())
+    assert 5_000_000 < bb.parameter_count() < 10_000_000
+    images = torch.zeros(2, 3, 32, 32)
+    assert bb.encode_images(images).shape == (2, bb.embed_dim)
+
+
+def test_random_weights_are_reproducible():
+    a, b = load_backbone("RN50", "random"), load_backbone("RN50", "random")
+    assert torch.equal(a.encode_text(["a dog"]), b.encode_text(["a dog"]))
+
+
+@pytest.mark.parametrize("name,pretrained,expect", [
+    ("ViT-B-61", "openai", "unknown backbone 'ViT-B-61' (did you mean: ViT-B-16"),
+    ("ViT-B-32", "opneai", "unknown pretrained tag 'opneai' for ViT-B-32 (did you mean: openai"),
+    ("ViT-B-32", "/nonexistent/weights.safetensors", "checkpoint file not found"),
+    ("ViT-B-32", None, "needs --pretrained"),
+])
+def test_bad_backbone_input(name, pretrained, expect):
+    with pytest.raises(UserError, match=expect.replace("(", r"\(").replace(".", r"\.")):
+        load_backbone(name, pretrained)
+
+
+def test_local_checkpoint_file_loads(tmp_path):
+    from safetensors.torch import save_file
+
+    bb = load_backbone(TINY)
+    path = tmp_path / "copy.safetensors"
+    save_file({k: v.contiguous() for k, v in bb.model.state_dict().items()}, str(path))
+    loaded = load_backbone(TINY, str(path))
+    assert loaded.identity.startswith(f"{TINY}@file:")
+    assert torch.allclose(loaded.encode_text(["a circle"]), bb.encode_text(["a circle"]))
+
+
+def test_checkpoint_of_another_architecture_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    bb = load_backbone(TINY)
+    path = tmp_path / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in bb.model.state_dict().items()}, str(path))
+    with pytest.raises(UserError, match="does not fit architecture RN50"):
+        load_backbone("RN50", str(path))
