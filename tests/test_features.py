@@ -1,0 +1,106 @@
+"""Feature cache: content-keyed, atomic shards, resumable after a kill, stale entries rebuilt."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from groupcoop.backbone import TINY, load_backbone
+from groupcoop.data.synthetic import SyntheticImages, make_task_dataset
+from groupcoop.features import FeatureCache, extract_features
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    return load_backbone(TINY)
+
+
+@pytest.fixture(scope="module")
+def images():
+    full = make_task_dataset("synth-waterbirds").images
+    return SyntheticImages(full.table[:384], full.seed)
+
+
+def _extract(backbone, images, cache, **kw):
+    return extract_features(backbone, images, cache_dir=cache, shard_size=48, workers=0, progress=False, **kw)
+
+
+def test_cache_hit_equals_fresh_extraction(backbone, images, tmp_path):
+    first = _extract(backbone, images, tmp_path)
+    assert first.shape == (384, 128)
+    again = _extract(backbone, images, tmp_path)
+    assert torch.equal(first, again)
+    reference = backbone.encode_images(torch.stack([backbone.preprocess(images.load(i)) for i in range(48)]))
+    assert torch.allclose(first[:48], reference, atol=1e-5)
+
+
+KILL_SCRIPT = """
+import sys, torch
+from groupcoop.backbone import load_backbone
+from groupcoop.data.synthetic import SyntheticImages, make_task_dataset
+from groupcoop.features import extract_features
+torch.set_num_threads(1)
+full = make_task_dataset("synth-waterbirds").images
+images = SyntheticImages(full.table[:384], full.seed)
+extract_features(load_backbone("groupcoop-tiny"), images, cache_dir=sys.argv[1], shard_size=48, batch_size=8,
+                 workers=0, progress=False)
+"""
+
+
+def test_killed_extraction_resumes_to_the_same_result(backbone, images, tmp_path):
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(killed)])
+    key_folder = FeatureCache.for_inputs(backbone, images, killed, "float32").folder
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(key_folder.glob("shard-*.safetensors"))) < 2:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = sorted(key_folder.glob("shard-*.safetensors"))
+    assert 2 <= len(done) < 8, "the kill should land midway"
+    assert not (key_folder / "complete.json").exists()
+    # a half-written shard from a crash that bypassed the atomic rename must not count as done
+    (key_folder / "shard-000000336-000000384.safetensors").write_bytes(b"\x00" * 100)
+    mtimes = {p: p.stat().st_mtime_ns for p in done}
+    resumed = _extract(backbone, images, killed)
+    assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items()), "finished shards are reused, not redone"
+    uninterrupted = _extract(backbone, images, tmp_path / "clean")
+    assert torch.allclose(resumed, uninterrupted, atol=1e-6)
+
+
+def test_interrupted_run_leaves_only_whole_shards(backbone, images, tmp_path):
+    with pytest.raises(InterruptedError):
+        _extract(backbone, images, tmp_path, stop_after_shards=3)
+    folder = FeatureCache.for_inputs(backbone, images, tmp_path, "float32").folder
+    assert len(list(folder.glob("shard-*"))) == 3 and not list(folder.glob("*.tmp"))
+    assert torch.allclose(_extract(backbone, images, tmp_path), _extract(backbone, images, tmp_path / "b"))
+
+
+def test_changed_images_get_a_new_cache_entry(backbone, images, tmp_path):
+    _extract(backbone, images, tmp_path)
+    other = SyntheticImages(images.table, images.seed + 1)
+    assert FeatureCache.for_inputs(backbone, other, tmp_path, "float32").key != \
+        FeatureCache.for_inputs(backbone, images, tmp_path, "float32").key
+    changed = _extract(backbone, other, tmp_path)
+    assert not torch.allclose(changed, _extract(backbone, images, tmp_path))
+
+
+def test_stale_marker_is_rebuilt(backbone, images, tmp_path):
+    first = _extract(backbone, images, tmp_path)
+    folder = FeatureCache.for_inputs(backbone, images, tmp_path, "float32").folder
+    (folder / "complete.json").write_text("{}")
+    shard = folder / "shard-000000000-000000048.safetensors"
+    shard.write_bytes(shard.read_bytes()[:50])  # damaged
+    assert torch.equal(_extract(backbone, images, tmp_path), first)
+
+
+def test_float16_cache(backbone, images, tmp_path):
+    half = _extract(backbone, images, tmp_path, dtype="float16")
+    full = _extract(backbone, images, tmp_path)
+    assert half.dtype == torch.float32 and torch.allclose(half, full, atol=1e-2)
+    assert sum(p.stat().st_size for p in Path(tmp_path).rglob("*.safetensors")) < 1.6 * 384 * 128 * 4
