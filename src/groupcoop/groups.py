@@ -39,6 +39,7 @@ from typing import Callable, Mapping, NamedTuple, Sequence
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans
+from sklearn.linear_model import LogisticRegression
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from sklearn.mixture import GaussianMixture
@@ -47,7 +48,8 @@ from .data.base import group_index
 from .errors import UserError, close_matches
 
 KMEANS_N_INIT = 10  # restarts for plain `kmeans` (fixed so results do not depend on sklearn's default)
-DEFAULT_PSEUDO_VARIANT = "kmeans"  # the lead picks this by experiment; see PSEUDO_VARIANTS
+DEFAULT_PSEUDO_VARIANT = "selftrain"  # chosen by scripts/compare_labelers.py (docs/groups.md)
+SELFTRAIN_DROP = 0.3  # share of least-confident zero-shot assignments left out of the seeds  # the lead picks this by experiment; see PSEUDO_VARIANTS
 BLEND_WEIGHT = 0.25  # `blend`: score block's spread relative to the features' spread
 
 _MISSING_SCORES = (
@@ -158,7 +160,23 @@ def _pseudo_blend(x: np.ndarray, scores: np.ndarray, seed: int) -> np.ndarray:
     return _pseudo_kmeans(np.hstack([x, s]), scores, seed)
 
 
+def _pseudo_selftrain(x: np.ndarray, scores: np.ndarray, seed: int) -> np.ndarray:
+    """The confident zero-shot assignments (top 70% by margin) train a class-balanced linear
+    model on the image features, which then labels every image: the feature geometry decides
+    the uncertain cases, the prompts keep naming the groups."""
+    assigned = np.argmax(scores, axis=1)
+    top2 = np.sort(scores, axis=1)[:, -2:]
+    margin = top2[:, 1] - top2[:, 0]
+    confident = margin >= np.quantile(margin, SELFTRAIN_DROP)
+    if np.bincount(assigned[confident], minlength=scores.shape[1]).min() < 2:
+        return assigned  # a value with no confident seeds: nothing to learn it from
+    model = LogisticRegression(C=1.0, class_weight="balanced", max_iter=2000, random_state=seed)
+    model.fit(x[confident], assigned[confident])
+    return model.predict(x)
+
+
 PSEUDO_VARIANTS: dict[str, Callable[[np.ndarray, np.ndarray, int], np.ndarray]] = {
+    "selftrain": _pseudo_selftrain,
     "kmeans": _pseudo_kmeans,
     "gmm": _pseudo_gmm,
     "blend": _pseudo_blend,

@@ -87,13 +87,20 @@ class GroupPlan:
     quality: dict | None = None
 
 
-def _phrases(ds: GroupDataset, bias_prompts: list[list[str]] | None) -> list[list[str]] | None:
-    if bias_prompts:
-        if [len(p) for p in bias_prompts] != ds.attr_sizes:
+def _bias_attributes(ds: GroupDataset, bias_prompts, clusters) -> tuple[list[int], list[list[str]], list[list[str]] | None]:
+    """(attribute sizes, value names, prompt phrases) the labelers work with.
+
+    A dataset without bias attributes takes them from --bias-prompts (one attribute per
+    ';'-separated list) or, for kmeans, from --clusters (default 2).
+    """
+    if ds.attribute_names:
+        if bias_prompts and [len(p) for p in bias_prompts] != ds.attr_sizes:
             raise UserError(f"--bias-prompts gives {[len(p) for p in bias_prompts]} phrases per attribute, but "
                             f"{ds.name} has attribute sizes {ds.attr_sizes}; give one phrase per value")
-        return bias_prompts
-    return ds.attribute_phrases
+        return ds.attr_sizes, ds.attribute_values, bias_prompts or ds.attribute_phrases
+    if bias_prompts:
+        return [len(p) for p in bias_prompts], [list(p) for p in bias_prompts], bias_prompts
+    return [int(clusters or 2)], [[f"cluster {k}" for k in range(int(clusters or 2))]], None
 
 
 def plan_groups(prep: Prepared, source: str, seed: int, bias_prompts=None, clusters=None,
@@ -106,21 +113,22 @@ def plan_groups(prep: Prepared, source: str, seed: int, bias_prompts=None, clust
     if source == "gt" and not train_labelled:
         raise UserError(f"--groups gt needs bias labels, but {ds.name} has none for its training split; "
                         "use --groups pseudo, zeroshot or kmeans")
-    phrases = _phrases(ds, bias_prompts)
+    attr_sizes, value_names, phrases = _bias_attributes(ds, bias_prompts, clusters)
     if source in ("zeroshot", "pseudo") and not phrases:
         raise UserError(f"--groups {source} needs attribute phrases, and {ds.name} has none; pass "
                         '--bias-prompts "on land,on water" (one phrase per value) or use --groups kmeans')
-    sizes = labelers.group_sizes(source, ds.attr_sizes, clusters)
+    sizes = labelers.group_sizes(source, attr_sizes, clusters)
     n_codes = int(np.prod(sizes))
 
     def label(rows):
         if source == "gt":
             return ds.groups[rows]
         scores = attribute_scores(prep, rows, phrases) if source in ("zeroshot", "pseudo") else None
-        return labelers.assign_groups(source, prep.feats[rows].cpu().numpy(), ds.y[rows], ds.attr_sizes,
+        return labelers.assign_groups(source, prep.feats[rows].cpu().numpy(), ds.y[rows], attr_sizes,
                                       attr_scores=scores, clusters=clusters, seed=seed, variant=variant)
 
     train_groups = label(train_rows)
+
     def labelled(rows):
         return len(ds.attribute_names) > 0 and bool((ds.attrs[rows] >= 0).all())
 
@@ -138,7 +146,7 @@ def plan_groups(prep: Prepared, source: str, seed: int, bias_prompts=None, clust
         for j, size in enumerate(sizes):
             code, a = divmod(code, size)
             if named:
-                words.append(ds.attribute_values[j][a])
+                words.append(value_names[j][a])
                 text = apply_phrase(phrases[j][a], text)
             else:
                 words.append(f"cluster {a}")

@@ -269,7 +269,7 @@ def load_csv(
             raise UserError(
                 f"{what} has {len(given)} lists but attr_cols names {len(attr_cols)} columns; give one list per column"
             )
-    path = require_file(_resolve_csv(root, csv_path), "pass the CSV file that lists the images (--csv)")
+    path = require_file(_resolve_csv(root, csv_path), "pass the CSV that lists the images with --option csv_path=FILE")
     frame = read_table(path, dtype={path_col: str})
     require_columns(frame, [path_col, label_col, *attr_cols, split_col], path)
     lines = header_lines(len(frame))

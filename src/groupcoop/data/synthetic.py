@@ -43,6 +43,9 @@ ATTRIBUTES = {
 # Captions name a family more often on its usual background (the world's "web bias").
 USUAL_BACKGROUND = {"round": "water", "angular": "grass"}
 TINT_PROBABILITY = 0.1
+# In task images whose bias is the background, this share shows a shoreline of the other
+# background value: zero-shot background prediction is then right most of the time, not always.
+SHORE_PROBABILITY = 0.25
 IMAGE_SIZE = 32
 
 _STREAMS = {"pretrain": 0, "train": 1, "val": 2, "test": 3, "heldout": 4}
@@ -106,11 +109,20 @@ def _background(name: str, rng: np.random.Generator, yy: np.ndarray, xx: np.ndar
     return np.clip(base[None, None, :] + tex[:, :, None], 0, 1)
 
 
-def render(shape: str, colour: str, background: str, size: str, rng: np.random.Generator) -> np.ndarray:
-    """One RGB image (IMAGE_SIZE x IMAGE_SIZE x 3, uint8) drawn with the given generator."""
+def render(shape: str, colour: str, background: str, size: str, rng: np.random.Generator,
+           shore: str = "") -> np.ndarray:
+    """One RGB image (IMAGE_SIZE x IMAGE_SIZE x 3, uint8) drawn with the given generator.
+
+    `shore` names a second background that fills a band of 30-48% of the rows (a shoreline):
+    the labelled background still covers most of the image, but not all of it.
+    """
     n = IMAGE_SIZE
     yy, xx = np.mgrid[0:n, 0:n].astype(np.float64)
     img = _background(background, rng, yy, xx)
+    if shore:
+        band = int(round(n * rng.uniform(0.3, 0.48)))
+        rows = slice(0, band) if rng.random() < 0.5 else slice(n - band, n)
+        img[rows] = _background(shore, rng, yy, xx)[rows]
     radius = SIZES[size] * rng.uniform(0.9, 1.1)
     margin = radius + 1.5
     cx, cy = rng.uniform(margin, n - margin, size=2)
@@ -169,15 +181,15 @@ def sample_pretraining_batch(seed: int, step: int, batch: int) -> tuple[np.ndarr
 class SyntheticImages:
     """Image source for a synthetic dataset: the attribute table plus the seed."""
 
-    table: tuple[tuple[str, str, str, str, str, int], ...]  # (shape, colour, bg, size, stream, index)
+    table: tuple[tuple, ...]  # (shape, colour, background, size, stream, index, shore background or "")
     seed: int
 
     def __len__(self) -> int:
         return len(self.table)
 
     def array(self, i: int) -> np.ndarray:
-        shape, colour, background, size, stream, index = self.table[i]
-        return render(shape, colour, background, size, _rng(self.seed, stream, index))
+        shape, colour, background, size, stream, index, shore = self.table[i]
+        return render(shape, colour, background, size, _rng(self.seed, stream, index), shore)
 
     def load(self, i: int) -> Image.Image:
         return Image.fromarray(self.array(i))
@@ -285,7 +297,10 @@ def make_task_dataset(task_name: str, seed: int = 0):
                 "size": rng.choice(list(SIZES)),
             }
             factors.update(value)
-            rows.append((*[str(factors[a]) for a in ATTRIBUTES], split, next_index[split]))
+            shore = ""
+            if "background" in value and rng.random() < SHORE_PROBABILITY:
+                shore = str(rng.choice([b for b in dict(task.biases)["background"] if b != value["background"]]))
+            rows.append((*[str(factors[a]) for a in ATTRIBUTES], split, next_index[split], shore))
             next_index[split] += 1
             ys.append(y)
             attrs.append(digits)
