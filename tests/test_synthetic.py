@@ -42,7 +42,7 @@ def test_task_images_show_their_attributes():
     ds = make_task_dataset("synth-multiceleba")
     table = ds.images.table
     for i in range(0, len(table), 997):
-        shape, colour, background, _, _, _ = table[i]
+        shape, colour, background = table[i][:3]
         assert synthetic.family_of(shape) + " shape" == ds.class_names[ds.y[i]]
         assert background == ds.attribute_values[0][ds.attrs[i, 0]]
         assert colour == ds.attribute_values[1][ds.attrs[i, 1]]

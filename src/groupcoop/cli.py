@@ -96,9 +96,10 @@ def cmd_train(args) -> None:
     config = _resolve_train_config(args)
     recipe = get_method(config["method"])
     check_hyperparameters(recipe, recipe.hyperparameters(config["hyperparameters"]))
+    dataset = load_dataset(config["dataset"], config.get("root"), **config["dataset_options"])
+    config["groups"] = config.get("groups") or ("gt" if dataset.has_group_labels else "pseudo")
     out = Path(args.out)
     check_out_dir(out, config, args.overwrite)
-    dataset = load_dataset(config["dataset"], config.get("root"), **config["dataset_options"])
     prep = prepare(dataset, config["backbone"], config.get("pretrained"), device=config["device"],
                    cache_dir=args.cache_dir, feature_dtype=config["feature_dtype"], workers=args.workers,
                    progress=not args.quiet)
@@ -106,7 +107,6 @@ def cmd_train(args) -> None:
     metrics, learner = run_method(prep, config["method"], config.get("groups"), seed=config["seed"],
                                   overrides=config["hyperparameters"], bias_prompts=config.get("bias_prompts"),
                                   clusters=config.get("clusters"), log=log)
-    config["groups"] = metrics["groups_source"]
     report = run_report(metrics)
     write_run(out, config, metrics, learner, report)
     print(report)
@@ -118,6 +118,7 @@ def cmd_train(args) -> None:
 def cmd_evaluate(args) -> None:
     import torch
 
+    from .backbone import load_backbone
     from .data.registry import load_dataset
     from .metrics import format_group_table, split_metrics
     from .pipeline import prepare
@@ -125,9 +126,11 @@ def cmd_evaluate(args) -> None:
     from .train import predict
 
     dataset = load_dataset(args.dataset, args.root, **_key_values(args.option, "--option"))
-    prep = prepare(dataset, args.backbone, args.pretrained, device=args.device or "cpu", cache_dir=args.cache_dir,
-                   workers=args.workers, progress=not args.quiet)
-    learner, meta = load_prompts(Path(args.prompts), prep.backbone, expect_classes=dataset.class_names)
+    backbone = load_backbone(args.backbone, args.pretrained, device=args.device or "cpu")
+    # check the prompts before the (possibly long) feature extraction
+    learner, meta = load_prompts(Path(args.prompts), backbone, expect_classes=dataset.class_names)
+    prep = prepare(dataset, args.backbone, backbone=backbone, cache_dir=args.cache_dir, workers=args.workers,
+                   progress=not args.quiet)
     with torch.no_grad():
         text = learner()
     rows = dataset.split_indices(args.split)

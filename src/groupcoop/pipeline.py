@@ -220,7 +220,7 @@ def run_method(prep: Prepared, method: str, groups: str | None = None, seed: int
     }
     if learner is not None:
         learner._run_meta = {"classes": list(ds.class_names), "groups": plan.names, "method": recipe.name,
-                             "groups_source": plan.source}
+                             "groups_source": plan.source, "aggregate": aggregate}
     return metrics, learner
 
 
