@@ -161,18 +161,22 @@ def _pseudo_blend(x: np.ndarray, scores: np.ndarray, seed: int) -> np.ndarray:
 
 
 def _pseudo_selftrain(x: np.ndarray, scores: np.ndarray, seed: int) -> np.ndarray:
-    """The confident zero-shot assignments (top 70% by margin) train a class-balanced linear
-    model on the image features, which then labels every image: the feature geometry decides
-    the uncertain cases, the prompts keep naming the groups."""
+    """The confident zero-shot assignments (top 70% by score margin) train a linear model on
+    the image features, which then labels every image: the prompts name the groups, the
+    feature geometry settles the ambiguous images and overrules isolated zero-shot mistakes.
+
+    The model is not class-balanced on purpose: it learns the values' frequencies from the
+    confident assignments, the right prior for ambiguous images. A value with fewer than two
+    confident seeds cannot be learned; then K-means started at the zero-shot centroids is used.
+    """
     assigned = np.argmax(scores, axis=1)
     top2 = np.sort(scores, axis=1)[:, -2:]
     margin = top2[:, 1] - top2[:, 0]
     confident = margin >= np.quantile(margin, SELFTRAIN_DROP)
     if np.bincount(assigned[confident], minlength=scores.shape[1]).min() < 2:
-        return assigned  # a value with no confident seeds: nothing to learn it from
-    model = LogisticRegression(C=1.0, class_weight="balanced", max_iter=2000, random_state=seed)
-    model.fit(x[confident], assigned[confident])
-    return model.predict(x)
+        return _pseudo_kmeans(x, scores, seed)
+    model = LogisticRegression(C=1.0, max_iter=2000, random_state=seed)
+    return model.fit(x[confident], assigned[confident]).predict(x)
 
 
 PSEUDO_VARIANTS: dict[str, Callable[[np.ndarray, np.ndarray, int], np.ndarray]] = {
