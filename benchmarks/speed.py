@@ -307,10 +307,10 @@ def bench_text(bb, args, timing_kw) -> dict:
     say()
     say(f"## 2. Text encoder forward+backward (w.r.t. the context), M={args.n_ctx}: cut after [EOS] vs all tokens")
     say()
-    say(table(["prompts", "tokens cut/full", "cut ms", "full ms", "speedup", "max|out diff|", "max|grad diff|",
+    say(table(["prompts", "tokens cut/full", "cut ms", "full ms", "speedup", "max abs out diff", "max abs grad diff",
                "samples"], rows))
     say()
-    say(f"outputs equal within {EQUAL_OUTPUT_TOL:g} (fp32): yes, worst max|diff| = {worst_diff:.2e}")
+    say(f"outputs equal within {EQUAL_OUTPUT_TOL:g} (fp32): yes, worst max abs diff = {worst_diff:.2e}")
     say(mon.line())
     say()
     return {"cut_rows": cut_rows}
@@ -366,7 +366,7 @@ def bench_extract(bb, args) -> dict:
                ["extract_features", f"render+preprocess in {workers} DataLoader worker(s), fresh cache dir, "
                 f"shard write", f"{ext_ips:.2f}", ", ".join(f"{t:.1f}" for t in t_ext), str(len(t_ext))]]))
     say()
-    say(f"extract_features / bare encoder: {100 * ratio:.1f}% of the images/s; max|feature diff| = {diff:.2e}")
+    say(f"extract_features / bare encoder: {100 * ratio:.1f}% of the images/s; max abs feature diff = {diff:.2e}")
     say(mon.line())
     say()
     return {"extract_ratio": ratio}
@@ -479,7 +479,7 @@ def main(argv=None) -> int:
             continue
         results[f"cut{n}"] = (speedup, diff)
         target(f"cut text fwd+bwd vs 77 tokens, {n} prompts, equal output", f"cut{n}",
-               lambda v: f"{v[0]:.2f}x, max|diff| {v[1]:.1e}", f">= {TARGET_CUT_SPEEDUP:g}x, diff <= {EQUAL_OUTPUT_TOL:g}",
+               lambda v: f"{v[0]:.2f}x, max abs diff {v[1]:.1e}", f">= {TARGET_CUT_SPEEDUP:g}x, diff <= {EQUAL_OUTPUT_TOL:g}",
                lambda v: v[0] >= TARGET_CUT_SPEEDUP and v[1] <= EQUAL_OUTPUT_TOL)
     target("extract_features images/s vs bare encoder", "extract_ratio", lambda v: f"{100 * v:.1f}%",
            f">= {100 * TARGET_EXTRACT_RATIO:g}%", lambda v: v >= TARGET_EXTRACT_RATIO)
