@@ -87,7 +87,8 @@ def _saved(tiny_backbone, tmp_path):
                             generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         learner.ctx.add_(0.1 * torch.randn(learner.ctx.shape, generator=torch.Generator().manual_seed(4)))
-    learner.save(tmp_path, extra={"classes": CLASSES, "method": "groupcoop"})
+    learner.info.update({"classes": CLASSES, "method": "groupcoop"})
+    learner.save(tmp_path)
     return learner
 
 

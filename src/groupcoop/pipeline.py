@@ -179,11 +179,7 @@ def run_method(prep: Prepared, method: str, groups: str | None = None, seed: int
                             for c in ds.class_names])
         aggregate, trainable = "max", 0
     else:
-        group_prompts = recipe.prompts == "group"
-        names = plan.prompt_names if group_prompts and hp.get("group_words", True) else (
-            [ds.class_names[g // int(np.prod(plan.sizes))] for g in range(len(plan.names))] if group_prompts
-            else list(ds.class_names))
-        learner = PromptLearner(bb, names, n_ctx=hp["n_ctx"], init=hp["ctx_init"], shared=hp["shared_ctx"],
+        learner = PromptLearner(bb, _prompt_names(recipe, hp, plan, ds), n_ctx=hp["n_ctx"], init=hp["ctx_init"], shared=hp["shared_ctx"],
                                 generator=torch.Generator().manual_seed(seed))
         train = SplitData(prep.feats[rows["train"]], ds.y[rows["train"]], plan.train)
         val = SplitData(prep.feats[rows["val"]], ds.y[rows["val"]], plan.val_select)
@@ -219,9 +215,19 @@ def run_method(prep: Prepared, method: str, groups: str | None = None, seed: int
         **extra,
     }
     if learner is not None:
-        learner._run_meta = {"classes": list(ds.class_names), "groups": plan.names, "method": recipe.name,
-                             "groups_source": plan.source, "aggregate": aggregate}
+        learner.info.update({"classes": list(ds.class_names), "groups": plan.names, "method": recipe.name,
+                             "groups_source": plan.source, "aggregate": aggregate})
     return metrics, learner
+
+
+def _prompt_names(recipe, hp: dict, plan: GroupPlan, ds: GroupDataset) -> list[str]:
+    """The frozen text after the context: class names, or group names with their attribute words."""
+    if recipe.prompts == "class":
+        return list(ds.class_names)
+    if hp.get("group_words", True):
+        return plan.prompt_names
+    per_class = len(plan.names) // ds.n_classes
+    return [ds.class_names[g // per_class] for g in range(len(plan.names))]
 
 
 # --- run folders -------------------------------------------------------------------------
@@ -257,7 +263,7 @@ def write_run(out: Path, config: dict, metrics: dict, learner: PromptLearner | N
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
         (tmp / "report.txt").write_text(report + "\n")
         if learner is not None:
-            learner.save(tmp, extra=getattr(learner, "_run_meta", {}))
+            learner.save(tmp)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)

@@ -32,6 +32,7 @@ class PromptLearner(nn.Module):
         self.n_ctx = n_ctx
         self.init = init
         self.shared = shared
+        self.info: dict = {}  # what else the saved prompts should say (classes, groups, aggregate)
         width = backbone.text.token_embedding.weight.shape[1]
         placeholder = " ".join(["X"] * n_ctx)
         ids = backbone.tokenize([f"{placeholder} {name}." for name in names])
@@ -66,14 +67,14 @@ class PromptLearner(nn.Module):
 
     # -- saving and loading; safetensors + JSON, never pickle ------------------------------
 
-    def metadata(self, extra: dict | None = None) -> dict:
+    def metadata(self) -> dict:
         return {"format": FORMAT, "backbone": self.backbone.identity, "names": self.names, "n_ctx": self.n_ctx,
-                "init": self.init, "shared": self.shared, **(extra or {})}
+                "init": self.init, "shared": self.shared, **self.info}
 
-    def save(self, folder: Path, extra: dict | None = None) -> None:
+    def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         save_file({"ctx": self.ctx.detach().cpu().contiguous()}, str(folder / "prompts.safetensors"))
-        (folder / "prompts.json").write_text(json.dumps(self.metadata(extra), indent=1))
+        (folder / "prompts.json").write_text(json.dumps(self.metadata(), indent=1))
 
 
 def load_prompts(folder: Path, backbone, expect_classes: list[str] | None = None) -> tuple[PromptLearner, dict]:
