@@ -122,3 +122,16 @@ def test_sequence_first_text_blocks_keep_open_clips_numbers():
     ids = bb.tokenize(TEXTS)
     with torch.no_grad():
         assert (untouched.encode_text(ids) - bb.encode_text(TEXTS)).abs().max().item() <= 1e-5
+
+
+def test_unreachable_hub_is_one_clear_error(monkeypatch):
+    """Offline, open_clip's download failure becomes a UserError that says what to do."""
+
+    def offline(*args, **kwargs):
+        raise RuntimeError("Failed to download weights for tag 'openai': cannot find the requested files")
+
+    monkeypatch.setattr(open_clip, "create_model_and_transforms", offline)
+    with pytest.raises(UserError, match="could not fetch the weights of ViT-B-32 openai: .*--pretrained FILE"):
+        load_backbone("ViT-B-32", "openai")
+    with pytest.raises(UserError, match="could not fetch the weights of hf-hub:org/model"):
+        load_backbone("hf-hub:org/model")

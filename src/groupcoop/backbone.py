@@ -254,23 +254,27 @@ def load_backbone(name: str, pretrained: str | None = None, device: str | torch.
 
     weights, identity = _resolve_weights(name, pretrained)
     torch.manual_seed(0)  # random-init weights are part of the identity: keep them reproducible
-    quiet = logging.getLogger()
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)  # open_clip warns on purpose-built random init
+    # open_clip warns on purpose-built random init and the hub logs every retry; errors are ours to report
+    loggers = [logging.getLogger(), logging.getLogger("huggingface_hub")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(
             name, pretrained=weights, device=device, weights_only=True
         )
-    except (RuntimeError, AssertionError, KeyError, ValueError) as err:
+    except (RuntimeError, AssertionError, KeyError, ValueError, OSError) as err:
+        first = (str(err).splitlines() or [type(err).__name__])[0]
         if weights and Path(weights).is_file():
-            first = (str(err).splitlines() or [type(err).__name__])[0]
             raise UserError(f"checkpoint {weights} does not fit architecture {name}: {first}") from None
+        if isinstance(err, OSError) or "download" in first.lower() or "hub" in first.lower():
+            raise UserError(f"could not fetch the weights of {name}{' ' + pretrained if pretrained else ''}: "
+                            "no network access and not in the local hub cache; download them where there is "
+                            "network access and pass the file with --pretrained FILE") from None
         raise
-    except OSError as err:  # hub downloads: no network, no cache
-        raise UserError(f"could not fetch weights {name} {pretrained or ''}: {str(err).splitlines()[0]}; download them "
-                        "where there is network access and pass the file with --pretrained") from None
     finally:
-        quiet.setLevel(level)
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
     tokenizer = open_clip.get_tokenizer(name)
     return Backbone(model, preprocess, tokenizer, name, identity)
 
