@@ -9,8 +9,6 @@ that is printed, and OUT/report.png a per-group bar chart.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,7 @@ import numpy as np
 from .backbone import TINY
 from .data.synthetic import make_task_dataset
 from .errors import UserError
+from .files import atomic_folder
 from .pipeline import prepare, run_method, run_report, write_run
 
 METHODS = ("zeroshot", "coop", "groupcoop")
@@ -100,9 +99,7 @@ def run_demo(out: Path, seeds: int = 1, task: str = "synth-waterbirds", cache_di
     dataset = make_task_dataset(task)
     log(f"groupcoop demo: {task} ({dataset.info['description']}), backbone {TINY}")
     prep = prepare(dataset, TINY, cache_dir=cache_dir, workers=workers, progress=progress)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
+    with atomic_folder(out) as tmp:
         runs: dict[str, list[dict]] = {}
         for method in METHODS:
             for seed in range(seeds):
@@ -119,12 +116,6 @@ def run_demo(out: Path, seeds: int = 1, task: str = "synth-waterbirds", cache_di
         (tmp / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
         (tmp / "report.txt").write_text(table + "\n")
         _plot(summary, tmp / "report.png")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     log("")
     log(table)
     log(f"\nwrote {out}/summary.json, {out}/report.txt, {out}/report.png and one run folder per method and seed")

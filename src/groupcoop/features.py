@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
+
+from .files import atomic_write
 
 CACHE_VERSION = 1
 DEFAULT_SHARD = 8192
@@ -85,7 +86,7 @@ class FeatureCache:
 
     def write_shard(self, start: int, stop: int, features: torch.Tensor) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.shard_path(start, stop), lambda p: save_file(
+        atomic_write(self.shard_path(start, stop), lambda p: save_file(
             {"features": features.contiguous()}, p, metadata={"key": self.key, "start": str(start), "stop": str(stop)}))
 
     def is_complete(self) -> bool:
@@ -95,18 +96,7 @@ class FeatureCache:
             return False
 
     def mark_complete(self) -> None:
-        _atomic_write(self.folder / "complete.json", lambda p: Path(p).write_text(json.dumps(self.fields, indent=1)))
-
-
-def _atomic_write(target: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        atomic_write(self.folder / "complete.json", lambda p: Path(p).write_text(json.dumps(self.fields, indent=1)))
 
 
 def _shards(n: int, shard_size: int) -> list[tuple[int, int]]:

@@ -8,8 +8,6 @@ seed and returns the metrics.json value; `write_run` stores a run folder atomica
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from .backbone import Backbone, load_backbone
 from .data.base import GroupDataset
 from .errors import UserError
 from .features import extract_features
+from .files import atomic_folder, atomic_text
 from .methods import check_hyperparameters, get_method
 from .metrics import format_group_table, split_metrics
 from .prompts import PromptLearner
@@ -255,21 +254,12 @@ def check_out_dir(out: Path, config: dict, overwrite: bool) -> None:
 
 def write_run(out: Path, config: dict, metrics: dict, learner: PromptLearner | None, report: str) -> None:
     """Write the run folder into a temporary sibling, then move it into place."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
+    with atomic_folder(Path(out)) as tmp:
         (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
         (tmp / "report.txt").write_text(report + "\n")
         if learner is not None:
             learner.save(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
 
 
 def run_report(metrics: dict) -> str:
@@ -299,16 +289,11 @@ def write_groups(prep: Prepared, out: Path, method: str, seed: int = 0, bias_pro
     quality = plan.quality or {"note": "the dataset has no bias labels to compare with"}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_text(out / "groups.csv", table.to_csv(index=False))
-    _atomic_text(out / "quality.json", json.dumps(quality, indent=1) + "\n")
+    atomic_text(out / "groups.csv", table.to_csv(index=False))
+    atomic_text(out / "quality.json", json.dumps(quality, indent=1) + "\n")
     if plan.quality:
         q = plan.quality
         return (f"{method} groups on {ds.name} train ({len(rows)} images): accuracy {100 * q['accuracy']:.1f}  "
                 f"NMI {q['nmi']:.3f}  ARI {q['ari']:.3f}; wrote {out}/groups.csv and quality.json")
     return f"{method} groups on {ds.name} train ({len(rows)} images); no true groups to compare; wrote {out}/groups.csv"
 
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
