@@ -136,9 +136,8 @@ def cmd_evaluate(args) -> None:
     rows = dataset.split_indices(args.split)
     pred = predict(text, prep.feats[rows], dataset.n_classes, meta.get("aggregate", "max"))
     groups = dataset.groups[rows]
-    if (groups < 0).any():
-        groups = dataset.y[rows] * 0
-        names = ["all"]
+    if (groups < 0).any():  # no bias labels: report per class instead
+        groups, names = dataset.y[rows], list(dataset.class_names)
     else:
         names = dataset.group_names()
     metrics = split_metrics(pred, dataset.y[rows], groups, names)

@@ -15,10 +15,12 @@ classes.
   clusters once into prod(sizes) clusters and writes each id as mixed-radix digits (one per
   attribute): clustering the same features once per attribute would give every attribute
   the same split and leave most product groups empty.
-- `pseudo` (the default when labels are missing): the zero-shot assignments seed a
-  clustering of the class's features, so groups follow the image geometry but keep the
-  names the prompts gave them (cluster v starts at the zero-shot centroid of value v).
-  Variants, chosen by `variant=` (default `DEFAULT_PSEUDO_VARIANT`):
+- `pseudo` (the default when labels are missing): the zero-shot assignments seed a model of
+  the class's image features, so groups follow the image geometry but keep the names the
+  prompts gave them. Variants, chosen by `variant=` (default `DEFAULT_PSEUDO_VARIANT`,
+  picked with scripts/compare_labelers.py, see docs/groups.md):
+    `selftrain` - a linear model trained on the confident zero-shot assignments relabels
+               every image;
     `kmeans` - K-means initialised at the zero-shot centroids;
     `gmm`    - diagonal Gaussian mixture whose means, weights and variances start from the
                zero-shot assignment;

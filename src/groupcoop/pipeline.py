@@ -135,8 +135,9 @@ def plan_groups(prep: Prepared, source: str, seed: int, bias_prompts=None, clust
               for s, r in (("val", val_rows), ("test", ds.split_indices("test"))) if len(r)}
     if "val" in report and report["val"][1] and sizes == ds.attr_sizes:
         val_groups, selection = report["val"][0], "true val groups"
-    else:
-        val_groups, selection = label(val_rows), f"{source} val groups"
+    else:  # the labeler's val groups: reuse them when the report already computed them
+        val_groups = report["val"][0] if "val" in report and not report["val"][1] else label(val_rows)
+        selection = f"{source} val groups"
     named = source != "kmeans" and phrases is not None
     names, prompt_names = [], []
     for g in range(ds.n_classes * n_codes):
