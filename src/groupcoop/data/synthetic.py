@@ -18,10 +18,14 @@ Why the world is shaped like this (see shared/docs/method.md, "The built-in synt
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
+
+from ..errors import UserError, close_matches
 
 SHAPES = ["circle", "ring", "oval", "semicircle", "square", "triangle", "diamond", "cross"]
 FAMILIES = {"round": ["circle", "ring", "oval", "semicircle"], "angular": ["square", "triangle", "diamond", "cross"]}
@@ -207,6 +211,9 @@ class SyntheticTask:
 
     `counts[split][g]` is the exact number of images of group g (group index convention of
     data/base.py: the first bias attribute is the least significant digit).
+    `render_seed` is None for the built-in tasks (the dataset seed renders the images); a
+    random task carries its own, so different random tasks render different images.
+    `drawn` holds a random task's drawn parameters (see `random_task`); empty otherwise.
     """
 
     name: str
@@ -215,6 +222,8 @@ class SyntheticTask:
     counts: dict[str, tuple[int, ...]]
     classes: tuple[str, ...] = ("angular", "round")
     fixed: dict = field(default_factory=dict)
+    render_seed: int | None = None
+    drawn: dict = field(default_factory=dict)
 
 
 def _multibias_counts(n_biases: int, aligned: int, ratio: float, minimum: int) -> tuple[int, ...]:
@@ -267,14 +276,164 @@ def _class_name(family: str) -> str:
     return f"{family} shape"
 
 
-def make_task_dataset(task_name: str, seed: int = 0):
-    """The GroupDataset of a synthetic task; every split has exactly the task's group counts."""
+# --- random tasks --------------------------------------------------------------------
+
+RANDOM_TASK_PREFIX = "synth-random:"
+RANDOM_BIAS_ATTRIBUTES = ("background", "colour", "size")
+_RANDOM_TASK_KEY = 7_170_331  # fixed second seed word: random tasks' draws are their own stream
+RANDOM_CONFLICT_RANGE = (0.01, 0.20)  # bias-conflicting share per bias, drawn log-uniformly
+RANDOM_MAJOR_CLASS_RANGE = (0.5, 0.75)  # share of the larger class
+RANDOM_TRAIN_RANGE = (2000, 10000)  # training images before rounding and the per-group minimum
+RANDOM_MIN_GROUP = 5
+RANDOM_VAL_TOTAL, RANDOM_TEST_TOTAL = 1200, 3000  # balanced: ceil(total / groups) per group
+
+
+def parse_random_task_name(name: str) -> int | None:
+    """The seed of a name `synth-random:<seed>`; None when the name is not of that form."""
+    if not name.startswith(RANDOM_TASK_PREFIX):
+        return None
+    text = name[len(RANDOM_TASK_PREFIX):]
+    if not re.fullmatch(r"[0-9]+", text):
+        raise UserError(
+            f"bad random task name '{name}': after '{RANDOM_TASK_PREFIX}' give a whole number >= 0 "
+            f"as the seed, e.g. {RANDOM_TASK_PREFIX}7"
+        )
+    return int(text)
+
+
+def caption_orientation(pair: tuple[str, str]) -> str:
+    """Whether a background pair's majority orientation agrees with the captions' bias.
+
+    Value 0 of the pair is the angular majority, value 1 the round one. Captions name
+    "angular shape" most on grass and "round shape" most on water (USUAL_BACKGROUND), and
+    least on the other family's usual background. So angular-on-grass or round-on-water is
+    "with" the captions, angular-on-water or round-on-grass "against"; a pair with only one
+    of grass/water still leans one way ("with" or "against"; the two rules never disagree
+    since the values differ), and a pair with neither is "n/a".
+    """
+    usual = USUAL_BACKGROUND
+    if pair[0] == usual["angular"] or pair[1] == usual["round"]:
+        return "with"
+    if pair[0] == usual["round"] or pair[1] == usual["angular"]:
+        return "against"
+    return "n/a"
+
+
+def _group_digits(g: int, n_biases: int) -> tuple[int, tuple[int, ...]]:
+    y, code = divmod(g, 2**n_biases)
+    return y, tuple((code >> j) & 1 for j in range(n_biases))
+
+
+def _conflicts(g: int, n_biases: int, j: int) -> bool:
+    """Whether bias j's value in group g is the other class's majority value."""
+    y, digits = _group_digits(g, n_biases)
+    return digits[j] != y
+
+
+def random_task(seed: int) -> SyntheticTask:
+    """A random two-valued multi-bias task of the built-in world, deterministic in `seed`.
+
+    Draws 1-3 bias attributes (uniform count) without replacement from background, colour
+    and size, in random order; for each an ordered pair of two of its world values (value 0
+    is the majority value of class 0, "angular shape", value 1 that of "round shape", so the
+    order is a random majority orientation, with or against the captions' background bias);
+    a bias-conflicting share p_j per bias, log-uniform in [0.01, 0.20]; the larger class's
+    share, uniform in [0.5, 0.75], and which class it is; a training size N uniform in
+    [2000, 10000]. Training group (y, values) gets
+    round(N * share_y * prod_j (p_j if value_j conflicts with y else 1 - p_j)) images, at
+    least 5; val and test are balanced, ceil(1200 / groups) and ceil(3000 / groups) per group.
+    In the description "background water/sand" reads "angular mostly on water, round mostly
+    on sand"; the percentages and sizes there are those of the realised training split.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise UserError(f"a random task's seed must be a whole number >= 0, not {seed!r}")
+    seed = int(seed)
+    rng = np.random.default_rng([seed, _RANDOM_TASK_KEY])
+    n_biases = int(rng.integers(1, 4))
+    attributes = [str(a) for a in rng.choice(RANDOM_BIAS_ATTRIBUTES, size=n_biases, replace=False)]
+    biases = tuple(
+        (attr, tuple(str(v) for v in rng.choice(ATTRIBUTES[attr], size=2, replace=False))) for attr in attributes
+    )
+    low, high = RANDOM_CONFLICT_RANGE
+    conflicting = tuple(float(math.exp(rng.uniform(math.log(low), math.log(high)))) for _ in range(n_biases))
+    major_share = float(rng.uniform(*RANDOM_MAJOR_CLASS_RANGE))
+    major_class = int(rng.integers(2))
+    class_shares = (major_share, 1 - major_share) if major_class == 0 else (1 - major_share, major_share)
+    train_size = int(rng.integers(RANDOM_TRAIN_RANGE[0], RANDOM_TRAIN_RANGE[1] + 1))
+    render_seed = int(np.random.default_rng([seed, _RANDOM_TASK_KEY, 1]).integers(1 << 32, 1 << 62))
+
+    n_groups = 2 ** (n_biases + 1)
+    train = []
+    for g in range(n_groups):
+        y, digits = _group_digits(g, n_biases)
+        share = class_shares[y]
+        for a, p in zip(digits, conflicting):
+            share *= p if a != y else 1 - p
+        train.append(max(RANDOM_MIN_GROUP, int(round(train_size * share))))
+    counts = {
+        "train": tuple(train),
+        "val": (math.ceil(RANDOM_VAL_TOTAL / n_groups),) * n_groups,
+        "test": (math.ceil(RANDOM_TEST_TOTAL / n_groups),) * n_groups,
+    }
+
+    total = sum(train)
+    parts = []
+    for j, (attr, pair) in enumerate(biases):
+        realised = sum(c for g, c in enumerate(train) if _conflicts(g, n_biases, j))
+        note = f"conflicting {realised / total:.1%}"
+        if attr == "background":
+            orientation = caption_orientation(pair)
+            note += ", captions n/a" if orientation == "n/a" else f", {orientation} captions"
+        parts.append(f"{attr} {pair[0]}/{pair[1]} ({note})")
+    angular = sum(train[: n_groups // 2]) / total
+    description = (
+        f"{n_biases} bias{'es' if n_biases > 1 else ''}: {', '.join(parts)}; angular {angular:.0%}; "
+        f"{total} train images; smallest group {min(train)}"
+    )
+    return SyntheticTask(
+        name=f"{RANDOM_TASK_PREFIX}{seed}",
+        description=description,
+        biases=biases,
+        counts=counts,
+        render_seed=render_seed,
+        drawn={"conflicting": conflicting, "class_shares": class_shares, "train_size": train_size},
+    )
+
+
+def get_task(task: str | SyntheticTask) -> SyntheticTask:
+    """A built-in task by name, a random task by `synth-random:<seed>`, or the task itself."""
+    if isinstance(task, SyntheticTask):
+        return task
+    if task in TASKS:
+        return TASKS[task]
+    seed = parse_random_task_name(task)
+    if seed is None:
+        raise UserError(
+            f"unknown synthetic task '{task}'{close_matches(task, TASKS)}; choose one of: "
+            f"{', '.join(TASKS)}, or {RANDOM_TASK_PREFIX}<seed>"
+        )
+    return random_task(seed)
+
+
+def make_task_dataset(task_name: str | SyntheticTask, seed: int = 0):
+    """The GroupDataset of a synthetic task; every split has exactly the task's group counts.
+
+    `task_name` is a name in TASKS, `synth-random:<seed>` or a SyntheticTask. `seed` picks the
+    dataset's draw of the free attributes and the images. Built-in tasks render with `seed`
+    itself; a task with its own `render_seed` (a random task) renders with render_seed + seed,
+    and mixes its render seed into the draw of the free attributes too.
+    """
     from .base import SPLITS, GroupDataset
 
-    task = TASKS[task_name]
+    task = get_task(task_name)
     sizes = [len(values) for _, values in task.biases]
     n_codes = int(np.prod(sizes))
-    rng = np.random.default_rng([seed, 99])
+    if task.render_seed is None:
+        rng = np.random.default_rng([seed, 99])
+        image_seed = seed
+    else:
+        rng = np.random.default_rng([seed, 99, task.render_seed])
+        image_seed = task.render_seed + seed
     rows, ys, attrs, splits = [], [], [], []
     next_index = {s: 0 for s in SPLITS}
     for split, counts in task.counts.items():
@@ -305,9 +464,12 @@ def make_task_dataset(task_name: str, seed: int = 0):
             ys.append(y)
             attrs.append(digits)
             splits.append(SPLITS[split])
+    info = {"description": task.description, "seed": seed}
+    if task.render_seed is not None:
+        info["render_seed"] = image_seed
     return GroupDataset(
-        name=task_name,
-        images=SyntheticImages(tuple(rows), seed),
+        name=task.name,
+        images=SyntheticImages(tuple(rows), image_seed),
         y=np.array(ys),
         attrs=np.array(attrs).reshape(len(ys), len(sizes)),
         split=np.array(splits),
@@ -315,7 +477,7 @@ def make_task_dataset(task_name: str, seed: int = 0):
         attribute_names=[attr for attr, _ in task.biases],
         attribute_values=[list(values) for _, values in task.biases],
         attribute_phrases=[[_phrase(attr, v) for v in values] for attr, values in task.biases],
-        info={"description": task.description, "seed": seed},
+        info=info,
     )
 
 
