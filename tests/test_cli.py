@@ -19,6 +19,7 @@ import yaml
 from PIL import Image
 
 from groupcoop.cli import build_parser, main
+from groupcoop.methods import METHODS
 
 TRAIN = ["train", "--dataset", "synth-waterbirds", "--backbone", "groupcoop-tiny", "--method", "groupcoop",
          "--set", "epochs=2"]
@@ -85,7 +86,8 @@ def csv_args(root: Path) -> list[str]:
 
 def test_train_writes_a_complete_run_folder(trained_run, check_metrics, tiny_backbone):
     names = sorted(p.name for p in trained_run.iterdir())
-    assert names == ["config.yaml", "metrics.json", "prompts.json", "prompts.safetensors", "report.txt"]
+    assert names == [".groupcoop.json", "config.yaml", "head.safetensors", "metrics.json", "prompts.json",
+                     "prompts.safetensors", "report.txt"]
     metrics = json.loads((trained_run / "metrics.json").read_text())
     check_metrics(metrics, n_groups=4)
     assert metrics["method"] == "groupcoop"
@@ -102,7 +104,9 @@ def test_train_writes_a_complete_run_folder(trained_run, check_metrics, tiny_bac
     config = yaml.safe_load((trained_run / "config.yaml").read_text())
     assert config["dataset"] == "synth-waterbirds" and config["method"] == "groupcoop"
     assert config["backbone"] == "groupcoop-tiny" and config["seed"] == 0
-    assert config["hyperparameters"] == {"epochs": 2}
+    assert config["hyperparameters"]["epochs"] == 2  # the resolved configuration: every default written out
+    assert config["hyperparameters"] == {**METHODS["groupcoop"].defaults(), "epochs": 2}
+    assert config["groups"]["source"] == "gt"
     prompts = json.loads((trained_run / "prompts.json").read_text())
     assert prompts["classes"] == ["angular shape", "round shape"] and len(prompts["names"]) == 4
     report = (trained_run / "report.txt").read_text()
@@ -129,7 +133,7 @@ def test_folder_holding_a_different_run_is_refused(trained_run, tmp_path, cli, c
     shutil.copytree(trained_run, out)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     result = cli(*with_flags(TRAIN, *change), "--out", out)
-    assert_one_line_error(result, str(out), "different run", "--overwrite")
+    assert_one_line_error(result, str(out), "different groupcoop run", "--overwrite")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # untouched
     assert [p.name for p in tmp_path.iterdir()] == ["run"]  # no temp folder
 
@@ -142,7 +146,8 @@ def test_overwrite_replaces_a_different_run(trained_run, tmp_path, cli):
     assert result.code == 0, result.err
     assert json.loads((out / "metrics.json").read_text())["method"] == "zeroshot"
     # the old run's prompts do not linger next to the new run's metrics
-    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "metrics.json", "report.txt"]
+    assert sorted(p.name for p in out.iterdir()) == [".groupcoop.json", "config.yaml", "head.safetensors",
+                                                     "metrics.json", "report.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["run"]
 
 

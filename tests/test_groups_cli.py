@@ -26,9 +26,14 @@ def test_groups_command_writes_assignments_and_quality(tmp_path, capsys, waterbi
 def test_pseudo_groups_keep_groupcoop_close_to_ground_truth(waterbirds_prep):
     """The paper's practical claim on the one-bias task: pseudo-groups within 5 points of true groups."""
     from groupcoop.pipeline import run_method
+    from groupcoop.settings import make_settings
 
-    gt, _ = run_method(waterbirds_prep, "groupcoop", groups="gt", log=lambda s: None)
-    pseudo, _ = run_method(waterbirds_prep, "groupcoop", groups="pseudo", log=lambda s: None)
+    def run(groups):
+        settings = make_settings({"dataset": "synth-waterbirds", "backbone": "groupcoop-tiny", "method": "groupcoop",
+                                  "groups": groups})
+        return run_method(waterbirds_prep, settings, log=lambda s: None).metrics
+
+    gt, pseudo = run("gt"), run("pseudo")
     assert pseudo["groups_source"] == "pseudo" and pseudo["selection_groups"] == "true val groups"
     assert pseudo["splits"]["test"]["worst_group_acc"] >= gt["splits"]["test"]["worst_group_acc"] - 0.05
 

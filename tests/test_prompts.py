@@ -9,6 +9,7 @@ from groupcoop.data.base import GroupDataset
 from groupcoop.errors import UserError
 from groupcoop.pipeline import Prepared, run_method
 from groupcoop.prompts import PromptLearner, load_prompts
+from groupcoop.settings import make_settings
 
 CLASSES = ["angular shape", "round shape"]
 
@@ -64,6 +65,9 @@ class _NoImages:
     def identity(self):
         return "none"
 
+    def stamp(self, start, stop, verify=False):
+        return ""
+
 
 def test_groupcoop_on_vit_b16_reports_32768_trainable_params(vit_b16):
     # 2 classes x 2 groups, every group in every split; random features stand in for images
@@ -76,7 +80,10 @@ def test_groupcoop_on_vit_b16_reports_32768_trainable_params(vit_b16):
     )
     feats = torch.nn.functional.normalize(torch.randn(len(groups), vit_b16.embed_dim, generator=torch.Generator().manual_seed(0)), dim=-1)
     prep = Prepared(ds, vit_b16, feats)
-    metrics, learner = run_method(prep, "groupcoop", seed=0, overrides={"epochs": 1, "batch_size": 64}, log=lambda s: None)
+    settings = make_settings({"dataset": "tiny-groups", "backbone": "ViT-B-16", "method": "groupcoop",
+                              "hyperparameters": {"epochs": 1, "batch_size": 64}})
+    run = run_method(prep, settings, log=lambda s: None)
+    metrics, learner = run.metrics, run.learner
     assert metrics["trainable_params"] == 32_768 == 2 * 2 * 16 * 512
     assert tuple(learner.ctx.shape) == (4, 16, 512)
     assert metrics["total_params"] == vit_b16.parameter_count() + 32_768

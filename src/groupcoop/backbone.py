@@ -160,6 +160,7 @@ class Backbone:
         self.tokenizer = tokenizer
         self.name = name
         self.identity = identity
+        self.weights_path: str | None = None  # the weights file, when loaded from one
         self.text = _text_tower(model)
         _run_sequence_first(self.text.transformer)
         if self.text.extra_mask:
@@ -245,42 +246,97 @@ class Backbone:
         return F.normalize(out, dim=-1) if normalize else out
 
 
+def weights_checksum(path: str | Path) -> str:
+    """sha256 of a weights file (hex)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def missing_dependency(name: str) -> str | None:
+    """The pip package an architecture needs and this environment lacks (HF text towers need transformers)."""
+    import importlib.util
+
+    import open_clip
+
+    config = open_clip.get_model_config(name) or {}
+    needs = "transformers" if config.get("text_cfg", {}).get("hf_model_name") or config.get(
+        "text_cfg", {}).get("hf_tokenizer_name") else None
+    return needs if needs and importlib.util.find_spec(needs) is None else None
+
+
+def _quiet_loggers() -> list[logging.Logger]:
+    """open_clip warns on purpose-built random init and the hub logs every retry; errors are ours to report."""
+    return [logging.getLogger(n) for n in ("open_clip", "huggingface_hub", "timm")]
+
+
 def load_backbone(name: str, pretrained: str | None = None, device: str | torch.device = "cpu") -> Backbone:
     """Load a frozen CLIP by open_clip name + tag, local checkpoint, `hf-hub:` id, or the bundled tiny model.
 
-    `pretrained='random'` builds the architecture with seeded random weights (tests, benchmarks).
+    `pretrained='random'` builds the architecture with seeded random weights (tests, benchmarks),
+    without touching the caller's random state.
     """
     import open_clip
 
+    if not isinstance(name, str) or not name:
+        raise UserError("--backbone needs a model name; `groupcoop backbones` lists them")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: no CUDA GPU is visible to torch here; use --device cpu")
+    if name.startswith("local-dir:") and not Path(name.split(":", 1)[1]).expanduser().is_dir():
+        raise UserError(f"{name}: folder {name.split(':', 1)[1]} not found; give a folder holding "
+                        "open_clip_config.json and the weights")
     weights, identity = _resolve_weights(name, pretrained)
-    torch.manual_seed(0)  # random-init weights are part of the identity: keep them reproducible
-    # open_clip warns on purpose-built random init and the hub logs every retry; errors are ours to report
-    loggers = [logging.getLogger(), logging.getLogger("huggingface_hub")]
+    if not name.startswith(("hf-hub:", "local-dir:")):
+        needs = missing_dependency(name)
+        if needs:
+            raise UserError(f"backbone {name} needs the package '{needs}', which is not installed; "
+                            f"pip install {needs}, or choose another backbone")
+    loggers = _quiet_loggers()
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.CRITICAL)
+    root_level = logging.getLogger().level
+    logging.getLogger().setLevel(logging.CRITICAL)  # open_clip logs through the root logger
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            name, pretrained=weights, device=device, weights_only=True
-        )
-    except (RuntimeError, AssertionError, KeyError, ValueError, OSError) as err:
-        first = (str(err).splitlines() or [type(err).__name__])[0]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # random-init weights are part of the identity: keep them reproducible
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                name, pretrained=weights, device=device, weights_only=True
+            )
+        tokenizer = open_clip.get_tokenizer(name)
+    except ImportError as err:
+        missing = getattr(err, "name", None) or str(err)
+        raise UserError(f"backbone {name} needs the package '{missing}', which is not installed; pip install {missing}") from None
+    except Exception as err:  # noqa: BLE001 - torch/safetensors/open_clip raise many types; all mean "cannot load"
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         if weights and Path(weights).is_file():
-            raise UserError(f"checkpoint {weights} does not fit architecture {name}: {first}") from None
-        if isinstance(err, OSError) or "download" in first.lower() or "hub" in first.lower():
+            raise UserError(f"checkpoint {weights} does not fit architecture {name} or is not a checkpoint ({type(err).__name__}: {first}); "
+                            "pass an open_clip checkpoint of that architecture (.safetensors preferred)") from None
+        if isinstance(err, OSError) or "download" in first.lower() or "hub" in first.lower() or "connect" in first.lower():
             raise UserError(f"could not fetch the weights of {name}{' ' + pretrained if pretrained else ''}: "
                             "no network access and not in the local hub cache; download them where there is "
                             "network access and pass the file with --pretrained FILE") from None
-        raise
+        raise UserError(f"cannot build backbone {name}: {type(err).__name__}: {first}") from None
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
-    tokenizer = open_clip.get_tokenizer(name)
-    return Backbone(model, preprocess, tokenizer, name, identity)
+        logging.getLogger().setLevel(root_level)
+    backbone = Backbone(model, preprocess, tokenizer, name, identity)
+    backbone.weights_path = weights if weights and Path(weights).is_file() else None
+    return backbone
 
 
 def describe_models() -> SimpleNamespace:
-    """Names and tags for `groupcoop backbones`."""
+    """Names and tags for `groupcoop backbones`; architectures this environment cannot build go to `unusable`."""
     import open_clip
 
-    return SimpleNamespace(models=available_backbones(), pretrained=open_clip.list_pretrained())
+    models, unusable = [], {}
+    for name in available_backbones():
+        needs = missing_dependency(name) if name != TINY else None
+        if needs:
+            unusable[name] = needs
+        else:
+            models.append(name)
+    return SimpleNamespace(models=models, pretrained=open_clip.list_pretrained(), unusable=unusable)

@@ -1,15 +1,22 @@
-"""The command line: wires the stages together; bad input ends in one line on stderr and status 2."""
+"""The command line: a thin user of the Python API; bad input ends in one line on stderr and status 2.
+
+Nothing heavy is imported until a command runs, so `--help` and `--version` answer at once.
+Every command checks its settings and output paths before it reads an image.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
+from . import __version__
 from .errors import UserError
 
 EPILOG = "Docs: README.md. Bad input exits with status 2 and one line on stderr."
+METHOD_NAMES = "zeroshot, coop, groupcoop"  # for --help only; `groupcoop methods` has the table
 
 
 class _Parser(argparse.ArgumentParser):
@@ -17,177 +24,173 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"groupcoop: error: {message} (see `{self.prog} --help`)\n")
 
 
-def _key_values(pairs: list[str] | None, flag: str) -> dict:
-    """KEY=VALUE strings -> dict, values parsed as YAML scalars (numbers, booleans, lists)."""
-    import yaml
-
-    out = {}
-    for pair in pairs or []:
-        if "=" not in pair:
-            raise UserError(f"{flag} expects KEY=VALUE, got '{pair}'")
-        key, value = pair.split("=", 1)
+def _count(minimum: int):
+    """argparse type: an integer >= minimum."""
+    def parse(text: str) -> int:
         try:
-            out[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            out[key.strip()] = value
-    return out
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+        return value
+    return parse
 
 
-def _bias_prompts(text: str | None) -> list[list[str]] | None:
-    """'on land,on water' (one attribute) or 'on land,on water;young,old' (several)."""
-    if not text:
-        return None
-    return [[p.strip() for p in attr.split(",") if p.strip()] for attr in text.split(";")]
+def _log(args):
+    return (lambda s: None) if getattr(args, "quiet", False) else (lambda s: print(s, file=sys.stderr))
+
+
+# --- settings from flags and config files ---------------------------------------------------------
+
+def run_settings_from_args(args):
+    """--config values overridden by flags, validated into one RunSettings."""
+    from .settings import key_values, make_settings, read_yaml_mapping
+
+    config = read_yaml_mapping(args.config, "config file") if getattr(args, "config", None) else {}
+    for key in ("dataset", "root", "backbone", "pretrained", "method", "seed", "device", "feature_dtype"):
+        value = getattr(args, key, None)
+        if value is not None:
+            config[key] = value
+    groups = config.get("groups")
+    groups = {"source": groups} if isinstance(groups, str) else dict(groups or {}) if isinstance(groups, dict) else groups
+    for flag, key in (("groups", "source"), ("bias_prompts", "bias_prompts"), ("clusters", "clusters"),
+                      ("variant", "variant")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            if not isinstance(groups, dict):
+                groups = {}
+            groups[key] = value
+    if groups is not None:
+        config["groups"] = groups
+    for key, flag, attr in (("dataset_options", "--option", "option"), ("hyperparameters", "--set", "set")):
+        given = key_values(getattr(args, attr, None), flag)
+        if given:
+            base = config.get(key) or {}
+            if not isinstance(base, dict):
+                raise UserError(f"`{key}:` in --config must be a mapping of keys to values")
+            config[key] = {**base, **given}
+    return make_settings(config, "--config/flags" if getattr(args, "config", None) else "flags")
 
 
 # --- train ---------------------------------------------------------------------------------
 
-CONFIG_KEYS = {"dataset", "root", "dataset_options", "backbone", "pretrained", "method", "groups", "seed",
-               "hyperparameters", "bias_prompts", "clusters", "device", "feature_dtype"}
-
-
-def _load_config(path: str | None) -> dict:
-    import yaml
-
-    if not path:
-        return {}
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"config file not found: {p}")
-    try:
-        config = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise UserError(f"config file {p} is not valid YAML: {str(err).splitlines()[0]}") from None
-    if not isinstance(config, dict):
-        raise UserError(f"config file {p} must hold a mapping of keys to values")
-    unknown = sorted(set(config) - CONFIG_KEYS)
-    if unknown:
-        raise UserError(f"config file {p} has unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(CONFIG_KEYS))}")
-    return config
-
-
-def _resolve_train_config(args) -> dict:
-    config = _load_config(args.config)
-    for key in ("dataset", "root", "backbone", "pretrained", "method", "groups", "seed", "clusters", "device",
-                "feature_dtype"):
-        value = getattr(args, key)
-        if value is not None:
-            config[key] = value
-    config.setdefault("seed", 0)
-    config.setdefault("device", "cpu")
-    config.setdefault("feature_dtype", "float32")
-    config["dataset_options"] = {**config.get("dataset_options", {}), **_key_values(args.option, "--option")}
-    config["hyperparameters"] = {**config.get("hyperparameters", {}), **_key_values(args.set, "--set")}
-    if args.bias_prompts:
-        config["bias_prompts"] = _bias_prompts(args.bias_prompts)
-    for key in ("dataset", "backbone", "method"):
-        if not config.get(key):
-            raise UserError(f"missing --{key} (or `{key}:` in --config)")
-    if config.get("root"):
-        config["root"] = str(Path(config["root"]).expanduser())
-    return config
-
-
 def cmd_train(args) -> None:
-    from .data.registry import load_dataset
-    from .methods import check_hyperparameters, get_method
-    from .pipeline import check_out_dir, prepare, run_method, run_report, write_run
+    from .features import check_cache_dir
+    from .files import check_replaceable, ensure_writable_dir, output_lock
+    from .pipeline import check_run, prepare, run_method, run_report, same_run, write_run
 
-    config = _resolve_train_config(args)
-    recipe = get_method(config["method"])
-    check_hyperparameters(recipe, recipe.hyperparameters(config["hyperparameters"]))
-    dataset = load_dataset(config["dataset"], config.get("root"), **config["dataset_options"])
-    config["groups"] = config.get("groups") or ("gt" if dataset.has_group_labels else "pseudo")
-    out = Path(args.out)
-    check_out_dir(out, config, args.overwrite)
-    prep = prepare(dataset, config["backbone"], config.get("pretrained"), device=config["device"],
-                   cache_dir=args.cache_dir, feature_dtype=config["feature_dtype"], workers=args.workers,
-                   progress=not args.quiet)
-    log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr))
-    metrics, learner = run_method(prep, config["method"], config.get("groups"), seed=config["seed"],
-                                  overrides=config["hyperparameters"], bias_prompts=config.get("bias_prompts"),
-                                  clusters=config.get("clusters"), log=log)
-    report = run_report(metrics)
-    write_run(out, config, metrics, learner, report)
-    print(report)
+    settings = run_settings_from_args(args)
+    out = Path(args.out).expanduser()
+    ensure_writable_dir(out.parent, "--out")
+    cache_dir = check_cache_dir(args.cache_dir)
+    dataset, settings, backbone = check_run(settings, allow_symlinks_outside=args.allow_symlinks_outside)
+    if not same_run(out, settings):
+        check_replaceable(out, args.overwrite)
+    with output_lock(out):
+        prep = prepare(dataset, backbone, cache_dir=cache_dir, feature_dtype=settings.feature_dtype,
+                       workers=args.workers, progress=not args.quiet, verify_cache=args.verify_cache)
+        run = run_method(prep, settings, log=_log(args))
+        write_run(out, run)
+    print(run_report(run.metrics))
     print(f"run folder: {out}")
 
 
 # --- evaluate --------------------------------------------------------------------------------
 
 def cmd_evaluate(args) -> None:
-    import torch
-
-    from .backbone import load_backbone
     from .data.registry import load_dataset
-    from .metrics import format_group_table, split_metrics
-    from .pipeline import prepare
-    from .prompts import load_prompts
-    from .train import predict
+    from .features import check_cache_dir
+    from .metrics import format_group_table
+    from .pipeline import check_device, evaluate_split, prepare
+    from .predict import load_run_head
+    from .settings import key_values
 
-    dataset = load_dataset(args.dataset, args.root, **_key_values(args.option, "--option"))
-    backbone = load_backbone(args.backbone, args.pretrained, device=args.device or "cpu")
-    # check the prompts before the (possibly long) feature extraction
-    learner, meta = load_prompts(Path(args.prompts), backbone, expect_classes=dataset.class_names)
-    prep = prepare(dataset, args.backbone, backbone=backbone, cache_dir=args.cache_dir, workers=args.workers,
-                   progress=not args.quiet)
-    with torch.no_grad():
-        text = learner()
-    rows = dataset.split_indices(args.split)
-    pred = predict(text, prep.feats[rows], dataset.n_classes, meta.get("aggregate", "max"))
-    groups = dataset.groups[rows]
-    if (groups < 0).any():  # no bias labels: report per class instead
-        groups, names = dataset.y[rows], list(dataset.class_names)
-    else:
-        names = dataset.group_names()
-    metrics = split_metrics(pred, dataset.y[rows], groups, names)
+    dataset = load_dataset(args.dataset, args.root, allow_symlinks_outside=args.allow_symlinks_outside,
+                           **key_values(args.option, "--option"))
+    cache_dir = check_cache_dir(args.cache_dir)
+    check_device(args.device or "cpu")
+    # the run's classifier and backbone are checked before the (possibly long) feature extraction
+    head, backbone = load_run_head(Path(args.prompts), backbone=args.backbone, pretrained=args.pretrained,
+                                   device=args.device or "cpu", expect_classes=dataset.class_names)
+    prep = prepare(dataset, backbone, cache_dir=cache_dir, workers=args.workers, progress=not args.quiet)
+    metrics = evaluate_split(head, prep, args.split)
     print(json.dumps(metrics, indent=1) if args.json else format_group_table(metrics, title=f"{args.split}:"))
 
 
 # --- demo ------------------------------------------------------------------------------------
 
-DEMO_METHODS = ("zeroshot", "coop", "groupcoop")
-
-
 def cmd_demo(args) -> None:
     from .demo import run_demo
+    from .features import check_cache_dir
+    from .files import check_replaceable, ensure_writable_dir, groupcoop_kind
 
-    if args.seeds < 1:
-        raise UserError("--seeds must be at least 1")
-    run_demo(Path(args.out), seeds=args.seeds, task=args.task, cache_dir=args.cache_dir, workers=args.workers,
-             progress=not args.quiet)
+    out = Path(args.out).expanduser()
+    if out.is_dir() and groupcoop_kind(out) == "demo":
+        pass  # a previous demo is replaced: that is what `make demo` re-runs do
+    else:
+        check_replaceable(out, overwrite=False)
+    ensure_writable_dir(out.parent, "--out")
+    run_demo(out, seeds=args.seeds, task=args.task, cache_dir=check_cache_dir(args.cache_dir), workers=args.workers,
+             progress=not args.quiet, log=print)
 
 
-# --- datasets, groups, backbones -----------------------------------------------------------------
+# --- datasets, groups, backbones, methods ----------------------------------------------------------
 
 def cmd_datasets(args) -> None:
     from .data.check import dataset_report, format_report
-    from .data.registry import LOADERS, load_dataset
+    from .data.registry import list_datasets, load_dataset
+    from .settings import key_values
 
     if args.action is None:
-        width = max(len(n) for n in LOADERS)
-        for name, spec in LOADERS.items():
-            print(f"{name:<{width}}  {spec.description}")
+        listed = list_datasets()
+        width = max(len(n) for n in listed)
+        for name, description in listed.items():
+            print(f"{name:<{width}}  {description}")
         return
     if args.action != "check" or not args.name:
-        raise UserError("usage: groupcoop datasets [check NAME --root DIR [--json]]")
-    report = dataset_report(load_dataset(args.name, args.root, **_key_values(args.option, "--option")))
+        raise UserError("usage: groupcoop datasets [check NAME --root DIR [--json] [--grid FILE]]")
+    grid = None
+    if args.grid:
+        from .files import check_output_file
+
+        grid = check_output_file(Path(args.grid), "--grid", overwrite=args.overwrite)
+        if grid.suffix.lower() != ".png":
+            raise UserError(f"--grid {grid}: the grid is a PNG image; give a file name ending in .png")
+    dataset = load_dataset(args.name, args.root, allow_symlinks_outside=args.allow_symlinks_outside,
+                           **key_values(args.option, "--option"))
+    report = dataset_report(dataset)
     print(json.dumps(report, indent=1) if args.json else format_report(report))
+    if grid is not None:
+        from .gallery import group_grid
+
+        group_grid(dataset, grid)
+        print(f"wrote {grid}", file=sys.stderr if args.json else sys.stdout)
 
 
 def cmd_groups(args) -> None:
     from .data.registry import load_dataset
-    from .pipeline import prepare, write_groups
+    from .features import check_cache_dir
+    from .files import check_replaceable, ensure_writable_dir, output_lock
+    from .pipeline import check_device, prepare, resolve_grouping, write_groups
+    from .backbone import load_backbone
+    from .settings import GroupingOptions, build, key_values
 
-    out = Path(args.out)
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise UserError(f"{out} is not empty; choose another --out or pass --overwrite")
-    dataset = load_dataset(args.dataset, args.root, **_key_values(args.option, "--option"))
-    prep = prepare(dataset, args.backbone, args.pretrained, device=args.device or "cpu", cache_dir=args.cache_dir,
-                   workers=args.workers, progress=not args.quiet)
-    summary = write_groups(prep, out, args.method, seed=args.seed, bias_prompts=_bias_prompts(args.bias_prompts),
-                           clusters=args.clusters, variant=args.variant)
-    print(summary)
+    options = build(GroupingOptions, {k: v for k, v in {
+        "source": args.labeler, "bias_prompts": args.bias_prompts, "clusters": args.clusters,
+        "variant": args.variant}.items() if v is not None}, "groups options")
+    out = Path(args.out).expanduser()
+    check_replaceable(out, args.overwrite)
+    ensure_writable_dir(out.parent, "--out")
+    cache_dir = check_cache_dir(args.cache_dir)
+    dataset = load_dataset(args.dataset, args.root, allow_symlinks_outside=args.allow_symlinks_outside,
+                           **key_values(args.option, "--option"))
+    options = resolve_grouping(dataset, options)
+    check_device(args.device or "cpu")
+    backbone = load_backbone(args.backbone, args.pretrained, device=args.device or "cpu")
+    with output_lock(out):
+        prep = prepare(dataset, backbone, cache_dir=cache_dir, workers=args.workers, progress=not args.quiet)
+        print(write_groups(prep, out, options, seed=args.seed))
 
 
 def cmd_backbones(args) -> None:
@@ -200,6 +203,23 @@ def cmd_backbones(args) -> None:
     for name in info.models:
         extra = "bundled weights" if name == "groupcoop-tiny" else (", ".join(tags.get(name, [])) or "-")
         print(f"{name:<36} {extra}")
+    if info.unusable:
+        print(f"\nnot usable here (need `pip install {' '.join(sorted(set(info.unusable.values())))}`): "
+              f"{', '.join(sorted(info.unusable))}", file=sys.stderr)
+
+
+def cmd_methods(args) -> None:
+    from .methods import METHODS
+
+    rows = [(name, r.summary) for name, r in METHODS.items()]
+    width = max(len(n) for n, _ in rows)
+    for name, summary in rows:
+        print(f"{name:<{width}}  {summary}")
+    if args.verbose:
+        for name, recipe in METHODS.items():
+            print(f"\n{name} hyper-parameters (--set KEY=VALUE):")
+            for key, value in recipe.defaults().items():
+                print(f"  {key} = {value!r}")
 
 
 # --- parser ------------------------------------------------------------------------------------
@@ -209,13 +229,14 @@ def _add_backbone_flags(p, required: bool = True) -> None:
                    help="open_clip architecture (ViT-B-16, RN50, ...), an hf-hub: id, or groupcoop-tiny")
     p.add_argument("--pretrained", help="weights: a pretrained tag (openai, ...), a checkpoint file "
                    "(.safetensors preferred), or 'random'; groupcoop-tiny uses its bundled weights by default")
-    p.add_argument("--device", default=None, help="torch device for the backbone (default cpu)")
+    p.add_argument("--device", default=None, help="torch device: cpu (default), cuda, cuda:N or mps")
 
 
 def _add_common(p) -> None:
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="feature cache folder (default $GROUPCOOP_CACHE or ~/.cache/groupcoop)")
-    p.add_argument("--workers", type=int, default=None, help="image-decoding worker processes (default: cores - 1, at most 4)")
+    p.add_argument("--workers", type=_count(0), default=None,
+                   help="image-decoding worker processes (default: cores - 1, at most 4; 0 decodes in-process)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
 
 
@@ -224,51 +245,69 @@ def _add_dataset_flags(p, required: bool = True) -> None:
     p.add_argument("--root", help="the dataset's folder (not needed for the synthetic ones)")
     p.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="dataset option, repeatable (e.g. target=Blond_Hair, biases=Male, csv_path=meta.csv)")
+    p.add_argument("--allow-symlinks-outside", action="store_true",
+                   help="read image files whose symlinks lead outside --root (refused by default)")
+
+
+def _add_grouping_flags(p) -> None:
+    p.add_argument("--bias-prompts", help="attribute value phrases for zeroshot/pseudo groups: "
+                   "'on land,on water' (';' between attributes)")
+    p.add_argument("--clusters", type=_count(2), help="clusters per class for kmeans groups (default: attribute size)")
+    p.add_argument("--variant", choices=["selftrain", "kmeans", "gmm", "blend"],
+                   help="pseudo-labeler variant (default selftrain; see docs/groups.md)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .methods import METHODS
-    from .pipeline import GROUP_SOURCES
-
     parser = _Parser(prog="groupcoop", description="Group-robust prompt tuning of frozen CLIP models (GroupCoOp).",
                      epilog=EPILOG)
+    parser.add_argument("--version", action="version", version=f"groupcoop {__version__}",
+                        help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
 
     demo = sub.add_parser("demo", help="zero-shot vs CoOp vs GroupCoOp on the built-in synthetic benchmark",
                           description="Run zero-shot, CoOp and GroupCoOp on a synthetic task with the bundled "
-                          "groupcoop-tiny CLIP; print a comparison table; write OUT/summary.json and OUT/report.txt.")
-    demo.add_argument("--out", default="runs/demo", help="output folder (default runs/demo); replaced if it holds a demo")
-    demo.add_argument("--seeds", type=int, default=1, help="number of seeds (0..N-1); tables show mean ± std when N > 1")
-    demo.add_argument("--task", default="synth-waterbirds", help="synthetic task (default synth-waterbirds)")
+                          "groupcoop-tiny CLIP; print a comparison table; write OUT/summary.json and a report.")
+    demo.add_argument("--out", default="runs/demo",
+                      help="output folder (default runs/demo); a previous demo there is replaced, nothing else is")
+    demo.add_argument("--seeds", type=_count(1), default=1,
+                      help="number of seeds (0..N-1); tables show mean ± std when N > 1")
+    demo.add_argument("--task", default="synth-waterbirds",
+                      help="synthetic task: synth-waterbirds (default), synth-multiceleba, synth-threebias "
+                      "or synth-random:<seed>")
     _add_common(demo)
     demo.set_defaults(func=cmd_demo)
 
     train = sub.add_parser("train", help="train one method on one dataset and write a run folder",
-                           description="Train a method and write a run folder: config.yaml, metrics.json, "
-                           "prompts.safetensors + prompts.json, report.txt. Flags override --config.")
+                           description="Train a method and write a run folder: config.yaml (the resolved "
+                           "configuration), metrics.json, head.safetensors, prompts.safetensors + prompts.json, "
+                           "report.txt. Flags override --config.")
     _add_dataset_flags(train, required=False)
     _add_backbone_flags(train, required=False)
-    train.add_argument("--method", help=f"one of: {', '.join(METHODS)}")
-    train.add_argument("--groups", help=f"where training groups come from: {', '.join(GROUP_SOURCES)} "
+    train.add_argument("--method", help=f"one of: {METHOD_NAMES} (`groupcoop methods` lists them all)")
+    train.add_argument("--groups", help="where training groups come from: gt, zeroshot, kmeans, pseudo "
                        "(default gt when the dataset has bias labels, else pseudo)")
+    _add_grouping_flags(train)
     train.add_argument("--out", required=True, help="run folder to write")
-    train.add_argument("--config", help="YAML file with any of: " + ", ".join(sorted(CONFIG_KEYS)))
-    train.add_argument("--seed", type=int, help="random seed (default 0); same seed, same metrics.json")
+    train.add_argument("--config", help="YAML file with any of the keys of a run's config.yaml "
+                       "(dataset, root, dataset_options, backbone, pretrained, method, groups, seed, device, "
+                       "feature_dtype, hyperparameters)")
+    train.add_argument("--seed", type=_count(0), help="random seed (default 0); same seed, same metrics.json")
     train.add_argument("--set", action="append", metavar="KEY=VALUE",
-                       help="method hyper-parameter, repeatable (e.g. epochs=30, lr=0.001, aggregate=logsumexp)")
-    train.add_argument("--bias-prompts", help="attribute value phrases for zeroshot/pseudo groups: "
-                       "'on land,on water' (';' between attributes)")
-    train.add_argument("--clusters", type=int, help="clusters per class for --groups kmeans (default: attribute size)")
+                       help="method hyper-parameter, repeatable (e.g. epochs=30, lr=0.001, aggregate=logsumexp; "
+                       "`groupcoop methods -v` lists them)")
     train.add_argument("--feature-dtype", choices=["float32", "float16"], default=None, help="feature cache dtype")
-    train.add_argument("--overwrite", action="store_true", help="replace an --out folder that holds another run")
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace an --out folder that holds another groupcoop run (never anything else)")
+    train.add_argument("--verify-cache", action="store_true",
+                       help="hash every image file's content to check the feature cache (default: size and mtime)")
     _add_common(train)
     train.set_defaults(func=cmd_train)
 
-    ev = sub.add_parser("evaluate", help="evaluate learned prompts from a run folder on a dataset split",
-                        description="Load prompts saved by `groupcoop train` and report per-group accuracy.")
-    ev.add_argument("--prompts", required=True, help="run folder holding prompts.safetensors + prompts.json")
+    ev = sub.add_parser("evaluate", help="evaluate a trained run's classifier on a dataset split",
+                        description="Load the classifier of a run folder and report per-group accuracy on a split.")
+    ev.add_argument("--prompts", required=True, metavar="RUN", help="run folder written by `groupcoop train`")
     _add_dataset_flags(ev)
-    _add_backbone_flags(ev)
+    _add_backbone_flags(ev, required=False)
     ev.add_argument("--split", default="test", choices=["train", "val", "test"], help="split to evaluate (default test)")
     ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
     _add_common(ev)
@@ -276,12 +315,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     ds = sub.add_parser("datasets", help="list dataset loaders, or check a dataset folder",
                         description="Without arguments: list the loaders. `check NAME --root DIR`: validate a "
-                        "folder and print per-split, per-group counts.")
+                        "folder and print per-split, per-group counts; --grid FILE also draws images per group.")
     ds.add_argument("action", nargs="?", choices=["check"], help="'check' to validate a folder")
     ds.add_argument("name", nargs="?", help="dataset name to check")
     ds.add_argument("--root", help="the dataset's folder")
     ds.add_argument("--option", action="append", metavar="KEY=VALUE", help="dataset option, repeatable")
+    ds.add_argument("--allow-symlinks-outside", action="store_true",
+                    help="accept image symlinks that lead outside --root")
     ds.add_argument("--json", action="store_true", help="print the counts as JSON")
+    ds.add_argument("--grid", metavar="FILE", help="write a PNG with sample training images of every group")
+    ds.add_argument("--overwrite", action="store_true", help="replace an existing --grid file")
     ds.set_defaults(func=cmd_datasets)
 
     gr = sub.add_parser("groups", help="assign (pseudo-)groups and report their agreement with true groups",
@@ -289,19 +332,23 @@ def build_parser() -> argparse.ArgumentParser:
                         "OUT/quality.json (accuracy under best matching, NMI, ARI, per-group precision/recall).")
     _add_dataset_flags(gr)
     _add_backbone_flags(gr)
-    gr.add_argument("--method", required=True, choices=["zeroshot", "kmeans", "pseudo"], help="labeler")
-    gr.add_argument("--variant", help="pseudo-labeler variant: kmeans (default), gmm or blend")
-    gr.add_argument("--bias-prompts", help="attribute value phrases: 'on land,on water' (';' between attributes)")
-    gr.add_argument("--clusters", type=int, help="clusters per class for kmeans (default: attribute size)")
-    gr.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    gr.add_argument("--labeler", "--method", dest="labeler", required=True, choices=["zeroshot", "kmeans", "pseudo"],
+                    help="the group labeler (--method is the older name)")
+    _add_grouping_flags(gr)
+    gr.add_argument("--seed", type=_count(0), default=0, help="random seed (default 0)")
     gr.add_argument("--out", required=True, help="output folder")
-    gr.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
+    gr.add_argument("--overwrite", action="store_true", help="replace an --out folder holding earlier groups output")
     _add_common(gr)
     gr.set_defaults(func=cmd_groups)
 
     bb = sub.add_parser("backbones", help="list the architectures and pretrained tags",
                         description="List the open_clip architectures, their pretrained tags and the bundled model.")
     bb.set_defaults(func=cmd_backbones)
+
+    me = sub.add_parser("methods", help="list the methods and their hyper-parameters",
+                        description="The methods table: name and summary; -v adds every hyper-parameter's default.")
+    me.add_argument("-v", "--verbose", action="store_true", help="also list each method's hyper-parameters")
+    me.set_defaults(func=cmd_methods)
     return parser
 
 
@@ -310,12 +357,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         args.func(args)
+        sys.stdout.flush()
     except UserError as err:
-        print(f"groupcoop: error: {err}", file=sys.stderr)
+        print(f"groupcoop: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("groupcoop: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `groupcoop backbones | head`: the reader left; say nothing more
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+    except Exception as err:  # noqa: BLE001 - a bug or an unforeseen failure: one line, traceback on request
+        if os.environ.get("GROUPCOOP_DEBUG"):
+            raise
+        first = (str(err).strip().splitlines() or [""])[0]
+        print(f"groupcoop: internal error: {type(err).__name__}: {first} (set GROUPCOOP_DEBUG=1 for the traceback "
+              "and please report it)", file=sys.stderr)
+        return 1
     return 0
 
 

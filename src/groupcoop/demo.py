@@ -14,10 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from .backbone import TINY
-from .data.synthetic import make_task_dataset
 from .errors import UserError
-from .files import atomic_folder
-from .pipeline import prepare, run_method, run_report, write_run
+from .files import atomic_folder, output_lock
 
 METHODS = ("zeroshot", "coop", "groupcoop")
 HEADLINE = ("avg_acc", "worst_group_acc", "unbiased_acc")
@@ -90,31 +88,30 @@ def _plot(summary: dict, path: Path) -> None:
 
 def run_demo(out: Path, seeds: int = 1, task: str = "synth-waterbirds", cache_dir=None, workers=None,
              progress: bool = True, log=print) -> dict:
-    from .data.synthetic import TASKS
+    """Run every demo method and seed into `out` (replaced whole when done; nothing is written on failure)."""
+    from .pipeline import check_run, fill_run_folder, prepare, run_method
+    from .settings import make_settings
 
-    if task not in TASKS:
-        raise UserError(f"unknown synthetic task '{task}'; choose one of: {', '.join(TASKS)}")
-    if out.exists() and any(out.iterdir()) and not (out / "summary.json").is_file():
-        raise UserError(f"{out} is not empty and holds no demo; choose another --out")
-    dataset = make_task_dataset(task)
+    base = make_settings({"dataset": task, "backbone": TINY, "method": METHODS[0]}, "demo")
+    dataset, base, backbone = check_run(base)
+    if not dataset.name.startswith("synth-"):
+        raise UserError(f"--task {task} is not a synthetic task; the demo runs on synth-* tasks")
     log(f"groupcoop demo: {task} ({dataset.info['description']}), backbone {TINY}")
-    prep = prepare(dataset, TINY, cache_dir=cache_dir, workers=workers, progress=progress)
-    with atomic_folder(out) as tmp:
+    prep = prepare(dataset, backbone, cache_dir=cache_dir, workers=workers, progress=progress)
+    with output_lock(out), atomic_folder(out, kind="demo") as tmp:
         runs: dict[str, list[dict]] = {}
         for method in METHODS:
             for seed in range(seeds):
-                metrics, learner = run_method(prep, method, seed=seed, log=lambda s: None)
-                config = {"dataset": task, "backbone": TINY, "method": method, "groups": metrics["groups_source"],
-                          "seed": seed, "hyperparameters": metrics["hyperparameters"]}
-                write_run(tmp / method / f"seed-{seed}", config, metrics, learner, run_report(metrics))
-                runs.setdefault(method, []).append(metrics)
-                test = metrics["splits"]["test"]
+                run = run_method(prep, base.replace(method=method, seed=seed, hyperparameters={}), log=lambda s: None)
+                fill_run_folder(tmp / method / f"seed-{seed}", run)
+                runs.setdefault(method, []).append(run.metrics)
+                test = run.metrics["splits"]["test"]
                 log(f"  {method:<10} seed {seed}: test worst-group {100 * test['worst_group_acc']:.1f}  "
                     f"average {100 * test['avg_acc']:.1f}")
         summary = summarise(runs)
         table = comparison_table(summary)
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-        (tmp / "report.txt").write_text(table + "\n")
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+        (tmp / "report.txt").write_text(table + "\n", encoding="utf-8")
         _plot(summary, tmp / "report.png")
     log("")
     log(table)

@@ -1,28 +1,68 @@
 """The methods, each a small declarative recipe registered by name in one table.
 
 A recipe says which prompts exist (one per class or one per group), whether they are
-learned, which loss and sampler train them and how class scores are formed. All
-hyper-parameters and their defaults live here; a run's config may override any of them.
+learned, and carries its hyper-parameter schema: a frozen settings class whose fields are
+the hyper-parameters, their types, ranges and defaults. The defaults live here and nowhere
+else; a run's config may override any of them and is validated against the schema before
+any work starts. This module imports no torch.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+from pydantic import Field, StrictBool, field_validator
 
 from .errors import UserError, close_matches
+from .settings import Frozen, Int, Number, TextList, build
 
-COMMON_DEFAULTS = {
-    "epochs": 20,
-    "batch_size": 128,
-    "optimizer": "adamw",  # or sgd
-    "lr": 2e-3,
-    "weight_decay": 0.0,
-    "momentum": 0.9,  # sgd only
-    "warmup_epochs": 1,
-    "patience": 8,  # epochs without a better validation worst-group accuracy before stopping
-    "n_ctx": 16,
-    "ctx_init": "a photo of a",  # null for random context
-}
+SAMPLERS = ("natural", "group_balanced", "reweight")
+AGGREGATES = ("max", "logsumexp", "mean")
+Sampler = Literal["natural", "group_balanced", "reweight"]
+Aggregate = Literal["max", "logsumexp", "mean"]
+
+
+class ZeroShotParams(Frozen):
+    """Hand-written prompts: nothing is trained."""
+
+    templates: Annotated[TextList, Field(min_length=1)] = ["a photo of a {}.", "a {}."]
+
+    @field_validator("templates")
+    @classmethod
+    def _placeholder(cls, value):
+        for t in value:
+            if "{}" not in t:
+                raise ValueError(f"template {t!r} has no {{}} where the class name goes")
+        return value
+
+
+class PromptParams(Frozen):
+    """What every learned-prompt method shares: the schedule, the optimiser and the context."""
+
+    epochs: Annotated[Int, Field(ge=1, le=100_000)] = 20
+    batch_size: Annotated[Int, Field(ge=1, le=1_000_000)] = 128
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: Annotated[Number, Field(gt=0, le=10)] = 2e-3
+    weight_decay: Annotated[Number, Field(ge=0, le=10)] = 0.0
+    momentum: Annotated[Number, Field(ge=0, lt=1)] = 0.9  # sgd only
+    warmup_epochs: Annotated[Int, Field(ge=0, le=100_000)] = 1
+    patience: Annotated[Int, Field(ge=1, le=100_000)] = 8  # epochs without a better val worst-group acc
+    n_ctx: Annotated[Int, Field(ge=1, le=64)] = 16  # context vectors per prompt
+    ctx_init: Annotated[str, Field(strict=True, min_length=1)] | None = "a photo of a"  # None: random context
+
+
+class CoOpParams(PromptParams):
+    shared_ctx: StrictBool = True
+    sampler: Sampler = "natural"
+
+
+class GroupCoOpParams(PromptParams):
+    shared_ctx: StrictBool = False
+    sampler: Sampler = "group_balanced"
+    group_words: StrictBool = True  # the group's attribute words follow the class name in its prompt
+    aggregate: Aggregate = "max"  # class score from its group prompts
+    class_loss_weight: Annotated[Number, Field(ge=0, le=100)] = 0.0  # class-level term on the aggregated score
 
 
 @dataclass(frozen=True)
@@ -31,53 +71,28 @@ class Recipe:
     summary: str
     prompts: str  # "class": one prompt per class; "group": one per (class, group)
     learned: bool
-    defaults: dict = field(default_factory=dict)
+    schema: type[Frozen]
 
-    def hyperparameters(self, overrides: dict | None = None) -> dict:
-        hp = dict(self.defaults)
-        for key, value in (overrides or {}).items():
-            if key not in hp:
-                raise UserError(f"method {self.name} has no hyper-parameter '{key}'{close_matches(key, hp)}; "
-                                f"valid: {', '.join(sorted(hp))}")
-            hp[key] = value
-        return hp
+    def params(self, values: dict | None = None) -> Frozen:
+        """The typed hyper-parameters: defaults overridden by `values`, validated."""
+        return build(self.schema, values or {}, f"method {self.name} hyper-parameters")
+
+    def defaults(self) -> dict:
+        return self.schema().model_dump()
 
 
 METHODS = {
-    "zeroshot": Recipe(
-        "zeroshot", "hand-written class prompts, averaged over templates; nothing is trained", "class", False,
-        {"templates": ["a photo of a {}.", "a {}."]},
-    ),
-    "coop": Recipe(
-        "coop", "CoOp: learned context for class prompts, ERM on the class labels", "class", True,
-        {**COMMON_DEFAULTS, "shared_ctx": True, "sampler": "natural"},
-    ),
-    "groupcoop": Recipe(
-        "groupcoop", "GroupCoOp: one learned prompt per (class, group), group-wise cross-entropy, "
-        "group-balanced sampling, class score = aggregate of its group prompts", "group", True,
-        {**COMMON_DEFAULTS, "shared_ctx": False, "sampler": "group_balanced", "group_words": True,
-         "aggregate": "max", "class_loss_weight": 0.0},
-    ),
+    "zeroshot": Recipe("zeroshot", "hand-written class prompts, averaged over templates; nothing is trained",
+                       "class", False, ZeroShotParams),
+    "coop": Recipe("coop", "CoOp: learned context for class prompts, ERM on the class labels", "class", True,
+                   CoOpParams),
+    "groupcoop": Recipe("groupcoop", "GroupCoOp: one learned prompt per (class, group), group-wise cross-entropy, "
+                        "group-balanced sampling, class score = aggregate of its group prompts", "group", True,
+                        GroupCoOpParams),
 }
-
-SAMPLERS = ("natural", "group_balanced", "reweight")
-AGGREGATES = ("max", "logsumexp", "mean")
 
 
 def get_method(name: str) -> Recipe:
     if name not in METHODS:
         raise UserError(f"unknown method '{name}'{close_matches(name, METHODS)}; choose one of: {', '.join(METHODS)}")
     return METHODS[name]
-
-
-def check_hyperparameters(recipe: Recipe, hp: dict) -> None:
-    """Reject values the training loop cannot use, with the valid choices."""
-    if hp.get("sampler", "natural") not in SAMPLERS:
-        raise UserError(f"sampler '{hp['sampler']}' is not one of {', '.join(SAMPLERS)}")
-    if hp.get("aggregate", "max") not in AGGREGATES:
-        raise UserError(f"aggregate '{hp['aggregate']}' is not one of {', '.join(AGGREGATES)}")
-    if recipe.learned and hp["optimizer"] not in ("adamw", "sgd"):
-        raise UserError(f"optimizer '{hp['optimizer']}' is not one of adamw, sgd")
-    for key in ("epochs", "batch_size", "n_ctx"):
-        if key in hp and (not isinstance(hp[key], int) or hp[key] < 1):
-            raise UserError(f"{key} must be a positive integer, got {hp[key]!r}")

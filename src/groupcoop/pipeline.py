@@ -1,14 +1,16 @@
 """One run, start to finish: dataset -> features -> groups -> prompts -> training -> metrics -> run folder.
 
-`prepare` does the shared, expensive part (dataset, backbone, cached features) once, so that
-the demo can run several methods and seeds on it; `run_method` does one method with one
-seed and returns the metrics.json value; `write_run` stores a run folder atomically.
+`check_run` does every cheap check a run needs (settings, dataset metadata, groups, backbone,
+prompt lengths) before `prepare` does the expensive, shared part (cached features), so that
+bad input is refused before any image is read. `run_method` trains (or not) one method with
+one seed and returns a `Run`: its settings, the metrics.json value, the classifier head and the
+learned prompts. `Run.save` stores a run folder atomically.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,57 +20,104 @@ import yaml
 
 from . import groups as labelers
 from .backbone import Backbone, load_backbone
-from .data.base import GroupDataset
+from .data.base import GroupDataset, GroupSpec
 from .errors import UserError
-from .features import extract_features
-from .files import atomic_folder, atomic_text
-from .methods import check_hyperparameters, get_method
+from .features import Features, extract_features
+from .files import atomic_folder, atomic_text, check_replaceable, output_lock
+from .head import Head
+from .methods import get_method
 from .metrics import format_group_table, split_metrics
-from .prompts import PromptLearner
-from .train import SplitData, predict, train_prompts
+from .prompts import PromptLearner, check_prompts_fit
+from .settings import GroupingOptions, RunSettings
+from .train import SplitData, train_prompts
 
-GROUP_SOURCES = ("gt", "zeroshot", "kmeans", "pseudo")
-ZEROSHOT_TEMPLATES = ["a photo of a {}.", "a {}."]
+ZEROSHOT_TEMPLATES = ("a photo of a {}.", "a {}.")
 
 
 @dataclass
 class Prepared:
     dataset: GroupDataset
     backbone: Backbone
-    feats: torch.Tensor  # (n, d), L2-normalised, for every row of the dataset
-    options: dict = field(default_factory=dict)
+    feats: Features  # one row per dataset row; rows come back L2-normalised
+
+    def __post_init__(self):
+        if isinstance(self.feats, torch.Tensor):
+            self.feats = Features.from_tensor(self.feats)
 
 
-def prepare(dataset: GroupDataset, backbone_name: str, pretrained: str | None = None, device: str = "cpu",
+def prepare(dataset: GroupDataset, backbone: Backbone | str, pretrained: str | None = None, device: str = "cpu",
             cache_dir: Path | None = None, feature_dtype: str = "float32", workers: int | None = None,
-            progress: bool = True, backbone: Backbone | None = None) -> Prepared:
-    backbone = backbone or load_backbone(backbone_name, pretrained, device=device)
-    feats = extract_features(backbone, dataset.images, cache_dir=cache_dir, dtype=feature_dtype,
-                             workers=workers, progress=progress)
-    return Prepared(dataset, backbone, F.normalize(feats, dim=-1))
+            progress: bool = True, verify_cache: bool = False) -> Prepared:
+    """The dataset's image features through the cache (extracted only where missing or stale)."""
+    if isinstance(backbone, str):
+        backbone = load_backbone(backbone, pretrained, device=device)
+    feats = extract_features(backbone, dataset.images, cache_dir=cache_dir, dtype=feature_dtype, workers=workers,
+                             progress=progress, verify=verify_cache)
+    return Prepared(dataset, backbone, feats)
 
 
 # --- groups ----------------------------------------------------------------------------
 
-def apply_phrase(phrase: str, class_name: str) -> str:
-    """'{} on water' + 'round shape' -> 'round shape on water'; a phrase without {} is appended."""
-    return phrase.replace("{}", class_name) if "{}" in phrase else f"{class_name} {phrase}"
+def text_features(backbone: Backbone, texts: list[str], templates=ZEROSHOT_TEMPLATES) -> torch.Tensor:
+    """Normalised text features per text, averaged over templates (the usual CLIP ensemble)."""
+    return torch.stack([F.normalize(backbone.encode_text([t.format(x) for t in templates], normalize=True).mean(0),
+                                    dim=-1) for x in texts])
 
 
-def attribute_scores(prep: Prepared, rows: np.ndarray, phrases: list[list[str]]) -> list[np.ndarray]:
+def attribute_scores(prep: Prepared, rows: np.ndarray, phrases) -> list[np.ndarray]:
     """Per attribute: cosine of each image with '<its class> <value phrase>' prompts (template ensemble)."""
-    ds, bb = prep.dataset, prep.backbone
-    feats, y = prep.feats[rows], ds.y[rows]
+    from .data.base import apply_phrase
+
+    ds = prep.dataset
+    feats, y = prep.feats.rows(rows), ds.y[rows]
     scores = []
     for values in phrases:
-        text = torch.stack([
-            torch.stack([F.normalize(bb.encode_text([t.format(apply_phrase(v, c)) for t in ZEROSHOT_TEMPLATES],
-                                                    normalize=True).mean(0), dim=-1) for v in values])
-            for c in ds.class_names
-        ])  # (C, V, D)
-        per_image = torch.einsum("nd,nvd->nv", feats, text.to(feats.device)[torch.as_tensor(y)])
-        scores.append(per_image.cpu().numpy())
+        text = torch.stack([text_features(prep.backbone, [apply_phrase(v, c) for v in values])
+                            for c in ds.class_names])  # (C, V, D)
+        scores.append(torch.einsum("nd,nvd->nv", feats, text.to(feats.device)[torch.as_tensor(y)]).cpu().numpy())
     return scores
+
+
+def resolve_grouping(ds: GroupDataset, options: GroupingOptions) -> GroupingOptions:
+    """The options with the source decided, checked against what the dataset offers (no features needed)."""
+    train_rows = ds.split_indices("train")
+    if options.source is None and ds.attribute_names and not ds.has_group_labels and (ds.attrs >= 0).any():
+        missing = int((ds.attrs[train_rows] < 0).any(axis=1).sum())
+        raise UserError(f"{ds.name}: {missing} training rows lack a bias label while others have one; fill them in, "
+                        "or pass --groups pseudo (or zeroshot, kmeans) to label every row with a labeler")
+    options = options.resolved(ds.has_group_labels)
+    if options.source == "gt" and not ds.labelled(train_rows):
+        raise UserError(f"--groups gt needs bias labels, but {ds.name} has none for its training split; "
+                        "use --groups pseudo, zeroshot or kmeans")
+    spec = labeler_spec(ds, options)
+    if options.source in ("zeroshot", "pseudo") and spec.phrases is None:
+        raise UserError(f"--groups {options.source} needs attribute phrases, and {ds.name} has none; pass "
+                        '--bias-prompts "on land,on water" (one phrase per value) or use --groups kmeans')
+    return options
+
+
+def labeler_spec(ds: GroupDataset, options: GroupingOptions) -> GroupSpec:
+    """How the labeler's groups are numbered, named and phrased in prompts.
+
+    A dataset without bias attributes takes them from --bias-prompts (one attribute per
+    ';'-separated list) or, for kmeans, from --clusters (default 2); kmeans clusters have no names.
+    """
+    bias_prompts = options.bias_prompts
+    if ds.attribute_names:
+        if bias_prompts and [len(p) for p in bias_prompts] != ds.attr_sizes:
+            raise UserError(f"--bias-prompts gives {[len(p) for p in bias_prompts]} phrases per attribute, but "
+                            f"{ds.name} has attribute sizes {ds.attr_sizes}; give one phrase per value")
+        values = ds.attribute_values
+        phrases = bias_prompts or ds.attribute_phrases
+    elif bias_prompts:
+        values, phrases = bias_prompts, bias_prompts
+    else:
+        values, phrases = [[f"cluster {k}" for k in range(options.clusters or 2)]], None
+    if options.source == "kmeans":
+        sizes = labelers.group_sizes("kmeans", [len(v) for v in values], options.clusters)
+        values, phrases = [[f"cluster {k}" for k in range(s)] for s in sizes], None
+    as_tuple = lambda lists: tuple(tuple(x) for x in lists)  # noqa: E731
+    return GroupSpec(tuple(ds.class_names), as_tuple(values), as_tuple(phrases) if phrases else None)
 
 
 @dataclass
@@ -76,191 +125,196 @@ class GroupPlan:
     """Group ids used for training, selection and reporting, and where each came from."""
 
     source: str
-    sizes: list[int]
-    names: list[str]  # display name per group
-    prompt_names: list[str]  # text after the context vectors, per group prompt
+    spec: GroupSpec
     train: np.ndarray
     val_select: np.ndarray
     selection_source: str
-    report: dict = field(default_factory=dict)  # split -> (group ids, whether they are the true groups)
+    report: dict  # split -> (group ids, whether they are the true groups)
     quality: dict | None = None
 
 
-def _bias_attributes(ds: GroupDataset, bias_prompts, clusters) -> tuple[list[int], list[list[str]], list[list[str]] | None]:
-    """(attribute sizes, value names, prompt phrases) the labelers work with.
-
-    A dataset without bias attributes takes them from --bias-prompts (one attribute per
-    ';'-separated list) or, for kmeans, from --clusters (default 2).
-    """
-    if ds.attribute_names:
-        if bias_prompts and [len(p) for p in bias_prompts] != ds.attr_sizes:
-            raise UserError(f"--bias-prompts gives {[len(p) for p in bias_prompts]} phrases per attribute, but "
-                            f"{ds.name} has attribute sizes {ds.attr_sizes}; give one phrase per value")
-        return ds.attr_sizes, ds.attribute_values, bias_prompts or ds.attribute_phrases
-    if bias_prompts:
-        return [len(p) for p in bias_prompts], [list(p) for p in bias_prompts], bias_prompts
-    return [int(clusters or 2)], [[f"cluster {k}" for k in range(int(clusters or 2))]], None
-
-
-def plan_groups(prep: Prepared, source: str, seed: int, bias_prompts=None, clusters=None,
-                variant: str | None = None) -> GroupPlan:
+def plan_groups(prep: Prepared, options: GroupingOptions, seed: int) -> GroupPlan:
     ds = prep.dataset
-    if source not in GROUP_SOURCES:
-        raise UserError(f"unknown --groups '{source}'; choose one of: {', '.join(GROUP_SOURCES)}")
-    train_rows, val_rows = ds.split_indices("train"), ds.split_indices("val")
-    train_labelled = bool((ds.attrs[train_rows] >= 0).all()) and len(ds.attribute_names) > 0
-    if source == "gt" and not train_labelled:
-        raise UserError(f"--groups gt needs bias labels, but {ds.name} has none for its training split; "
-                        "use --groups pseudo, zeroshot or kmeans")
-    attr_sizes, value_names, phrases = _bias_attributes(ds, bias_prompts, clusters)
-    if source in ("zeroshot", "pseudo") and not phrases:
-        raise UserError(f"--groups {source} needs attribute phrases, and {ds.name} has none; pass "
-                        '--bias-prompts "on land,on water" (one phrase per value) or use --groups kmeans')
-    sizes = labelers.group_sizes(source, attr_sizes, clusters)
-    n_codes = int(np.prod(sizes))
+    options = resolve_grouping(ds, options)
+    source, spec = options.source, labeler_spec(ds, options)
+    rows = {s: ds.split_indices(s) for s in ("train", "val", "test")}
+    labelled: dict[str, np.ndarray] = {}
 
-    def label(rows):
-        if source == "gt":
-            return ds.groups[rows]
-        scores = attribute_scores(prep, rows, phrases) if source in ("zeroshot", "pseudo") else None
-        return labelers.assign_groups(source, prep.feats[rows].cpu().numpy(), ds.y[rows], attr_sizes,
-                                      attr_scores=scores, clusters=clusters, seed=seed, variant=variant)
-
-    train_groups = label(train_rows)
-
-    def labelled(rows):
-        return len(ds.attribute_names) > 0 and bool((ds.attrs[rows] >= 0).all())
-
-    report = {s: ((ds.groups[r], True) if labelled(r) else (label(r), False))
-              for s, r in (("val", val_rows), ("test", ds.split_indices("test"))) if len(r)}
-    if "val" in report and report["val"][1] and sizes == ds.attr_sizes:
-        val_groups, selection = report["val"][0], "true val groups"
-    else:  # the labeler's val groups: reuse them when the report already computed them
-        val_groups = report["val"][0] if "val" in report and not report["val"][1] else label(val_rows)
-        selection = f"{source} val groups"
-    named = source != "kmeans" and phrases is not None
-    names, prompt_names = [], []
-    for g in range(ds.n_classes * n_codes):
-        y, code = divmod(g, n_codes)
-        words, text = [ds.class_names[y]], ds.class_names[y]
-        for j, size in enumerate(sizes):
-            code, a = divmod(code, size)
-            if named:
-                words.append(value_names[j][a])
-                text = apply_phrase(phrases[j][a], text)
+    def label(split: str) -> np.ndarray:
+        r = rows[split]
+        if split not in labelled:
+            if source == "gt":
+                labelled[split] = ds.groups[r]
             else:
-                words.append(f"cluster {a}")
-        names.append(", ".join(words))
-        prompt_names.append(text)
+                scores = attribute_scores(prep, r, spec.phrases) if source in ("zeroshot", "pseudo") else None
+                labelled[split] = labelers.assign_groups(
+                    source, prep.feats.numpy(r), ds.y[r], [len(v) for v in ds.attribute_values] or spec.sizes,
+                    attr_scores=scores, clusters=options.clusters, seed=seed, variant=options.variant)
+        return labelled[split]
+
+    report = {s: ((ds.groups[rows[s]], True) if ds.labelled(rows[s]) else (label(s), False))
+              for s in ("val", "test") if len(rows[s])}
+    if report.get("val", (None, False))[1] and spec.sizes == ds.attr_sizes:
+        val_groups, selection = report["val"][0], "true val groups"
+    else:
+        val_groups, selection = label("val"), f"{source} val groups"
     quality = None
-    if source != "gt" and train_labelled:
-        quality = labelers.quality(ds.groups[train_rows], train_groups, names=ds.group_names())
-    return GroupPlan(source, sizes, names, prompt_names, train_groups, val_groups, selection, report, quality)
+    if source != "gt" and ds.labelled(rows["train"]):
+        quality = labelers.quality(ds.groups[rows["train"]], label("train"), names=ds.group_names())
+    return GroupPlan(source, spec, label("train"), val_groups, selection, report, quality)
 
 
 # --- one method, one seed --------------------------------------------------------------
 
-def run_method(prep: Prepared, method: str, groups: str | None = None, seed: int = 0, overrides: dict | None = None,
-               bias_prompts=None, clusters=None, log=print) -> tuple[dict, PromptLearner | None]:
-    """Train (or not) one method and return (metrics.json value, learner)."""
-    recipe = get_method(method)
-    hp = recipe.hyperparameters(overrides)
-    check_hyperparameters(recipe, hp)
-    ds, bb = prep.dataset, prep.backbone
+@dataclass
+class Run:
+    """A finished run: what it was asked to do, what it measured, and the classifier it made."""
+
+    settings: RunSettings
+    metrics: dict
+    head: Head
+    learner: PromptLearner | None = None
+
+    def save(self, folder: Path, overwrite: bool = False) -> Path:
+        """Write the run folder atomically (refusing a folder that holds anything but a groupcoop run)."""
+        folder = Path(folder)
+        check_replaceable(folder, overwrite)
+        with output_lock(folder):
+            write_run(folder, self)
+        return folder
+
+
+def evaluate_split(head: Head, prep: Prepared, split: str, groups: np.ndarray | None = None,
+                   names: list[str] | None = None) -> dict:
+    """The metrics.json block of one split: by the given groups, else the true groups, else per class."""
+    ds = prep.dataset
+    rows = ds.split_indices(split)
+    pred = head.predict_classes(prep.feats.subset(rows))
+    true_groups = groups is None and ds.labelled(rows)
     if groups is None:
-        groups = "gt" if ds.has_group_labels else "pseudo"
-    torch.manual_seed(seed)
-    plan = plan_groups(prep, groups, seed, bias_prompts, clusters)
+        groups, names = (ds.groups[rows], ds.group_names()) if true_groups else (ds.y[rows], list(ds.class_names))
+    train_counts = ds.group_counts("train") if true_groups and ds.has_group_labels else None
+    return split_metrics(pred, ds.y[rows], groups, names, train_counts=train_counts,
+                         family=ds.info.get("metric_family") if true_groups else None)
+
+
+def check_run(settings: RunSettings, backbone: Backbone | None = None, allow_symlinks_outside: bool = False):
+    """Every check that needs no image: dataset metadata, groups, backbone, prompt lengths.
+
+    Returns (dataset, settings with the group source resolved, backbone).
+    """
+    from .data.registry import load_dataset
+
+    dataset = load_dataset(settings.dataset, settings.root, allow_symlinks_outside=allow_symlinks_outside,
+                           **settings.dataset_options)
+    grouping = resolve_grouping(dataset, settings.groups)
+    settings = settings.replace(groups=grouping.model_dump())
+    if backbone is None:
+        check_device(settings.device)
+        backbone = load_backbone(settings.backbone, settings.pretrained, device=settings.device)
+    recipe, hp = get_method(settings.method), settings.params
+    if recipe.learned:
+        spec = labeler_spec(dataset, grouping)
+        check_prompts_fit(backbone, _prompt_names(recipe, hp, spec), hp.n_ctx, hp.ctx_init)
+    return dataset, settings, backbone
+
+
+def check_device(device: str) -> None:
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: no CUDA GPU is visible to torch here; use --device cpu")
+    if device.startswith("cuda:") and int(device.split(":")[1]) >= torch.cuda.device_count():
+        raise UserError(f"--device {device}: only {torch.cuda.device_count()} GPU(s) here; use cuda:0..")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise UserError("--device mps: Apple's MPS backend is not available here; use --device cpu")
+
+
+def run_method(prep: Prepared, settings: RunSettings, log=print) -> Run:
+    """Train (or not) one method with one seed on prepared features."""
+    recipe, hp, seed = get_method(settings.method), settings.params, settings.seed
+    ds, bb = prep.dataset, prep.backbone
+    plan = plan_groups(prep, settings.groups, seed)
+    settings = settings.replace(groups={**settings.groups.model_dump(), "source": plan.source})
     rows = {s: ds.split_indices(s) for s in ("train", "val", "test")}
-    learner = None
-    extra = {}
-    if recipe.name == "zeroshot":
-        text = torch.stack([F.normalize(bb.encode_text([t.format(c) for t in hp["templates"]], normalize=True).mean(0), dim=-1)
-                            for c in ds.class_names])
-        aggregate, trainable = "max", 0
+    learner, extra = None, {}
+    if not recipe.learned:
+        head = Head.from_text(text_features(bb, list(ds.class_names), hp.templates), bb.logit_scale, ds.n_classes)
+        trainable = 0
     else:
-        learner = PromptLearner(bb, _prompt_names(recipe, hp, plan, ds), n_ctx=hp["n_ctx"], init=hp["ctx_init"], shared=hp["shared_ctx"],
-                                generator=torch.Generator().manual_seed(seed))
-        train = SplitData(prep.feats[rows["train"]], ds.y[rows["train"]], plan.train)
-        val = SplitData(prep.feats[rows["val"]], ds.y[rows["val"]], plan.val_select)
+        learner = PromptLearner(bb, _prompt_names(recipe, hp, plan.spec), n_ctx=hp.n_ctx, init=hp.ctx_init,
+                                shared=hp.shared_ctx, generator=torch.Generator().manual_seed(seed))
+        train = SplitData(prep.feats.subset(rows["train"]), ds.y[rows["train"]], plan.train)
+        val = SplitData(prep.feats.subset(rows["val"]), ds.y[rows["val"]], plan.val_select)
         result = train_prompts(recipe, hp, learner, train, val, ds.n_classes, seed, log=log)
+        aggregate = hp.aggregate if recipe.prompts == "group" else "max"
         with torch.no_grad():
-            text = learner()
-        aggregate, trainable = hp.get("aggregate", "max"), learner.trainable_parameters()
+            head = Head.from_text(learner(), bb.logit_scale, ds.n_classes, aggregate)
+        trainable = learner.trainable_parameters()
         extra = {"best_epoch": result.best_epoch + 1, "epochs_run": len(result.history), "history": result.history}
-    train_counts = ds.group_counts("train") if ds.has_group_labels else None
-    family = ds.info.get("metric_family")
+    head.class_names = list(ds.class_names)
+    head.row_names = plan.spec.names() if recipe.prompts == "group" else list(ds.class_names)
+    head.info = {"backbone": bb.identity, "method": recipe.name}
     splits = {}
     for split in ("val", "test"):
-        r = rows[split]
-        if len(r) == 0:
-            continue
-        pred = predict(text, prep.feats[r], ds.n_classes, aggregate)
-        report_groups, true_labels = plan.report[split]
-        names = ds.group_names() if true_labels else plan.names
-        splits[split] = split_metrics(pred, ds.y[r], report_groups, names, train_counts=train_counts, family=family)
+        if len(rows[split]):
+            groups, true_labels = plan.report[split]
+            splits[split] = evaluate_split(head, prep, split, *(() if true_labels else (groups, plan.spec.names())))
     metrics = {
         "method": recipe.name,
         "backbone": bb.identity,
         "dataset": ds.name,
         "groups_source": plan.source,
         "selection_groups": plan.selection_source,
-        "report_groups": {split: ("true groups" if plan.report[split][1] else f"{plan.source} groups") for split in splits},
+        "report_groups": {s: ("true groups" if plan.report[s][1] else f"{plan.source} groups") for s in splits},
         "trainable_params": int(trainable),
         "total_params": int(bb.parameter_count() + trainable),
         "seed": seed,
-        "hyperparameters": hp,
+        "hyperparameters": hp.model_dump(),
+        "grouping": settings.groups.model_dump(),
         "splits": splits,
         **({"group_quality": plan.quality} if plan.quality else {}),
         **extra,
     }
     if learner is not None:
-        learner.info.update({"classes": list(ds.class_names), "groups": plan.names, "method": recipe.name,
-                             "groups_source": plan.source, "aggregate": aggregate})
-    return metrics, learner
+        learner.info.update({"classes": list(ds.class_names), "groups": head.row_names, "method": recipe.name,
+                             "groups_source": plan.source, "aggregate": head.aggregate})
+    return Run(settings, metrics, head, learner)
 
 
-def _prompt_names(recipe, hp: dict, plan: GroupPlan, ds: GroupDataset) -> list[str]:
+def _prompt_names(recipe, hp, spec: GroupSpec) -> list[str]:
     """The frozen text after the context: class names, or group names with their attribute words."""
     if recipe.prompts == "class":
-        return list(ds.class_names)
-    if hp.get("group_words", True):
-        return plan.prompt_names
-    per_class = len(plan.names) // ds.n_classes
-    return [ds.class_names[g // per_class] for g in range(len(plan.names))]
+        return list(spec.class_names)
+    if hp.group_words:
+        return spec.prompt_texts()
+    return [spec.class_names[y] for y in spec.class_of(np.arange(spec.n_groups))]
 
 
 # --- run folders -------------------------------------------------------------------------
 
-def check_out_dir(out: Path, config: dict, overwrite: bool) -> None:
-    """Refuse to replace a folder holding something else, unless told to."""
-    if not out.exists() or overwrite:
-        return
-    if not out.is_dir():
-        raise UserError(f"--out {out} is a file; choose a folder")
-    entries = list(out.iterdir())
-    if not entries:
-        return
-    previous = out / "config.yaml"
-    if previous.is_file():
-        try:
-            same = yaml.safe_load(previous.read_text()) == config
-        except yaml.YAMLError:
-            same = False
-        if same:
-            return
-        raise UserError(f"{out} already holds a different run; pass --overwrite to replace it or choose another --out")
-    raise UserError(f"{out} is not empty and holds no groupcoop run; choose another --out or pass --overwrite")
+def same_run(out: Path, settings: RunSettings) -> bool:
+    """Whether `out` already holds a finished run of exactly these settings."""
+    try:
+        previous = yaml.safe_load((Path(out) / "config.yaml").read_text(encoding="utf-8"))
+        return previous == settings.dump() and (Path(out) / "metrics.json").is_file()
+    except (OSError, yaml.YAMLError):
+        return False
 
 
-def write_run(out: Path, config: dict, metrics: dict, learner: PromptLearner | None, report: str) -> None:
+def fill_run_folder(folder: Path, run: Run) -> None:
+    """Write a run's files into `folder` (created if needed)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump(run.settings.dump(), sort_keys=False), encoding="utf-8")
+    (folder / "metrics.json").write_text(json.dumps(run.metrics, indent=1) + "\n", encoding="utf-8")
+    (folder / "report.txt").write_text(run_report(run.metrics) + "\n", encoding="utf-8")
+    run.head.save(folder / "head.safetensors")
+    if run.learner is not None:
+        run.learner.save(folder)
+
+
+def write_run(out: Path, run: Run) -> None:
     """Write the run folder into a temporary sibling, then move it into place."""
-    with atomic_folder(Path(out)) as tmp:
-        (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
-        (tmp / "report.txt").write_text(report + "\n")
-        if learner is not None:
-            learner.save(tmp)
+    with atomic_folder(Path(out), kind="run") as tmp:
+        fill_run_folder(tmp, run)
 
 
 def run_report(metrics: dict) -> str:
@@ -275,26 +329,25 @@ def run_report(metrics: dict) -> str:
     return "\n".join(parts)
 
 
-def write_groups(prep: Prepared, out: Path, method: str, seed: int = 0, bias_prompts=None, clusters=None,
-                 variant: str | None = None) -> str:
+def write_groups(prep: Prepared, out: Path, options: GroupingOptions, seed: int = 0) -> str:
     """Label the training split with a labeler; write groups.csv and quality.json; return a summary."""
     import pandas as pd
 
     ds = prep.dataset
-    plan = plan_groups(prep, method, seed, bias_prompts, clusters, variant=variant)
+    plan = plan_groups(prep, options, seed)
     rows = ds.split_indices("train")
+    names = plan.spec.names()
     table = pd.DataFrame({"index": rows, "y": ds.y[rows], "group": plan.train,
-                          "group_name": [plan.names[g] for g in plan.train]})
+                          "group_name": [names[g] for g in plan.train]})
     if ds.has_group_labels:
         table["true_group"] = ds.groups[rows]
     quality = plan.quality or {"note": "the dataset has no bias labels to compare with"}
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_text(out / "groups.csv", table.to_csv(index=False))
-    atomic_text(out / "quality.json", json.dumps(quality, indent=1) + "\n")
+    with atomic_folder(Path(out), kind="groups") as tmp:
+        atomic_text(tmp / "groups.csv", table.to_csv(index=False))
+        atomic_text(tmp / "quality.json", json.dumps(quality, indent=1) + "\n")
+    method = options.source
     if plan.quality:
         q = plan.quality
         return (f"{method} groups on {ds.name} train ({len(rows)} images): accuracy {100 * q['accuracy']:.1f}  "
                 f"NMI {q['nmi']:.3f}  ARI {q['ari']:.3f}; wrote {out}/groups.csv and quality.json")
     return f"{method} groups on {ds.name} train ({len(rows)} images); no true groups to compare; wrote {out}/groups.csv"
-

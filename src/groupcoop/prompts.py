@@ -23,6 +23,26 @@ from .errors import UserError
 FORMAT = "groupcoop-prompts/1"
 
 
+def check_prompts_fit(backbone, names: list[str], n_ctx: int, init: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and pooled positions of the prompts; one clear line when they cannot fit.
+
+    Cheap (tokenising only): called before feature extraction, so a bad n_ctx or ctx_init is
+    refused before any image is read.
+    """
+    placeholder = " ".join(["X"] * n_ctx)
+    ids = backbone.tokenize([f"{placeholder} {name}." for name in names])
+    pool_at = backbone.pool_positions(ids)
+    if int(pool_at.max()) >= ids.shape[1] - 1 and backbone.text.pool_type != "last":
+        raise UserError(f"prompts with n_ctx={n_ctx} context vectors do not fit the text encoder's {ids.shape[1]} "
+                        "tokens; use a smaller --set n_ctx=... or shorter class and group names")
+    if init:
+        k = int(backbone.pool_positions(backbone.tokenize([init]))[0]) - 1  # tokens between [SOS] and [EOS]
+        if k > n_ctx:
+            raise UserError(f"ctx_init '{init}' has {k} tokens but n_ctx is {n_ctx}; raise --set n_ctx=... "
+                            "or shorten --set ctx_init=...")
+    return ids, pool_at
+
+
 class PromptLearner(nn.Module):
     def __init__(self, backbone, names: list[str], n_ctx: int = 16, init: str | None = "a photo of a",
                  shared: bool = False, generator: torch.Generator | None = None):
@@ -34,11 +54,7 @@ class PromptLearner(nn.Module):
         self.shared = shared
         self.info: dict = {}  # what else the saved prompts should say (classes, groups, aggregate)
         width = backbone.text.token_embedding.weight.shape[1]
-        placeholder = " ".join(["X"] * n_ctx)
-        ids = backbone.tokenize([f"{placeholder} {name}." for name in names])
-        pool_at = backbone.pool_positions(ids)
-        if int(pool_at.max()) >= ids.shape[1] - 1 and backbone.text.pool_type != "last":
-            raise UserError(f"prompt too long for the text encoder's {ids.shape[1]} tokens; use a smaller --n-ctx")
+        ids, pool_at = check_prompts_fit(backbone, names, n_ctx, init)
         with torch.no_grad():
             embedded = backbone.token_embeddings(ids)
         length = int(pool_at.max()) + 1 if backbone.text.pool_type in ("argmax", "eos") else ids.shape[1]
@@ -50,8 +66,6 @@ class PromptLearner(nn.Module):
         if init:
             phrase = backbone.tokenize([init])
             k = int(backbone.pool_positions(phrase)[0]) - 1  # tokens between [SOS] and [EOS]
-            if k > n_ctx:
-                raise UserError(f"--ctx-init '{init}' has {k} tokens but --n-ctx is {n_ctx}; raise --n-ctx or shorten the phrase")
             with torch.no_grad():
                 ctx[:, n_ctx - k:] = backbone.token_embeddings(phrase)[0, 1:1 + k]
         self.ctx = nn.Parameter(ctx)
@@ -84,12 +98,19 @@ def load_prompts(folder: Path, backbone, expect_classes: list[str] | None = None
     if not meta_path.is_file() or not weights_path.is_file():
         raise UserError(f"no learned prompts in {folder}: expected prompts.json and prompts.safetensors from `groupcoop train`")
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
         ctx = load_file(str(weights_path))["ctx"]
     except (ValueError, KeyError, SafetensorError, OSError) as err:
-        raise UserError(f"cannot read prompts in {folder}: {err}; re-run `groupcoop train`") from None
-    if meta.get("format") != FORMAT:
-        raise UserError(f"{meta_path} is not a groupcoop prompts file (format {meta.get('format')!r})")
+        raise UserError(f"cannot read prompts in {folder}: {str(err).splitlines()[0] if str(err) else repr(err)}; "
+                        "re-run `groupcoop train`") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise UserError(f"{meta_path} is not a groupcoop prompts file; re-run `groupcoop train`")
+    shapes = {"backbone": str, "names": list, "n_ctx": int, "shared": bool}
+    for key, kind in shapes.items():
+        if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool) != (kind is bool):
+            raise UserError(f"{meta_path}: '{key}' is missing or not a {kind.__name__}; re-run `groupcoop train`")
+    if not meta["names"] or not all(isinstance(n, str) for n in meta["names"]) or not 1 <= meta["n_ctx"] <= 64:
+        raise UserError(f"{meta_path}: prompt names or n_ctx are damaged; re-run `groupcoop train`")
     if meta["backbone"] != backbone.identity:
         raise UserError(f"prompts in {folder} were learned on backbone {meta['backbone']}, not {backbone.identity}; "
                         "load them with that backbone or train new ones")

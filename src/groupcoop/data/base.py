@@ -8,6 +8,7 @@ digit, as in MultiCelebA's c = Young + 2*Male).
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -28,28 +29,84 @@ class ImageSource(Protocol):
     def load(self, i: int) -> Image.Image: ...
 
     def identity(self) -> str:
-        """A string that changes whenever the images could change (for the feature cache)."""
+        """A string naming the list of images (part of the feature-cache key)."""
         ...
+
+    def stamp(self, start: int, stop: int, verify: bool = False) -> str:
+        """A string that changes whenever images [start, stop) could have changed."""
+        ...
+
+
+MAX_PIXELS_ENV = "GROUPCOOP_MAX_IMAGE_PIXELS"
+
+
+def _pixel_limit() -> int | None:
+    """Pillow's decompression-bomb limit, raised by $GROUPCOOP_MAX_IMAGE_PIXELS (0: no limit)."""
+    value = os.environ.get(MAX_PIXELS_ENV)
+    if value is None:
+        return Image.MAX_IMAGE_PIXELS
+    try:
+        limit = int(value)
+    except ValueError:
+        raise UserError(f"${MAX_PIXELS_ENV}={value!r} is not an integer; give a pixel count, or 0 for no limit") from None
+    return limit or None
 
 
 @dataclass(frozen=True)
 class PathImages:
-    """Images stored as files under a root folder."""
+    """Images stored as files under a root folder.
+
+    Every path must resolve (symlinks followed) to a file under the resolved root, unless
+    `allow_outside` is set: a symlink in a dataset folder cannot make us read other files.
+    """
 
     root: Path
     paths: tuple[str, ...]
+    allow_outside: bool = False
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def load(self, i: int) -> Image.Image:
+    def _resolved(self, i: int) -> Path:
         path = self.root / self.paths[i]
+        real = Path(os.path.realpath(path))
+        if not self.allow_outside and not real.is_relative_to(os.path.realpath(self.root)):
+            raise UserError(f"image {path} links to {real}, outside the dataset folder {self.root}; "
+                            "copy the file into the folder, or pass --allow-symlinks-outside if you trust the link")
+        return real
+
+    def check_confined(self) -> None:
+        """Refuse (one line) a dataset with a path that resolves outside the root."""
+        if self.allow_outside:
+            return
+        root = os.path.realpath(self.root)
+        inside = lambda real: real == root or real.startswith(root.rstrip(os.sep) + os.sep)  # noqa: E731
+        folders: dict[str, bool] = {}
+        for i, p in enumerate(self.paths):
+            path = os.path.join(self.root, p)
+            folder = os.path.dirname(path)
+            if folder not in folders:
+                folders[folder] = inside(os.path.realpath(folder))
+            if not folders[folder] or (os.path.islink(path) and not inside(os.path.realpath(path))):
+                self._resolved(i)
+
+    def load(self, i: int) -> Image.Image:
+        path = self._resolved(i)
+        shown = self.root / self.paths[i]
+        if path.is_dir():
+            raise UserError(f"image {shown} is a folder, not an image file; fix its row in the metadata")
+        Image.MAX_IMAGE_PIXELS = _pixel_limit()
         try:
             with Image.open(path) as img:
                 return img.convert("RGB")
-        except (OSError, ValueError) as err:
+        except Image.DecompressionBombError as err:
+            raise UserError(f"image {shown} is too large to decode safely ({str(err).split('(')[0].strip()}); "
+                            f"shrink it, or raise the limit with {MAX_PIXELS_ENV}=<pixels> (0: none)") from None
+        except FileNotFoundError:
+            raise UserError(f"image {shown} not found; restore it or remove its row from the metadata") from None
+        except (OSError, ValueError, SyntaxError) as err:
             raise UserError(
-                f"cannot read image {path}: {err}; check the file or remove its row from the metadata"
+                f"cannot read image {shown}: {err}; check the file or remove its row from the metadata"
             ) from None
 
     def identity(self) -> str:
@@ -57,6 +114,87 @@ class PathImages:
         for p in self.paths:
             digest.update(p.encode() + b"\0")
         return "paths:" + digest.hexdigest()[:16]
+
+    def stamp(self, start: int, stop: int, verify: bool = False) -> str:
+        """Size and modification time of each file (and its content hash with `verify`)."""
+        digest = hashlib.sha256()
+        for p in self.paths[start:stop]:
+            path = self.root / p
+            try:
+                st = path.stat()
+                digest.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+                if verify:
+                    with open(path, "rb") as fh:
+                        digest.update(hashlib.file_digest(fh, "sha256").digest())
+            except OSError:
+                digest.update(f"{p}\0missing\0".encode())
+        return digest.hexdigest()[:24]
+
+
+def apply_phrase(phrase: str, text: str) -> str:
+    """'{} on water' + 'round shape' -> 'round shape on water'; a phrase without {} is appended."""
+    return phrase.replace("{}", text) if "{}" in phrase else f"{text} {phrase}"
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    """How groups are numbered, named and put into prompt text: class x product of the bias
+    attributes, g = y * prod(sizes) + mixed-radix(a1, a2, ...), a1 least significant.
+
+    `phrases[j][v]` is the prompt text of value v of attribute j ("{} on water"); None for
+    groups without names (K-means clusters), whose prompts are the class name alone.
+    """
+
+    class_names: tuple[str, ...]
+    value_names: tuple[tuple[str, ...], ...]
+    phrases: tuple[tuple[str, ...], ...] | None = None
+
+    @property
+    def sizes(self) -> list[int]:
+        return [len(v) for v in self.value_names]
+
+    @property
+    def n_codes(self) -> int:
+        return int(np.prod(self.sizes, dtype=np.int64))
+
+    @property
+    def n_groups(self) -> int:
+        return len(self.class_names) * self.n_codes
+
+    def encode(self, y: np.ndarray, attrs: np.ndarray) -> np.ndarray:
+        return group_index(y, attrs, self.sizes)
+
+    def decode(self, g: int) -> tuple[int, list[int]]:
+        """Group id -> (class, value index per attribute)."""
+        y, code = divmod(int(g), self.n_codes)
+        digits = []
+        for size in self.sizes:
+            code, a = divmod(code, size)
+            digits.append(a)
+        return y, digits
+
+    def class_of(self, groups: np.ndarray) -> np.ndarray:
+        return np.asarray(groups) // self.n_codes
+
+    def names(self) -> list[str]:
+        """'round shape, water' per group, in group-id order."""
+        out = []
+        for g in range(self.n_groups):
+            y, digits = self.decode(g)
+            out.append(", ".join([self.class_names[y], *(self.value_names[j][a] for j, a in enumerate(digits))]))
+        return out
+
+    def prompt_texts(self) -> list[str]:
+        """The text after a group prompt's context: 'round shape on water' (class name alone when unnamed)."""
+        out = []
+        for g in range(self.n_groups):
+            y, digits = self.decode(g)
+            text = self.class_names[y]
+            if self.phrases is not None:
+                for j, a in enumerate(digits):
+                    text = apply_phrase(self.phrases[j][a], text)
+            out.append(text)
+        return out
 
 
 def group_index(y: np.ndarray, attrs: np.ndarray, attr_sizes: list[int]) -> np.ndarray:
@@ -107,8 +245,13 @@ class GroupDataset:
         return len(self.class_names)
 
     @property
+    def group_spec(self) -> GroupSpec:
+        return GroupSpec(tuple(self.class_names), tuple(tuple(v) for v in self.attribute_values),
+                         tuple(tuple(p) for p in self.attribute_phrases) if self.attribute_phrases else None)
+
+    @property
     def n_groups(self) -> int:
-        return self.n_classes * int(np.prod(self.attr_sizes, dtype=np.int64))
+        return self.group_spec.n_groups
 
     @property
     def has_group_labels(self) -> bool:
@@ -122,15 +265,11 @@ class GroupDataset:
 
     def group_names(self) -> list[str]:
         """Readable names: 'waterbird, water' style, in group-index order."""
-        names = []
-        for g in range(self.n_groups):
-            y, code = divmod(g, int(np.prod(self.attr_sizes, dtype=np.int64)))
-            parts = [self.class_names[y]]
-            for values in self.attribute_values:
-                code, a = divmod(code, len(values))
-                parts.append(values[a])
-            names.append(", ".join(parts))
-        return names
+        return self.group_spec.names()
+
+    def labelled(self, rows: np.ndarray) -> bool:
+        """Whether every one of these rows has all its bias labels."""
+        return len(self.attribute_names) > 0 and bool((self.attrs[rows] >= 0).all())
 
     def split_indices(self, split: str) -> np.ndarray:
         return np.flatnonzero(self.split == SPLITS[split])
@@ -140,7 +279,7 @@ class GroupDataset:
         return np.bincount(g[g >= 0], minlength=self.n_groups)
 
     def manifest_digest(self) -> str:
-        """Content identity of images, labels and splits (part of the feature-cache key)."""
+        """Content identity of images, labels and splits."""
         digest = hashlib.sha256(self.images.identity().encode())
         for arr in (self.y, self.attrs, self.split):
             digest.update(np.ascontiguousarray(arr).tobytes())

@@ -1,114 +1,190 @@
 """Dataset names -> loaders: the one table the CLI and the Python API look names up in.
 
-Each entry is a `LoaderSpec`: the loader (called as `loader(root, **options)`) and a line
-saying what folder it expects. Add a dataset by adding an entry; nothing registers itself.
+Each entry is a `LoaderSpec`: the loader (called as `loader(root, **options)`), a line saying
+what folder it expects, and the schema of its options (types, defaults), so that options are
+checked before anything is read. Add a dataset by adding an entry; nothing registers itself.
+Synthetic random tasks are named `synth-random:<seed>` and need no entry of their own.
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, StrictBool
 
 from ..errors import UserError, close_matches
-from .base import GroupDataset
-from .celeba import load_celeba
-from .csv_dataset import load_csv
-from .multiceleba import load_multiceleba
-from .subpopbench import load_subpopbench
-from .synthetic import TASKS, make_task_dataset
-from .waterbirds import load_waterbirds
+from ..settings import Frozen, Int, PhraseLists, TextList, build
+from .base import GroupDataset, PathImages
+
+Text = Annotated[str, Field(strict=True, min_length=1)]
+
+
+class NoOptions(Frozen):
+    pass
+
+
+class CelebAOptions(Frozen):
+    target: Text = "Blond_Hair"
+    biases: Annotated[TextList, Field(min_length=1)] = ["Male"]
+
+
+class MultiCelebAOptions(Frozen):
+    mouth_slightly_open: StrictBool = False
+
+
+class SubpopBenchOptions(Frozen):
+    name: Text | None = None
+    metadata: Text | None = None
+
+
+class KnownSubpopOptions(Frozen):
+    metadata: Text | None = None
+
+
+class CsvOptions(Frozen):
+    csv_path: Text
+    path_col: Text
+    label_col: Text
+    attr_cols: TextList = []
+    class_names: Annotated[TextList, Field(min_length=2)] | None = None
+    attr_values: PhraseLists | None = None
+    attr_phrases: PhraseLists | None = None
+    split_col: Text = "split"
+
+
+class SyntheticOptions(Frozen):
+    seed: Annotated[Int, Field(ge=0, le=2**32 - 1)] = 0  # render seed of the images
 
 
 @dataclass(frozen=True)
 class LoaderSpec:
     loader: Callable[..., GroupDataset]
     description: str
+    options: type[Frozen] = NoOptions
     needs_root: bool = True  # False for datasets made in memory (no folder to check)
 
 
-LOADERS: dict[str, LoaderSpec] = {
-    "waterbirds": LoaderSpec(
-        load_waterbirds,
-        "group_DRO's waterbird_complete95_forest2water2/ or WILDS's waterbirds_v1.0/ (metadata.csv + species folders)",
-    ),
-    "celeba": LoaderSpec(
-        load_celeba,
-        "CelebA folder: img_align_celeba/ + list_attr_celeba.txt/.csv + list_eval_partition.txt/.csv; "
-        "options target=, biases=",
-    ),
-    "multiceleba": LoaderSpec(
-        load_multiceleba,
-        "a CelebA folder (as for celeba); MultiCelebA's train subset is built from it; option mouth_slightly_open=",
-    ),
-    "subpopbench": LoaderSpec(
-        load_subpopbench,
-        "a dataset folder with SubpopBench's metadata CSV (filename,y,a,split); options name=, metadata=",
-    ),
-    "metashift": LoaderSpec(
-        partial(load_subpopbench, name="metashift"), "SubpopBench's metashift/ folder (metadata_metashift.csv)"
-    ),
-    "imagenetbg": LoaderSpec(
-        partial(load_subpopbench, name="imagenetbg"), "SubpopBench's backgrounds_challenge/ folder (metadata.csv)"
-    ),
-    "nicopp": LoaderSpec(partial(load_subpopbench, name="nicopp"), "SubpopBench's nicopp/ folder (metadata.csv)"),
-    "chexpert": LoaderSpec(
-        partial(load_subpopbench, name="chexpert"),
-        "SubpopBench's chexpert/ folder (subpop_bench_meta/metadata_no_finding.csv)",
-    ),
-    "csv": LoaderSpec(
-        load_csv,
-        "a folder of images + a CSV; options csv_path=, path_col=, label_col=, attr_cols=, class_names=, "
-        "attr_values=, attr_phrases=, split_col=",
-    ),
-}
+def _loaders() -> dict[str, LoaderSpec]:
+    from .celeba import load_celeba
+    from .csv_dataset import load_csv
+    from .multiceleba import load_multiceleba
+    from .subpopbench import load_subpopbench
+    from .waterbirds import load_waterbirds
+
+    table = {
+        "waterbirds": LoaderSpec(
+            load_waterbirds,
+            "group_DRO's waterbird_complete95_forest2water2/ or WILDS's waterbirds_v1.0/ (metadata.csv + species folders)",
+        ),
+        "celeba": LoaderSpec(
+            load_celeba,
+            "CelebA folder: img_align_celeba/ + list_attr_celeba.txt/.csv + list_eval_partition.txt/.csv; "
+            "options target=, biases=", CelebAOptions,
+        ),
+        "multiceleba": LoaderSpec(
+            load_multiceleba,
+            "a CelebA folder (as for celeba); MultiCelebA's train subset is built from it; option mouth_slightly_open=",
+            MultiCelebAOptions,
+        ),
+        "subpopbench": LoaderSpec(
+            load_subpopbench,
+            "a dataset folder with SubpopBench's metadata CSV (filename,y,a,split); options name=, metadata=",
+            SubpopBenchOptions,
+        ),
+        "metashift": LoaderSpec(partial(load_subpopbench, name="metashift"),
+                                "SubpopBench's metashift/ folder (metadata_metashift.csv)", KnownSubpopOptions),
+        "imagenetbg": LoaderSpec(partial(load_subpopbench, name="imagenetbg"),
+                                 "SubpopBench's backgrounds_challenge/ folder (metadata.csv)", KnownSubpopOptions),
+        "nicopp": LoaderSpec(partial(load_subpopbench, name="nicopp"), "SubpopBench's nicopp/ folder (metadata.csv)",
+                             KnownSubpopOptions),
+        "chexpert": LoaderSpec(partial(load_subpopbench, name="chexpert"),
+                               "SubpopBench's chexpert/ folder (subpop_bench_meta/metadata_no_finding.csv)",
+                               KnownSubpopOptions),
+        "csv": LoaderSpec(
+            load_csv,
+            "a folder of images + a CSV; options csv_path=, path_col=, label_col=, attr_cols=, class_names=, "
+            "attr_values=, attr_phrases=, split_col=", CsvOptions,
+        ),
+    }
+    from .synthetic import RANDOM_TASK_PREFIX, TASKS
+
+    for name, task in TASKS.items():
+        table[name] = LoaderSpec(partial(_synthetic, name), f"built-in synthetic world, {task.description} (no --root)",
+                                 SyntheticOptions, needs_root=False)
+    table[f"{RANDOM_TASK_PREFIX}<seed>"] = LoaderSpec(
+        _synthetic, "a random task of the synthetic world drawn from <seed>: 1-3 biases among background, colour "
+        "and size, random value pairs and orientations, 1-20% conflicting per bias, 2k-10k train images (no --root)",
+        NoOptions, needs_root=False)
+    return table
 
 
-def _synthetic_loader(task: str) -> Callable[..., GroupDataset]:
-    def load(root=None, seed: int = 0) -> GroupDataset:
-        return make_task_dataset(task, seed=int(seed))
+def _synthetic(name: str, root=None, seed: int = 0) -> GroupDataset:
+    from .synthetic import make_task_dataset
 
-    return load
-
-
-LOADERS.update({
-    name: LoaderSpec(_synthetic_loader(name), f"built-in synthetic world, {task.description} (no --root)", needs_root=False)
-    for name, task in TASKS.items()
-})
+    return make_task_dataset(name, seed=seed)
 
 
-def _check_options(name: str, loader: Callable, options: dict) -> None:
-    params = list(inspect.signature(loader).parameters.values())[1:]  # the first is the root
-    if any(p.kind is p.VAR_KEYWORD for p in params):
-        return
-    accepted = [p.name for p in params]
-    for option in options:
-        if option not in accepted:
-            listed = ", ".join(accepted) or "none"
-            raise UserError(
-                f"dataset {name} has no option {option!r}{close_matches(option, accepted)}; its options: {listed}"
-            )
-    missing = [p.name for p in params if p.default is p.empty and p.name not in options]
-    if missing:
-        raise UserError(
-            f"dataset {name} needs option(s) {', '.join(missing)}; give them in the config or on the command line"
-        )
+LOADERS: dict[str, LoaderSpec] = _loaders()
 
 
-def load_dataset(name: str, root: str | Path | None, **options) -> GroupDataset:
-    """Load dataset `name` from folder `root` (checked to exist) with loader-specific options."""
+def loader_spec(name: str) -> tuple[LoaderSpec, Callable[..., GroupDataset]]:
+    """The spec for a dataset name, and the loader to call as `loader(root, **options)`."""
+    from .synthetic import RANDOM_TASK_PREFIX, parse_random_task_name
+
+    if not isinstance(name, str):
+        raise UserError(f"dataset must be a name, not {type(name).__name__}")
+    if parse_random_task_name(name) is not None:  # one clear line for a bad seed
+        spec = LOADERS[f"{RANDOM_TASK_PREFIX}<seed>"]
+        return spec, partial(_synthetic, name)
     spec = LOADERS.get(name)
-    if spec is None:
+    if spec is None or name.endswith(":<seed>"):
         raise UserError(f"unknown dataset {name!r}{close_matches(name, LOADERS)}; known: {', '.join(LOADERS)}")
-    _check_options(name, spec.loader, options)
+    return spec, spec.loader
+
+
+def is_known(name: str) -> bool:
+    """Whether `name` is a registered dataset (or a synth-random:<seed> name)."""
+    from .synthetic import RANDOM_TASK_PREFIX
+
+    return name in LOADERS and not name.endswith("<seed>") or name.startswith(RANDOM_TASK_PREFIX)
+
+
+def dataset_options(name: str, options: dict | None) -> dict:
+    """The dataset's options checked against its schema, with defaults filled in."""
+    spec, _ = loader_spec(name)
+    return build(spec.options, options or {}, f"dataset {name} options").model_dump()
+
+
+def load_dataset(name: str, root: str | Path | None = None, *, allow_symlinks_outside: bool = False,
+                 **options) -> GroupDataset:
+    """Load dataset `name` from folder `root` (checked to exist) with loader-specific options.
+
+    Image files must resolve to paths under the root unless `allow_symlinks_outside`.
+    """
+    spec, loader = loader_spec(name)
+    options = dataset_options(name, options)
     if not spec.needs_root:
-        return spec.loader(root, **options)
-    if root is None:
-        raise UserError(f"dataset {name} needs --root: {spec.description}")
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        state = "is not a folder" if root.exists() else "does not exist"
-        raise UserError(f"dataset folder {root} {state}; point --root at {spec.description}")
-    return spec.loader(root, **options)
+        dataset = loader(None, **options)
+    else:
+        if root is None:
+            raise UserError(f"dataset {name} needs --root: {spec.description}")
+        root = Path(root).expanduser()
+        if not root.is_dir():
+            state = "is not a folder" if root.exists() else "does not exist"
+            raise UserError(f"dataset folder {root} {state}; point --root at {spec.description}")
+        dataset = loader(root, **options)
+    if isinstance(dataset.images, PathImages):
+        dataset.images = replace(dataset.images, allow_outside=allow_symlinks_outside)
+        dataset.images.check_confined()
+    if dataset.n_classes < 2:
+        raise UserError(f"dataset {name} has {dataset.n_classes} class; a classifier needs at least two classes")
+    return dataset
+
+
+def list_datasets() -> dict[str, str]:
+    """Dataset names and what each expects."""
+    return {name: spec.description for name, spec in LOADERS.items()}

@@ -1,0 +1,7 @@
+"""`python -m groupcoop ...` (and `torchrun -m groupcoop extract ...`) run the command line."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,72 @@
+"""The Python entry points: train a run, load one back, list what there is.
+
+The CLI's `train` and the demo are users of the same functions (`check_run`, `prepare`,
+`run_method`), so a run made here and one made on the command line are the same thing.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .data.base import GroupDataset
+from .errors import UserError
+from .pipeline import Run, check_run, prepare, run_method
+from .predict import read_run_config
+from .settings import RunSettings, make_settings
+
+
+def fit(dataset: str | GroupDataset, backbone: str = "groupcoop-tiny", pretrained: str | None = None,
+        method: str = "groupcoop", groups: str | dict | None = None, config: RunSettings | dict | None = None, *,
+        root: str | None = None, seed: int = 0, device: str = "cpu", cache_dir: str | Path | None = None,
+        workers: int | None = None, progress: bool = False, log=None) -> Run:
+    """Train `method` on `dataset` (a name, or a loaded GroupDataset) and return the finished Run.
+
+    `config` is a RunSettings, or a dict of its keys (validated into one); the other arguments
+    fill in what it leaves out. `groups` is a source name ('gt', 'pseudo', ...) or a dict of
+    grouping options.
+    """
+    loaded = dataset if isinstance(dataset, GroupDataset) else None
+    values = config.dump() if isinstance(config, RunSettings) else dict(config or {})
+    defaults = {"dataset": loaded.name if loaded else dataset, "root": root, "backbone": backbone,
+                "pretrained": pretrained, "method": method, "groups": groups, "seed": seed, "device": device}
+    for key, value in defaults.items():
+        if value is not None:
+            values.setdefault(key, value)
+    settings = make_settings(values, "fit()")
+    if loaded is not None:
+        from .backbone import load_backbone
+        from .pipeline import check_device, resolve_grouping
+
+        check_device(settings.device)
+        bb = load_backbone(settings.backbone, settings.pretrained, device=settings.device)
+        settings = settings.replace(groups=resolve_grouping(loaded, settings.groups).model_dump())
+        ds = loaded
+    else:
+        ds, settings, bb = check_run(settings)
+    prep = prepare(ds, bb, cache_dir=cache_dir, feature_dtype=settings.feature_dtype, workers=workers,
+                   progress=progress)
+    return run_method(prep, settings, log=log or (lambda s: None))
+
+
+def load_run(folder: str | Path) -> Run:
+    """A saved run: its settings, metrics and classifier head (prompts stay in the folder)."""
+    from .head import load_head
+
+    folder = Path(folder).expanduser()
+    metrics_path = folder / "metrics.json"
+    if not metrics_path.is_file():
+        raise UserError(f"{folder} holds no groupcoop run (no metrics.json); give a folder written by train or Run.save")
+    try:
+        metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot read {metrics_path}: {err}") from None
+    settings = make_settings(read_run_config(folder), f"{folder}/config.yaml")
+    return Run(settings, metrics, load_head(folder / "head.safetensors"))
+
+
+def list_methods() -> dict[str, str]:
+    """Method names and one-line summaries."""
+    from .methods import METHODS
+
+    return {name: recipe.summary for name, recipe in METHODS.items()}

@@ -1,0 +1,129 @@
+"""The classifier every method ends in: a linear head over L2-normalised image features.
+
+Rows are prompts (one per class, or one per (class, group), class-major) or learned linear
+vectors. Logits = scale * feats @ weight.T (+ bias); a class's score aggregates its rows'
+logits (max, logsumexp or mean); probabilities are the softmax over class scores. Prompt
+methods use their normalised text features as rows and CLIP's logit scale as the scale.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .errors import UserError
+
+FORMAT = "groupcoop-head/1"
+
+
+def class_scores(logits: torch.Tensor, n_classes: int, aggregate: str) -> torch.Tensor:
+    """(B, C*G) row logits -> (B, C) class scores; rows are ordered class-major."""
+    per_class = logits.view(logits.shape[0], n_classes, -1)
+    if aggregate == "max":
+        return per_class.max(dim=-1).values
+    if aggregate == "logsumexp":
+        return per_class.logsumexp(dim=-1)
+    return per_class.mean(dim=-1)
+
+
+@dataclass
+class Prediction:
+    """Per image: class id, group id within the class (its best row), class probabilities."""
+
+    classes: np.ndarray
+    groups: np.ndarray
+    probabilities: np.ndarray
+
+
+@dataclass
+class Head:
+    weight: torch.Tensor  # (P, D)
+    scale: float
+    n_classes: int
+    aggregate: str = "max"
+    bias: torch.Tensor | None = None  # (P,)
+    class_names: list[str] = field(default_factory=list)
+    row_names: list[str] = field(default_factory=list)  # group (or class) name per row
+    info: dict = field(default_factory=dict)  # backbone identity, method, ...
+
+    @classmethod
+    def from_text(cls, text: torch.Tensor, scale: float, n_classes: int, aggregate: str = "max", **kw) -> "Head":
+        return cls(F.normalize(text.detach().float(), dim=-1), float(scale), n_classes, aggregate, **kw)
+
+    @property
+    def rows_per_class(self) -> int:
+        return self.weight.shape[0] // self.n_classes
+
+    def logits(self, feats: torch.Tensor) -> torch.Tensor:
+        out = self.scale * feats.to(self.weight.device, torch.float32) @ self.weight.T
+        return out if self.bias is None else out + self.bias
+
+    def class_scores(self, feats: torch.Tensor) -> torch.Tensor:
+        return class_scores(self.logits(feats), self.n_classes, self.aggregate)
+
+    @torch.no_grad()
+    def predict_classes(self, feats) -> np.ndarray:
+        """Class ids for features (a tensor, or anything with `.chunks()`), chunk by chunk."""
+        chunks = feats.chunks() if hasattr(feats, "chunks") else [feats]
+        out = [self.class_scores(c).argmax(dim=1).cpu().numpy() for c in chunks]
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+    @torch.no_grad()
+    def predict(self, feats: torch.Tensor) -> Prediction:
+        logits = self.logits(feats)
+        scores = class_scores(logits, self.n_classes, self.aggregate)
+        classes = scores.argmax(dim=1)
+        per_class = logits.view(len(logits), self.n_classes, -1)
+        groups = per_class[torch.arange(len(logits)), classes].argmax(dim=1)
+        return Prediction(classes.cpu().numpy(), groups.cpu().numpy(), scores.softmax(dim=1).cpu().numpy())
+
+    def to(self, device) -> "Head":
+        self.weight = self.weight.to(device)
+        self.bias = None if self.bias is None else self.bias.to(device)
+        return self
+
+    # -- one file: safetensors tensors + JSON metadata; never pickle -------------------------------
+
+    def metadata(self) -> dict:
+        return {"format": FORMAT, "scale": self.scale, "n_classes": self.n_classes, "aggregate": self.aggregate,
+                "class_names": self.class_names, "row_names": self.row_names, **self.info}
+
+    def save(self, path: Path) -> None:
+        tensors = {"weight": self.weight.detach().cpu().float().contiguous()}
+        if self.bias is not None:
+            tensors["bias"] = self.bias.detach().cpu().float().contiguous()
+        save_file(tensors, str(path), metadata={"groupcoop": json.dumps(self.metadata())})
+
+
+def load_head(path: Path) -> Head:
+    """A head written by `Head.save` (a run folder's head.safetensors or `groupcoop export`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} not found; give a head file from `groupcoop export` or a run folder")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = json.loads((fh.metadata() or {}).get("groupcoop", "null"))
+            weight = fh.get_tensor("weight")
+            bias = fh.get_tensor("bias") if "bias" in fh.keys() else None
+    except (SafetensorError, OSError, ValueError, KeyError, RuntimeError) as err:
+        raise UserError(f"cannot read {path} as a groupcoop head: {str(err).splitlines()[0] if str(err) else err!r}; "
+                        "export it again") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise UserError(f"{path} is not a groupcoop head file; export one with `groupcoop export`")
+    try:
+        info = {k: v for k, v in meta.items() if k not in ("format", "scale", "n_classes", "aggregate",
+                                                           "class_names", "row_names")}
+        head = Head(weight.float(), float(meta["scale"]), int(meta["n_classes"]), str(meta["aggregate"]), bias,
+                    list(meta["class_names"]), list(meta["row_names"]), info)
+    except (KeyError, TypeError, ValueError) as err:
+        raise UserError(f"{path}: its metadata lacks {err}; export it again") from None
+    if head.weight.ndim != 2 or head.weight.shape[0] % max(head.n_classes, 1) or head.n_classes < 1:
+        raise UserError(f"{path}: weight of shape {tuple(head.weight.shape)} does not fit {head.n_classes} classes")
+    return head
