@@ -125,7 +125,8 @@ class PathImages:
                 digest.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
                 if verify:
                     with open(path, "rb") as fh:
-                        digest.update(hashlib.file_digest(fh, "sha256").digest())
+                        for chunk in iter(lambda: fh.read(1 << 20), b""):
+                            digest.update(chunk)
             except OSError:
                 digest.update(f"{p}\0missing\0".encode())
         return digest.hexdigest()[:24]
