@@ -193,6 +193,38 @@ class Backbone:
     def tokenize(self, texts: list[str]) -> torch.Tensor:
         return self.tokenizer(texts).to(self.device)
 
+    def token_text(self, ids) -> list[str]:
+        """A readable string per vocabulary id (for showing nearest tokens).
+
+        open_clip's SimpleTokenizer (CLIP's BPE): the token's bytes decoded, a word end
+        (`</w>`) dropped and a piece that continues into the next token marked with a
+        trailing '-' ("photo" is a whole word, "pho-" a word start); bytes that are only part of
+        a UTF-8 character are shown as \\xNN. Hugging Face tokenizers
+        wrapped by open_clip: their own token strings. Any other tokenizer: the id itself.
+        """
+        ids = [int(i) for i in (ids.tolist() if isinstance(ids, torch.Tensor) else ids)]
+        tok = self.tokenizer
+        decoder, byte_decoder = getattr(tok, "decoder", None), getattr(tok, "byte_decoder", None)
+        if isinstance(decoder, dict) and isinstance(byte_decoder, dict):
+            out = []
+            for i in ids:
+                piece = decoder.get(i)
+                if piece is None:
+                    out.append(str(i))
+                    continue
+                whole = piece.endswith("</w>")
+                piece = piece[: -len("</w>")] if whole else piece
+                if piece.startswith("<") and piece.endswith(">"):  # <start_of_text>, <end_of_text>
+                    out.append(piece)
+                    continue
+                raw = bytearray(byte_decoder.get(c, ord("?")) for c in piece)
+                out.append(raw.decode("utf-8", errors="backslashreplace") + ("" if whole else "-"))
+            return out
+        inner = getattr(tok, "tokenizer", None)
+        if inner is not None and hasattr(inner, "convert_ids_to_tokens"):
+            return [str(t) for t in inner.convert_ids_to_tokens(ids)]
+        return [str(i) for i in ids]
+
     def token_embeddings(self, ids: torch.Tensor) -> torch.Tensor:
         return self.text.token_embedding(ids.to(self.device))
 

@@ -343,6 +343,9 @@ def quality(
     groups (Hungarian), so unnamed cluster ids are judged fairly; `named_accuracy` is plain
     equality (meaningful when ids share the true naming: gt, zeroshot, pseudo). Per true
     group: its matched predicted group `pred` (None if unmatched), sizes, precision, recall.
+    `min_recall` is the smallest of those recalls (the worst-served true group);
+    `confusion` holds the counts: `matrix[i][j]` images of true group `true[i]` that got
+    predicted group `pred[j]` (ids in increasing order, only ids that occur).
     """
     t = np.asarray(true_groups, dtype=np.int64)
     p = np.asarray(pred_groups, dtype=np.int64)
@@ -383,7 +386,9 @@ def quality(
         "nmi": float(normalized_mutual_info_score(t, p)),
         "ari": float(adjusted_rand_score(t, p)),
         "n": int(len(t)),
+        "min_recall": float(min(g["recall"] for g in groups)),
         "groups": groups,
+        "confusion": {"true": t_ids.tolist(), "pred": p_ids.tolist(), "matrix": table.tolist()},
     }
 
 

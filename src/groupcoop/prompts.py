@@ -91,6 +91,34 @@ class PromptLearner(nn.Module):
         (folder / "prompts.json").write_text(json.dumps(self.metadata(), indent=1))
 
 
+def nearest_tokens(learner: PromptLearner, k: int = 3) -> list[dict]:
+    """The k vocabulary tokens nearest to each learned context vector, as CoOp's
+    interpret_prompt.py reads them: Euclidean distance to every row of the frozen
+    token-embedding matrix.
+
+    One dict per prompt, `{"prompt": name, "slots": [[k token strings], ...],
+    "distances": [[k floats], ...]}` with slots in prompt order (slot 1 right after
+    [SOS]) and tokens nearest first; a shared context gives one entry, "shared context".
+    """
+    if k < 1:
+        raise ValueError("k must be at least 1")
+    bb = learner.backbone
+    with torch.no_grad():
+        vocab = bb.text.token_embedding.weight.detach().float()
+        ctx = learner.ctx.detach().to(vocab.device).float()  # (P or 1, M, W)
+        dist = torch.cdist(ctx.reshape(-1, ctx.shape[-1]), vocab)  # (P*M, V)
+        top = torch.topk(dist, min(k, vocab.shape[0]), dim=1, largest=False)
+    ids = top.indices.reshape(ctx.shape[0], ctx.shape[1], -1).cpu()
+    dists = top.values.reshape(ctx.shape[0], ctx.shape[1], -1).cpu()
+    names = ["shared context"] if learner.shared else list(learner.names)
+    return [
+        {"prompt": name,
+         "slots": [bb.token_text(ids[p, m]) for m in range(ids.shape[1])],
+         "distances": [[float(d) for d in dists[p, m]] for m in range(ids.shape[1])]}
+        for p, name in enumerate(names)
+    ]
+
+
 def load_prompts(folder: Path, backbone, expect_classes: list[str] | None = None) -> tuple[PromptLearner, dict]:
     """Learned prompts from a run folder, checked against the backbone and class list."""
     folder = Path(folder)

@@ -1,0 +1,248 @@
+"""HTML reports (report.py), nearest tokens of learned prompts, and the quality additions
+they show (confusion matrix, min recall). Metrics are built by hand, plus one 1-epoch run
+on a few hundred synthetic images for the real metrics.json shape."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import dataclasses
+import io
+import json
+import re
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from groupcoop.groups import quality
+from groupcoop.report import demo_report_html, run_report_html, write_html
+
+EVIL = "<script>alert(1)</script>"
+
+
+class Page(HTMLParser):
+    """Section ids, <img> sources, start tags and text of a page."""
+
+    def __init__(self, text: str):
+        super().__init__(convert_charrefs=True)
+        self.sections, self.images, self.tags, self.text = [], [], [], []
+        self.feed(text)
+        self.close()
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.tags.append(tag)
+        if tag == "section":
+            self.sections.append(attrs.get("id"))
+        if tag == "img":
+            self.images.append(attrs.get("src", ""))
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def check_page(text: str) -> Page:
+    """Self-contained: images are decodable inline PNGs, no URL, no script or external resource."""
+    assert text.startswith("<!DOCTYPE html>")
+    page = Page(text)
+    assert "http://" not in text and "https://" not in text
+    assert "script" not in page.tags and "link" not in page.tags and "iframe" not in page.tags
+    assert not re.search(r"""(src|href)\s*=\s*["'](?!data:image/png;base64,)""", text)
+    assert page.images, "expected at least one chart"
+    for src in page.images:
+        assert src.startswith("data:image/png;base64,")
+        png = base64.b64decode(src.split(",", 1)[1], validate=True)
+        with Image.open(io.BytesIO(png)) as img:
+            img.verify()
+        with Image.open(io.BytesIO(png)) as img:
+            assert img.format == "PNG" and img.width > 100 and img.height > 100
+    return page
+
+
+def split_block(names, ns, accs, extra=None):
+    groups = [{"group": i, "name": n, "n": k, "acc": a} for i, (n, k, a) in enumerate(zip(names, ns, accs))]
+    present = [a for a in accs if a is not None]
+    block = {"avg_acc": 0.9, "worst_group_acc": min(present), "unbiased_acc": float(np.mean(present)),
+             "groups": groups, "gap": 0.9 - min(present)}
+    block.update(extra or {})
+    return block
+
+
+NAMES = ["land bird, land", "land bird, water", EVIL, "water bird, water"]
+
+
+def full_metrics() -> dict:
+    t = np.array([0] * 50 + [1] * 10 + [2] * 8 + [3] * 40)
+    p = t.copy()
+    p[:3] = 1
+    p[60:62] = 3
+    return {
+        "method": "groupcoop", "backbone": "groupcoop-tiny@abc", "dataset": "my <data> & co",
+        "groups_source": "pseudo", "selection_groups": "true val groups",
+        "report_groups": {"val": "true groups", "test": "true groups"},
+        "trainable_params": 8192, "total_params": 8_000_000, "seed": 3,
+        "hyperparameters": {"epochs": 4, "lr": 0.002, "ctx_init": "a photo of a", "note": EVIL,
+                            "templates": ["a {}.", "x"]},
+        "splits": {
+            "val": split_block(NAMES, [40, 20, 10, 30], [0.95, 0.8, 0.7, 0.9], {"train_weighted_acc": 0.93}),
+            "test": split_block(NAMES, [400, 0, 100, 300], [0.94, None, 0.65, 0.91],
+                                {"train_weighted_acc": 0.92, "empty_groups": [1]}),
+        },
+        "best_epoch": 3, "epochs_run": 4,
+        "history": [{"epoch": e, "loss": 1.0 / (e + 1), "val_worst_group_acc": 0.5 + 0.1 * e,
+                     "val_avg_acc": 0.8 + 0.02 * e} for e in range(4)],
+        "group_quality": quality(t, p, names=NAMES),
+    }
+
+
+TOKENS = [{"prompt": EVIL, "slots": [["a", "an", "the"], ["photo", "<b>", "pic"]],
+           "distances": [[0.1, 0.2, 0.3], [0.1, 0.2, 0.3]]},
+          {"prompt": "water bird on water", "slots": [["x", "y", "z"], ["p", "q", "r"]]}]
+
+
+# ---------------------------------------------------------------- groups.quality additions
+
+
+def test_quality_confusion_and_min_recall():
+    t = np.array([0, 0, 0, 0, 1, 1, 2, 2, 2, -1])
+    p = np.array([5, 5, 5, 7, 7, 7, 9, 9, 5, 9])
+    q = quality(t, p)
+    assert q["confusion"] == {"true": [0, 1, 2], "pred": [5, 7, 9], "matrix": [[3, 1, 0], [0, 2, 0], [1, 0, 2]]}
+    assert q["min_recall"] == pytest.approx(min(g["recall"] for g in q["groups"])) == pytest.approx(2 / 3)
+    assert sum(map(sum, q["confusion"]["matrix"])) == q["n"] == 9
+    json.dumps(q)  # stays JSON-serialisable
+
+
+# ---------------------------------------------------------------- run report
+
+
+def test_run_report_has_every_section_and_is_self_contained():
+    text = run_report_html(full_metrics(), TOKENS)
+    page = check_page(text)
+    assert page.sections == ["summary", "groups", "training", "pseudo-groups", "prompts"]
+    assert len(page.images) == 3  # per-group bars, training curves, confusion heatmap
+    # user strings are escaped: they appear as text, never as markup
+    assert "&lt;script&gt;" in text and "<script" not in text
+    assert "&lt;b&gt;" in text and "my &lt;data&gt; &amp; co" in text
+    joined = "".join(page.text)
+    assert EVIL in joined and "my <data> & co" in joined
+    # headline numbers, the extra key, hyper-parameters, params, quality numbers
+    for needle in ("train-weighted", "92.0", "93.0", "8,192", "ctx_init", "a photo of a",
+                   "min per-group recall", "NMI", "ARI", "selected epoch", "nearest reading"):
+        assert needle in joined, needle
+    assert "no images in land bird, water" in joined  # the empty test group is named
+
+
+def test_run_report_leaves_out_sections_without_input():
+    metrics = full_metrics()
+    for key in ("history", "group_quality", "best_epoch", "epochs_run"):
+        del metrics[key]
+    page = check_page(run_report_html(metrics))
+    assert page.sections == ["summary", "groups"]
+    assert len(page.images) == 1
+    assert "training" not in page.sections and "prompts" not in page.sections
+
+
+def test_run_report_on_older_quality_without_confusion():
+    metrics = full_metrics()
+    q = metrics["group_quality"]
+    del q["confusion"], q["min_recall"]
+    text = run_report_html(metrics)
+    page = check_page(text)
+    assert "pseudo-groups" in page.sections and len(page.images) == 2  # no heatmap without counts
+    assert f"{100 * min(g['recall'] for g in q['groups']):.1f}" in text  # min recall from the groups
+
+
+def test_write_html_is_atomic_and_complete(tmp_path):
+    text = run_report_html(full_metrics())
+    out = write_html(tmp_path / "sub" / "report.html", text)
+    assert out.read_text() == text
+    assert sorted(p.name for p in out.parent.iterdir()) == ["report.html"]
+
+
+# ---------------------------------------------------------------- demo report
+
+
+def test_demo_report(tmp_path):
+    from groupcoop.demo import summarise
+
+    runs = {}
+    for m, method in enumerate(["zeroshot", EVIL]):
+        for seed in range(2):
+            metrics = full_metrics()
+            metrics.update(method=method, seed=seed)
+            for split in ("val", "test"):
+                for g in metrics["splits"][split]["groups"]:
+                    g["acc"] = 0.5 + 0.1 * m + 0.05 * seed + 0.01 * g["group"]
+            runs[method] = runs.get(method, []) + [metrics]
+    summary = json.loads(json.dumps(summarise(runs)))
+    text = demo_report_html(summary)
+    page = check_page(text)
+    assert page.sections == ["comparison", "groups"]
+    assert "&lt;script&gt;" in text and "<script" not in text
+    joined = "".join(page.text)
+    assert "±" in joined and "2 seeds" in joined
+    assert "n=400" in joined  # group sizes next to the names
+    write_html(tmp_path / "demo.html", text)
+
+
+# ---------------------------------------------------------------- nearest tokens
+
+
+def test_nearest_tokens_of_an_initialised_prompt(tiny_backbone):
+    from groupcoop.prompts import PromptLearner, nearest_tokens
+
+    learner = PromptLearner(tiny_backbone, ["cat", "dog"], n_ctx=4, init="a photo of a")
+    out = nearest_tokens(learner, k=3)
+    assert [e["prompt"] for e in out] == ["cat", "dog"]
+    for entry in out:
+        assert [s[0] for s in entry["slots"]] == ["a", "photo", "of", "a"]
+        assert all(len(s) == 3 for s in entry["slots"])
+        assert all(d[0] == pytest.approx(0.0, abs=1e-3) and d == sorted(d) for d in entry["distances"])
+    shared = nearest_tokens(PromptLearner(tiny_backbone, ["cat", "dog"], n_ctx=4, init="a photo of a", shared=True), k=1)
+    assert [e["prompt"] for e in shared] == ["shared context"]
+    assert shared[0]["slots"] == [["a"], ["photo"], ["of"], ["a"]]
+
+
+def test_token_text(tiny_backbone):
+    ids = tiny_backbone.tokenize(["a photo of a"])[0][:6]
+    assert tiny_backbone.token_text(ids) == ["<start_of_text>", "a", "photo", "of", "a", "<end_of_text>"]
+    other = copy.copy(tiny_backbone)
+    other.tokenizer = lambda texts: None  # a tokenizer without a vocabulary to read
+    assert other.token_text([320, 1125]) == ["320", "1125"]
+
+
+# ---------------------------------------------------------------- a real (tiny) run
+
+
+@pytest.fixture(scope="module")
+def mini_run(tiny_backbone):
+    """groupcoop with pseudo groups, 1 epoch, on a 400-image slice of synth-waterbirds."""
+    from groupcoop.data.synthetic import SyntheticImages, make_task_dataset
+    from groupcoop.pipeline import prepare, run_method
+
+    full = make_task_dataset("synth-waterbirds")
+    keep = []
+    for split, per_group in ((0, 50), (1, 20), (2, 20)):
+        for g in range(full.n_groups):
+            keep += list(np.flatnonzero((full.split == split) & (full.groups == g))[:per_group])
+    keep = np.sort(np.array(keep))
+    mini = dataclasses.replace(
+        full, name="synth-mini", images=SyntheticImages(tuple(full.images.table[i] for i in keep), full.images.seed),
+        y=full.y[keep], attrs=full.attrs[keep], split=full.split[keep])
+    prep = prepare(mini, "groupcoop-tiny", progress=False, backbone=tiny_backbone)
+    return run_method(prep, "groupcoop", groups="pseudo", overrides={"epochs": 1}, log=lambda s: None)
+
+
+def test_report_of_a_real_run(mini_run):
+    from groupcoop.prompts import nearest_tokens
+
+    metrics, learner = mini_run
+    metrics = json.loads(json.dumps(metrics))  # as read back from metrics.json
+    assert {"confusion", "min_recall"} <= set(metrics["group_quality"])
+    tokens = nearest_tokens(learner, k=2)
+    assert len(tokens) == len(learner.names) and all(len(e["slots"]) == learner.n_ctx for e in tokens)
+    page = check_page(run_report_html(metrics, tokens))
+    assert page.sections == ["summary", "groups", "training", "pseudo-groups", "prompts"]
