@@ -87,7 +87,7 @@ def csv_args(root: Path) -> list[str]:
 def test_train_writes_a_complete_run_folder(trained_run, check_metrics, tiny_backbone):
     names = sorted(p.name for p in trained_run.iterdir())
     assert names == [".groupcoop.json", "config.yaml", "head.safetensors", "metrics.json", "prompts.json",
-                     "prompts.safetensors", "report.txt"]
+                     "prompts.safetensors", "report.html", "report.txt"]
     metrics = json.loads((trained_run / "metrics.json").read_text())
     check_metrics(metrics, n_groups=4)
     assert metrics["method"] == "groupcoop"
@@ -147,7 +147,7 @@ def test_overwrite_replaces_a_different_run(trained_run, tmp_path, cli):
     assert json.loads((out / "metrics.json").read_text())["method"] == "zeroshot"
     # the old run's prompts do not linger next to the new run's metrics
     assert sorted(p.name for p in out.iterdir()) == [".groupcoop.json", "config.yaml", "head.safetensors",
-                                                     "metrics.json", "report.txt"]
+                                                     "metrics.json", "report.html", "report.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["run"]
 
 

@@ -232,8 +232,13 @@ def mini_run(tiny_backbone):
     mini = dataclasses.replace(
         full, name="synth-mini", images=SyntheticImages(tuple(full.images.table[i] for i in keep), full.images.seed),
         y=full.y[keep], attrs=full.attrs[keep], split=full.split[keep])
-    prep = prepare(mini, "groupcoop-tiny", progress=False, backbone=tiny_backbone)
-    return run_method(prep, "groupcoop", groups="pseudo", overrides={"epochs": 1}, log=lambda s: None)
+    from groupcoop.settings import make_settings
+
+    prep = prepare(mini, tiny_backbone, progress=False)
+    settings = make_settings({"dataset": "synth-mini", "backbone": "groupcoop-tiny", "method": "groupcoop",
+                              "groups": "pseudo", "hyperparameters": {"epochs": 1}})
+    run = run_method(prep, settings, log=lambda s: None)
+    return run.metrics, run.learner
 
 
 def test_report_of_a_real_run(mini_run):

@@ -16,6 +16,7 @@ import numpy as np
 from .backbone import TINY
 from .errors import UserError
 from .files import atomic_folder, output_lock
+from .report import demo_report_html
 
 METHODS = ("zeroshot", "coop", "groupcoop")
 HEADLINE = ("avg_acc", "worst_group_acc", "unbiased_acc")
@@ -113,7 +114,8 @@ def run_demo(out: Path, seeds: int = 1, task: str = "synth-waterbirds", cache_di
         (tmp / "summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
         (tmp / "report.txt").write_text(table + "\n", encoding="utf-8")
         _plot(summary, tmp / "report.png")
+        (tmp / "report.html").write_text(demo_report_html(summary), encoding="utf-8")
     log("")
     log(table)
-    log(f"\nwrote {out}/summary.json, {out}/report.txt, {out}/report.png and one run folder per method and seed")
+    log(f"\nwrote {out}/summary.json, report.txt, report.png, report.html and one run folder per method and seed")
     return summary

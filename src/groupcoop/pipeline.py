@@ -27,7 +27,8 @@ from .files import atomic_folder, atomic_text, check_replaceable, output_lock
 from .head import Head
 from .methods import get_method
 from .metrics import format_group_table, split_metrics
-from .prompts import PromptLearner, check_prompts_fit
+from .prompts import PromptLearner, check_prompts_fit, nearest_tokens
+from .report import run_report_html
 from .settings import GroupingOptions, RunSettings
 from .train import SplitData, train_prompts
 
@@ -306,6 +307,8 @@ def fill_run_folder(folder: Path, run: Run) -> None:
     (folder / "config.yaml").write_text(yaml.safe_dump(run.settings.dump(), sort_keys=False), encoding="utf-8")
     (folder / "metrics.json").write_text(json.dumps(run.metrics, indent=1) + "\n", encoding="utf-8")
     (folder / "report.txt").write_text(run_report(run.metrics) + "\n", encoding="utf-8")
+    tokens = nearest_tokens(run.learner) if run.learner is not None else None
+    (folder / "report.html").write_text(run_report_html(run.metrics, tokens), encoding="utf-8")
     run.head.save(folder / "head.safetensors")
     if run.learner is not None:
         run.learner.save(folder)
