@@ -222,6 +222,62 @@ def cmd_methods(args) -> None:
                 print(f"  {key} = {value!r}")
 
 
+def cmd_sweep(args) -> None:
+    from .features import check_cache_dir
+    from .files import atomic_text, check_replaceable, ensure_writable_dir, groupcoop_kind, output_lock, write_manifest
+    from .settings import key_values
+    from .sweep import estimate, expand, load_grid, parse_shard, print_runs, run_sweep, shard, write_summary
+
+    axes = {"datasets": args.datasets, "methods": args.methods, "groups": args.groups, "seeds": args.seeds,
+            "backbones": args.backbones}
+    grid = load_grid(args.grid, {k: [v.strip() for v in value.split(",") if v.strip()] if k != "seeds" else value
+                                 for k, value in axes.items() if value is not None})
+    if args.set:
+        grid = grid.model_copy(update={"hyperparameters": {**grid.hyperparameters, **key_values(args.set, "--set")}})
+    roots = {}
+    for pair in args.root or []:
+        name, sep, folder = pair.partition("=")
+        if not sep or not name or not folder:
+            raise UserError(f"--root expects DATASET=FOLDER, got {pair!r}")
+        roots[name.strip()] = folder.strip()
+    index, count = parse_shard(args.shard)
+    specs = expand(grid, roots)
+    mine = shard(specs, index, count)
+    out = Path(args.out or Path("runs") / grid.name).expanduser()
+    if args.dry_run:
+        print_runs(mine, out)
+        print(estimate(mine))
+        return
+    if out.exists() and groupcoop_kind(out) != "sweep":
+        check_replaceable(out, overwrite=False)  # an empty folder is fine; anything else is refused
+    ensure_writable_dir(out, "--out")
+    cache_dir = check_cache_dir(args.cache_dir)
+    log = _log(args)
+    if not args.summary_only:
+        with output_lock(out / f"shard-{index}-of-{count}"):
+            out.mkdir(parents=True, exist_ok=True)
+            if not (out / "grid.yaml").exists():
+                import yaml
+
+                atomic_text(out / "grid.yaml", yaml.safe_dump(grid.model_dump(), sort_keys=False))
+                write_manifest(out, "sweep")
+            run_sweep(mine, out, jobs=args.jobs, cache_dir=cache_dir, workers=args.workers, log=log)
+    text, n = write_summary(specs, out, grid)
+    write_manifest_top(out)
+    print(text)
+    print(f"\nsweep folder: {out} ({n} finished runs; runs.csv, table.md, report.html)")
+
+
+def write_manifest_top(out: Path) -> None:
+    """The sweep folder's manifest lists its own files; each run folder carries its own."""
+    import json
+
+    from .files import MANIFEST
+
+    files = sorted(p.name for p in out.iterdir() if p.is_file() and p.name != MANIFEST and not p.name.startswith("."))
+    (out / MANIFEST).write_text(json.dumps({"kind": "sweep", "files": files}, indent=1) + "\n", encoding="utf-8")
+
+
 # --- parser ------------------------------------------------------------------------------------
 
 def _add_backbone_flags(p, required: bool = True) -> None:
@@ -344,6 +400,28 @@ def build_parser() -> argparse.ArgumentParser:
     bb = sub.add_parser("backbones", help="list the architectures and pretrained tags",
                         description="List the open_clip architectures, their pretrained tags and the bundled model.")
     bb.set_defaults(func=cmd_backbones)
+
+    sw = sub.add_parser("sweep", help="run a grid of runs (datasets x backbones x methods x groups x seeds)",
+                        description="Run every combination of a grid (a YAML file and/or flags) as ordinary run "
+                        "folders under OUT/runs/; finished runs are skipped, so a killed sweep resumes. Writes "
+                        "OUT/runs.csv, OUT/table.md (mean ± std over seeds; a suite aggregate with bootstrap "
+                        "intervals when there are several datasets) and OUT/report.html.")
+    sw.add_argument("grid", nargs="?", help="grid YAML file (configs/suites/*.yaml, configs/paper/*.yaml)")
+    sw.add_argument("--out", help="sweep folder (default runs/<grid name>)")
+    sw.add_argument("--datasets", help="comma-separated datasets, replacing the grid's (ranges: synth-random:0..29)")
+    sw.add_argument("--methods", help="comma-separated methods, replacing the grid's")
+    sw.add_argument("--groups", help="comma-separated group sources (gt, pseudo, zeroshot, kmeans), replacing the grid's")
+    sw.add_argument("--seeds", help="seeds, replacing the grid's: 0,1,2 or 0..2")
+    sw.add_argument("--backbones", help="comma-separated backbones, replacing the grid's")
+    sw.add_argument("--root", action="append", metavar="DATASET=FOLDER", help="a dataset's folder, repeatable")
+    sw.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="hyper-parameter for every method that has it, repeatable")
+    sw.add_argument("--jobs", type=_count(1), default=1, help="parallel worker processes (default 1)")
+    sw.add_argument("--shard", metavar="I/N", help="run only slice I of N (0 <= I < N), e.g. $SLURM_ARRAY_TASK_ID/8")
+    sw.add_argument("--dry-run", action="store_true", help="list the runs and an estimated cost; run nothing")
+    sw.add_argument("--summary-only", action="store_true", help="only rebuild runs.csv, table.md and report.html")
+    _add_common(sw)
+    sw.set_defaults(func=cmd_sweep, workers=0)
 
     me = sub.add_parser("methods", help="list the methods and their hyper-parameters",
                         description="The methods table: name and summary; -v adds every hyper-parameter's default.")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -69,14 +70,40 @@ def read_manifest(folder: Path) -> dict | None:
     return data if isinstance(data, dict) and isinstance(data.get("files"), list) else None
 
 
+_OUR_LEFTOVERS = re.compile(r"^\..+\.(tmp|old)-[^/]+$|^\..+\.lock$")  # temp folders and locks we create
+
+
+def _unaccounted(folder: Path) -> list[str]:
+    """Files under `folder` that no groupcoop manifest (its own, or a subfolder's) lists."""
+    manifest = read_manifest(folder)
+    listed = set(manifest["files"]) if manifest else set()
+    stray = []
+    for entry in folder.iterdir():
+        if entry.name == MANIFEST or _OUR_LEFTOVERS.match(entry.name):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            if entry.name in listed or any(f.startswith(entry.name + "/") for f in listed):
+                inner = {f.split("/", 1)[1] for f in listed if f.startswith(entry.name + "/")}
+                stray += [f"{entry.name}/{p.relative_to(entry).as_posix()}" for p in entry.rglob("*")
+                          if (p.is_file() or p.is_symlink()) and p.relative_to(entry).as_posix() not in inner]
+            else:
+                stray += [f"{entry.name}/{f}" for f in _unaccounted(entry)]
+        elif entry.name not in listed:
+            stray.append(entry.name)
+    return stray
+
+
 def groupcoop_kind(folder: Path) -> str | None:
-    """'run', 'demo', 'sweep', 'groups', ... when `folder` holds only what groupcoop wrote there, else None."""
+    """'run', 'demo', 'sweep', 'groups', ... when `folder` holds only what groupcoop wrote there, else None.
+
+    A file counts as groupcoop's when a manifest lists it: the folder's own, or that of a
+    subfolder (a sweep's run folders carry their own).
+    """
     folder = Path(folder)
-    present = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() or p.is_symlink()}
-    present.discard(MANIFEST)
     manifest = read_manifest(folder)
     if manifest is not None:
-        return manifest.get("kind", "run") if present <= set(manifest["files"]) else None
+        return manifest.get("kind", "run") if not _unaccounted(folder) else None
+    present = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() or p.is_symlink()}
     if present and present <= _LEGACY_RUN_FILES and "metrics.json" in present:
         return "run"
     return None

@@ -552,6 +552,71 @@ def demo_report_html(summary: dict) -> str:
     return _page(title, f"backbone {first.get('backbone', '?')}; methods: {', '.join(methods)}", sections)
 
 
+# ---------------------------------------------------------------- sweep report
+
+
+def _markdown_tables(text: str) -> str:
+    """The sweep's table.md as HTML: markdown tables become tables, other lines paragraphs."""
+    out, block = [], []
+
+    def flush():
+        if block:
+            cells = [[c.strip() for c in line.strip().strip("|").split("|")] for line in block
+                     if not set(line.replace("|", "").strip()) <= set("-: ")]
+            out.append(_table([_e(c) for c in cells[0]], [[_e(c) for c in r] for r in cells[1:]],
+                              numeric=set(range(1, len(cells[0])))))
+            block.clear()
+
+    for line in text.splitlines():
+        if line.strip().startswith("|"):
+            block.append(line)
+            continue
+        flush()
+        if line.strip():
+            out.append(f'<p class="note">{_e(line)}</p>')
+    flush()
+    return "\n".join(out)
+
+
+def _sweep_chart(rows: list[dict]) -> bytes | None:
+    """Test worst-group accuracy per task (mean over seeds), one column of dots per method."""
+    by: dict[str, dict[str, list[float]]] = {}
+    for r in rows:
+        value = r.get("test_worst_group_acc")
+        if value is None:
+            continue
+        label = r["method"] if r["groups"] == "-" else f"{r['method']} [{r['groups']}]"
+        by.setdefault(label, {}).setdefault(r["dataset"], []).append(100 * value)
+    if not by:
+        return None
+    methods = list(by)
+    fig = _figure(max(5.0, 1.1 * len(methods) + 2), 3.6)
+    ax = fig.add_subplot()
+    rng = np.random.default_rng(0)
+    for i, m in enumerate(methods):
+        values = [float(np.mean(v)) for v in by[m].values()]
+        ax.scatter(i + rng.uniform(-0.18, 0.18, len(values)), values, s=14, alpha=0.6,
+                   color=METHOD_COLOURS[i % len(METHOD_COLOURS)])
+        ax.hlines(np.mean(values), i - 0.3, i + 0.3, color="black", linewidth=2)
+    ax.set_xticks(range(len(methods)), [_mpl(m) for m in methods], rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("test worst-group accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title("one dot per task (mean over seeds); bar = mean over tasks", fontsize=9)
+    return _png(fig)
+
+
+def sweep_report_html(name: str, rows: list[dict], table_text: str) -> str:
+    """A sweep's page: the per-task chart, the methods x datasets table and the suite aggregate."""
+    chart = _sweep_chart(rows)
+    sections = []
+    if chart:
+        sections.append(_section("tasks", "Worst-group accuracy per task", _img(chart, "per-task worst-group accuracy")))
+    sections.append(_section("tables", "Tables", _markdown_tables(table_text)))
+    n_tasks = len({r["dataset"] for r in rows})
+    return _page(f"groupcoop sweep {name}", f"{len(rows)} finished runs on {n_tasks} dataset(s)", sections)
+
+
 def write_html(path, html: str) -> Path:  # noqa: F811 (the parameter shadows the module here only)
     """Write a report atomically (a reader never sees half a page)."""
     path = Path(path)

@@ -1,0 +1,520 @@
+"""`groupcoop sweep`: grids of ordinary runs, resumable, parallel, shardable, summarised.
+
+A grid names datasets, backbones, methods (with hyper-parameter variants), group sources and
+seeds; every combination is one run folder under OUT/runs/. Finished runs are skipped on a
+re-run, so a killed sweep resumes. `--jobs N` runs N worker processes on the shared feature
+cache (features are extracted once per dataset and backbone, before the runs); `--shard I/N`
+runs one of N disjoint slices (whole datasets go to one slice, so each machine extracts only
+its own). The summary (`runs.csv`, `table.md`, `report.html`) is rebuilt from whatever run
+folders exist, so it can be made again after all shards finish.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator
+
+from .errors import UserError
+from .settings import Frozen, Int, build, make_settings, read_yaml_mapping
+
+HEADLINE = ("worst_group_acc", "avg_acc", "unbiased_acc")
+
+
+# --- the grid file ----------------------------------------------------------------------------
+
+class DatasetEntry(Frozen):
+    name: Annotated[str, Field(strict=True, min_length=1)]
+    root: str | None = None
+    options: dict[str, Any] = {}
+    label: str | None = None  # how the dataset is named in tables (default: name)
+
+
+class BackboneEntry(Frozen):
+    name: Annotated[str, Field(strict=True, min_length=1)]
+    pretrained: str | None = None
+
+
+class MethodEntry(Frozen):
+    method: Annotated[str, Field(strict=True, min_length=1)]
+    label: str | None = None  # default: the method name
+    hyperparameters: dict[str, Any] = {}
+
+
+class GroupsEntry(Frozen):
+    source: str
+    label: str | None = None
+    bias_prompts: Any = None
+    clusters: Any = None
+    variant: str | None = None
+
+
+def _expand_names(value):
+    """'synth-random:0..29' -> synth-random:0 ... synth-random:29; strings -> {name: ...}."""
+    out = []
+    for item in value if isinstance(value, list) else [value]:
+        if isinstance(item, str):
+            m = re.fullmatch(r"(.*:)(\d+)\.\.(\d+)", item.strip())
+            if m:
+                lo, hi = int(m.group(2)), int(m.group(3))
+                if hi < lo or hi - lo > 100_000:
+                    raise ValueError(f"range {item!r} is empty or too long")
+                out += [{"name": f"{m.group(1)}{k}"} for k in range(lo, hi + 1)]
+            else:
+                out.append({"name": item})
+        else:
+            out.append(item)
+    return out
+
+
+class Grid(Frozen):
+    """A sweep: every combination of these axes is one run."""
+
+    name: str = "sweep"
+    datasets: Annotated[list[DatasetEntry], Field(min_length=1)]
+    backbones: Annotated[list[BackboneEntry], Field(min_length=1)] = [BackboneEntry(name="groupcoop-tiny")]
+    methods: Annotated[list[MethodEntry], Field(min_length=1)]
+    groups: Annotated[list[GroupsEntry], Field(min_length=1)] = [GroupsEntry(source="auto")]
+    seeds: Annotated[list[Annotated[Int, Field(ge=0)]], Field(min_length=1)] = [0]
+    hyperparameters: dict[str, Any] = {}  # for every method that has the key
+    baseline_methods: list[str] = ["coop", "zeroshot"]  # gains in the suite aggregate are measured against these
+
+    @field_validator("datasets", mode="before")
+    @classmethod
+    def _datasets(cls, value):
+        return _expand_names(value)
+
+    @field_validator("backbones", mode="before")
+    @classmethod
+    def _backbones(cls, value):
+        return [{"name": v} if isinstance(v, str) else v for v in (value if isinstance(value, list) else [value])]
+
+    @field_validator("methods", mode="before")
+    @classmethod
+    def _methods(cls, value):
+        return [{"method": v} if isinstance(v, str) else v for v in (value if isinstance(value, list) else [value])]
+
+    @field_validator("groups", mode="before")
+    @classmethod
+    def _groups(cls, value):
+        return [{"source": v} if isinstance(v, str) else v for v in (value if isinstance(value, list) else [value])]
+
+    @field_validator("seeds", mode="before")
+    @classmethod
+    def _seeds(cls, value):
+        if isinstance(value, str):
+            m = re.fullmatch(r"(\d+)\.\.(\d+)", value.strip())
+            if m:
+                return list(range(int(m.group(1)), int(m.group(2)) + 1))
+            return [int(v) if v.strip().isdigit() else v for v in value.split(",")]
+        return value
+
+
+def load_grid(path: str | Path | None, overrides: dict | None = None) -> Grid:
+    """A grid from a YAML file (or none), with flag values replacing whole axes."""
+    values = read_yaml_mapping(path, "grid file") if path else {}
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    if not values.get("datasets") or not values.get("methods"):
+        raise UserError("the grid is empty: give datasets and methods (in the grid file or with --datasets/--methods)")
+    return build(Grid, values, f"grid {path}" if path else "grid")
+
+
+# --- runs ---------------------------------------------------------------------------------------
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._=-]+", "_", text).strip("_") or "x"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of a sweep: its keys (for tables) and its settings."""
+
+    dataset: str  # label
+    backbone: str
+    method: str  # label
+    groups: str  # label
+    seed: int
+    settings: dict = field(hash=False, compare=False)
+
+    @property
+    def folder(self) -> Path:
+        return Path("runs", _slug(self.dataset), _slug(self.backbone), _slug(self.method), _slug(self.groups),
+                    f"seed-{self.seed}")
+
+    @property
+    def data_key(self) -> tuple:
+        s = self.settings
+        return (s["dataset"], s.get("root"), repr(sorted(s.get("dataset_options", {}).items())), s["backbone"],
+                s.get("pretrained"))
+
+    def keys(self) -> dict:
+        return {"dataset": self.dataset, "backbone": self.backbone, "method": self.method, "groups": self.groups,
+                "seed": self.seed}
+
+
+def uses_training_groups(method: str, hyperparameters: dict) -> bool:
+    """Whether a method's training depends on the group source (else one group source is enough)."""
+    from .methods import get_method
+
+    recipe = get_method(method)
+    hp = recipe.params(hyperparameters).model_dump()
+    needs = getattr(recipe, "needs_groups", None)
+    return recipe.prompts == "group" or hp.get("sampler", "natural") != "natural" or needs == "train"
+
+
+def expand(grid: Grid, roots: dict[str, str] | None = None) -> list[RunSpec]:
+    """Every run of the grid, validated (settings and names) before anything runs."""
+    from .data.registry import loader_spec
+
+    roots = roots or {}
+    specs, seen = [], set()
+    for d in grid.datasets:
+        loader_spec(d.name)  # an unknown name is refused here, before anything runs
+        root = roots.get(d.label or d.name, roots.get(d.name, d.root))
+        root = os.path.expandvars(root) if root else None
+        for b in grid.backbones:
+            backbone_label = b.name if b.pretrained is None else f"{b.name}@{b.pretrained}"
+            for m in grid.methods:
+                hp = {**{k: v for k, v in grid.hyperparameters.items() if _has_param(m.method, k)}, **m.hyperparameters}
+                sources = grid.groups if uses_training_groups(m.method, hp) else [GroupsEntry(source="auto", label="-")]
+                for g in sources:
+                    group_values = {k: v for k, v in g.model_dump().items() if k != "label" and v is not None}
+                    if group_values.get("source") == "auto":
+                        group_values.pop("source")
+                    glabel = g.label or g.source + (f":{g.variant}" if g.variant else "")
+                    for seed in grid.seeds:
+                        values = {"dataset": d.name, "root": root, "dataset_options": d.options, "backbone": b.name,
+                                  "pretrained": b.pretrained, "method": m.method, "groups": group_values, "seed": seed,
+                                  "hyperparameters": hp}
+                        settings = make_settings(values, f"grid run {d.name} / {m.method}")
+                        spec = RunSpec(d.label or d.name, backbone_label, m.label or m.method, glabel, seed,
+                                       settings.dump())
+                        if spec.folder in seen:
+                            raise UserError(f"two grid entries make the same run folder {spec.folder}; give the "
+                                            "method or groups entries distinct labels")
+                        seen.add(spec.folder)
+                        specs.append(spec)
+    return specs
+
+
+def _has_param(method: str, key: str) -> bool:
+    from .methods import get_method
+
+    return key in get_method(method).schema.model_fields
+
+
+def shard(specs: list[RunSpec], index: int, count: int) -> list[RunSpec]:
+    """The index-th of `count` disjoint slices; whole (dataset, backbone) groups, balanced by run count."""
+    groups: dict[tuple, list[RunSpec]] = {}
+    for s in specs:
+        groups.setdefault(s.data_key, []).append(s)
+    load = [0] * count
+    owner = {}
+    for key in sorted(groups, key=lambda k: (-len(groups[k]), k)):
+        j = min(range(count), key=lambda i: (load[i], i))
+        owner[key] = j
+        load[j] += len(groups[key])
+    return [s for s in specs if owner[s.data_key] == index]
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    if not text:
+        return 0, 1
+    m = re.fullmatch(r"(\d+)/(\d+)", text.strip())
+    if not m or int(m.group(2)) < 1 or not 0 <= int(m.group(1)) < int(m.group(2)):
+        raise UserError(f"--shard {text!r}: expected I/N with 0 <= I < N, e.g. 0/4 (a Slurm array's task id / count)")
+    return int(m.group(1)), int(m.group(2))
+
+
+# --- running ----------------------------------------------------------------------------------------
+
+_PREPARED: dict[tuple, Any] = {}
+
+
+def _prepared(spec: RunSpec, cache_dir, workers):
+    """Features for the run's dataset and backbone, kept in this process for the next run of the same data."""
+    from .pipeline import check_run, prepare
+
+    if spec.data_key not in _PREPARED:
+        _PREPARED.clear()
+        dataset, _, backbone = check_run(make_settings(spec.settings))
+        _PREPARED[spec.data_key] = prepare(dataset, backbone, cache_dir=cache_dir, workers=workers, progress=False,
+                                           feature_dtype=spec.settings.get("feature_dtype", "float32"))
+    return _PREPARED[spec.data_key]
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def extract_one(spec: RunSpec, cache_dir, workers) -> str:
+    _prepared(spec, cache_dir, workers)
+    return spec.dataset
+
+
+def run_one(spec: RunSpec, out: Path, cache_dir, workers) -> tuple[str, float]:
+    """Train one run into its folder (atomically); returns (folder, seconds)."""
+    from .pipeline import run_method, write_run
+
+    start = time.perf_counter()
+    settings = make_settings(spec.settings)
+    prep = _prepared(spec, cache_dir, workers)
+    run = run_method(prep, settings, log=lambda s: None)
+    write_run(out / spec.folder, run)
+    return str(spec.folder), time.perf_counter() - start
+
+
+def finished(spec: RunSpec, out: Path) -> bool:
+    """Whether the run's folder holds a finished run of exactly these settings."""
+    import yaml
+
+    folder = out / spec.folder
+    try:
+        done = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return False
+    wanted = dict(spec.settings)
+    if wanted["groups"]["source"] is None and isinstance(done, dict) and isinstance(done.get("groups"), dict):
+        wanted["groups"] = {**wanted["groups"], "source": done["groups"].get("source")}  # resolved from the data
+    return done == wanted and (folder / "metrics.json").is_file()
+
+
+def run_sweep(specs: list[RunSpec], out: Path, jobs: int = 1, cache_dir=None, workers: int | None = 0,
+              log=print) -> dict:
+    """Run every unfinished spec; returns counts. Progress: done / total with an ETA."""
+    out = Path(out)
+    todo = [s for s in specs if not finished(s, out)]
+    total, done_before = len(specs), len(specs) - len(todo)
+    log(f"sweep: {total} runs, {done_before} already finished, {len(todo)} to run with {jobs} job(s)")
+    if not todo:
+        return {"total": total, "ran": 0, "skipped": done_before}
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    order = sorted(todo, key=lambda s: (s.data_key, s.method, s.groups, s.seed))
+    first_of_data = list({s.data_key: s for s in reversed(order)}.values())
+    start = time.perf_counter()
+    if jobs == 1:
+        _init_worker(threads)
+        for i, spec in enumerate(order, 1):
+            folder, seconds = run_one(spec, out, cache_dir, workers)
+            _progress(log, done_before + i, total, i, len(order), start, folder, seconds)
+    else:
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool:
+            # features first, one task per dataset, so that no two processes extract the same images
+            for future in [pool.submit(extract_one, s, cache_dir, workers) for s in first_of_data]:
+                future.result()
+            pending = {pool.submit(run_one, s, out, cache_dir, workers) for s in order}
+            completed = 0
+            while pending:
+                finished_now, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished_now:
+                    folder, seconds = future.result()
+                    completed += 1
+                    _progress(log, done_before + completed, total, completed, len(order), start, folder, seconds)
+    return {"total": total, "ran": len(order), "skipped": done_before}
+
+
+def _progress(log, done, total, ran, to_run, start, folder, seconds) -> None:
+    elapsed = time.perf_counter() - start
+    eta = elapsed / ran * (to_run - ran)
+    log(f"[{done}/{total}] {folder} ({seconds:.1f} s)  elapsed {elapsed / 60:.1f} min, ETA {eta / 60:.1f} min")
+
+
+# --- summaries -------------------------------------------------------------------------------------
+
+def collect(specs: list[RunSpec], out: Path) -> list[dict]:
+    """One row per finished run of the grid: its keys and headline metrics (val and test)."""
+    import json
+
+    rows = []
+    for spec in specs:
+        path = out / spec.folder / "metrics.json"
+        if not path.is_file():
+            continue
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+        row = dict(spec.keys())
+        for split in ("test", "val"):
+            for key in HEADLINE:
+                value = metrics.get("splits", {}).get(split, {}).get(key)
+                row[f"{split}_{key}"] = value
+        if "group_quality" in metrics:
+            row["group_agreement"] = metrics["group_quality"].get("accuracy")
+            row["group_min_recall"] = metrics["group_quality"].get("min_recall")
+        rows.append(row)
+    return rows
+
+
+def method_label(row: dict) -> str:
+    return row["method"] if row["groups"] == "-" else f"{row['method']} [{row['groups']}]"
+
+
+def _mean_std(values: list[float]) -> str:
+    import numpy as np
+
+    if not values:
+        return "-"
+    return f"{100 * np.mean(values):.1f} ± {100 * np.std(values):.1f}" if len(values) > 1 else f"{100 * values[0]:.1f}"
+
+
+def table_md(rows: list[dict], split: str = "test") -> str:
+    """Methods x datasets: worst-group and average accuracy (%), mean ± std over seeds."""
+    methods = list(dict.fromkeys(method_label(r) for r in rows))
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    lines = [f"{split} split, accuracy in % (mean ± std over seeds); each cell: worst-group / average", "",
+             "| method | " + " | ".join(datasets) + " |", "|---|" + "---|" * len(datasets)]
+    for m in methods:
+        cells = []
+        for d in datasets:
+            sel = [r for r in rows if method_label(r) == m and r["dataset"] == d]
+            wga = [r[f"{split}_worst_group_acc"] for r in sel if r[f"{split}_worst_group_acc"] is not None]
+            avg = [r[f"{split}_avg_acc"] for r in sel if r[f"{split}_avg_acc"] is not None]
+            cells.append(f"{_mean_std(wga)} / {_mean_std(avg)}" if sel else "-")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def per_task(rows: list[dict], split: str = "test", key: str = "worst_group_acc") -> dict[str, dict[str, float]]:
+    """{method label: {dataset: mean over seeds}}."""
+    import numpy as np
+
+    out: dict[str, dict[str, list[float]]] = {}
+    for r in rows:
+        value = r.get(f"{split}_{key}")
+        if value is not None:
+            out.setdefault(method_label(r), {}).setdefault(r["dataset"], []).append(value)
+    return {m: {d: float(np.mean(v)) for d, v in by.items()} for m, by in out.items()}
+
+
+def bootstrap_ci(diffs, n: int = 10_000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile bootstrap interval of the mean of `diffs` (resampling tasks)."""
+    import numpy as np
+
+    diffs = np.asarray(diffs, dtype=float)
+    if len(diffs) < 2:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = diffs[rng.integers(0, len(diffs), size=(n, len(diffs)))].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def suite_aggregate(rows: list[dict], baselines: list[str], split: str = "test") -> tuple[str, dict]:
+    """Per method over tasks: mean worst-group, gain over each baseline with a bootstrap 95% interval,
+    win rate (tasks where it is at least as good), and its worst task."""
+    import numpy as np
+
+    table = per_task(rows, split)
+    baseline_labels = {b: next((m for m in table if m.split(" [")[0] == b), None) for b in baselines}
+    lines = [f"{split} worst-group accuracy over tasks (%): mean; gain over each baseline with bootstrap 95% interval "
+             "over tasks; win rate = share of tasks at least as good; worst task", ""]
+    header = ["method", "tasks", "mean WGA"]
+    for b, label in baseline_labels.items():
+        if label:
+            header += [f"gain vs {b}", f"win rate vs {b}"]
+    header += ["worst task"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    data = {}
+    for m, by_task in table.items():
+        tasks = sorted(by_task)
+        cells = [m, str(len(tasks)), f"{100 * np.mean([by_task[t] for t in tasks]):.1f}"]
+        entry = {"tasks": len(tasks), "mean": float(np.mean([by_task[t] for t in tasks]))}
+        for b, label in baseline_labels.items():
+            if not label:
+                continue
+            common = [t for t in tasks if t in table[label]]
+            diffs = np.array([by_task[t] - table[label][t] for t in common])
+            if m == label or not len(common):
+                cells += ["-", "-"]
+                continue
+            lo, hi = bootstrap_ci(diffs)
+            win = float(np.mean(diffs >= 0))
+            cells += [f"{100 * diffs.mean():+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]", f"{100 * win:.0f}%"]
+            entry[f"gain_vs_{b}"] = {"mean": float(diffs.mean()), "ci95": [lo, hi], "win_rate": win,
+                                     "min": float(diffs.min())}
+        worst = min(tasks, key=lambda t: by_task[t])
+        cells.append(f"{worst} ({100 * by_task[worst]:.1f})")
+        entry["worst_task"] = {"task": worst, "wga": by_task[worst]}
+        data[m] = entry
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines), data
+
+
+def write_summary(specs: list[RunSpec], out: Path, grid: Grid) -> tuple[str, int]:
+    """runs.csv, table.md and report.html from the finished runs; returns (table text, finished runs)."""
+    import csv
+    import io
+    import json
+
+    from .files import atomic_text
+
+    rows = collect(specs, out)
+    if not rows:
+        return "no finished runs yet", 0
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(k for r in rows for k in r)), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_text(out / "runs.csv", buffer.getvalue())
+    text = table_md(rows)
+    datasets = {r["dataset"] for r in rows}
+    aggregate = None
+    if len(datasets) > 1:
+        agg_text, aggregate = suite_aggregate(rows, grid.baseline_methods)
+        text += "\n\n" + agg_text
+    missing = len(specs) - len(rows)
+    if missing:
+        text += f"\n\n({missing} of {len(specs)} runs not finished yet)"
+    atomic_text(out / "table.md", text + "\n")
+    atomic_text(out / "summary.json", json.dumps({"grid": grid.model_dump(), "runs": len(rows),
+                                                  "aggregate": aggregate}, indent=1) + "\n")
+    from .report import sweep_report_html
+
+    atomic_text(out / "report.html", sweep_report_html(grid.name, rows, text))
+    return text, len(rows)
+
+
+# --- cost estimate (dry run) ----------------------------------------------------------------------
+
+# Image-encoder GFLOPs per image (open_clip's model profile table) and dataset sizes, for --dry-run.
+IMAGE_GFLOPS = {"RN50": 9.2, "RN101": 12.8, "ViT-B-32": 4.4, "ViT-B-16": 17.6, "ViT-L-14": 81.1,
+                "groupcoop-tiny": 0.03}
+DATASET_IMAGES = {"waterbirds": 11_788, "celeba": 202_599, "multiceleba": 126_000, "metashift": 3_499,
+                  "chexpert": 190_000, "imagenetbg": 50_000}
+GPU_EFFECTIVE_TFLOPS = 50.0  # bf16 inference on an A100/H100-class GPU at a modest utilisation (an assumption)
+TRAIN_SECONDS_PER_RUN_GPU = 60.0  # prompt training on cached features, per run (an assumption)
+
+
+def estimate(specs: list[RunSpec]) -> str:
+    """A rough cost of a sweep on one GPU: extraction once per (dataset, backbone) plus training per run."""
+    extraction = 0.0
+    unknown = set()
+    for key in {s.data_key for s in specs}:
+        dataset, backbone = key[0], key[3]
+        n = DATASET_IMAGES.get(dataset)
+        flops = IMAGE_GFLOPS.get(backbone)
+        if n is None or flops is None:
+            unknown.add(f"{dataset}/{backbone}")
+            continue
+        extraction += n * flops * 1e9 / (GPU_EFFECTIVE_TFLOPS * 1e12)
+    training = len(specs) * TRAIN_SECONDS_PER_RUN_GPU
+    lines = [f"{len(specs)} runs over {len({s.data_key for s in specs})} (dataset, backbone) pairs",
+             f"estimated on one GPU: feature extraction {extraction / 3600:.2f} h "
+             f"(at {GPU_EFFECTIVE_TFLOPS:.0f} effective TFLOPS), training {training / 3600:.2f} h "
+             f"(at ~{TRAIN_SECONDS_PER_RUN_GPU:.0f} s per run); both are assumptions, see configs/paper/README.md"]
+    if unknown:
+        lines.append(f"no size or FLOPs known for: {', '.join(sorted(unknown))} (not in the estimate)")
+    return "\n".join(lines)
+
+
+def print_runs(specs: list[RunSpec], out: Path) -> None:
+    for s in specs:
+        print(f"{'done' if finished(s, out) else 'todo'}  {s.folder}")

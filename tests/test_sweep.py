@@ -1,0 +1,162 @@
+"""`groupcoop sweep`: a grid of ordinary runs, resumable, shardable, summarised in runs.csv and table.md."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from groupcoop.sweep import Grid, bootstrap_ci, expand, load_grid, shard
+
+CONSOLE_SCRIPT = Path(sys.executable).parent / "groupcoop"
+FAST = {"epochs": 1, "batch_size": 2048}  # 3 steps on synth-waterbirds: the grid machinery is under test
+
+
+def tiny_grid(tmp_path: Path, **changes) -> Path:
+    grid = {"name": "tiny", "datasets": ["synth-waterbirds"], "methods": ["zeroshot", "groupcoop"],
+            "groups": ["gt", "zeroshot"], "seeds": [0, 1], "hyperparameters": FAST, **changes}
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    return path
+
+
+def test_grid_expands_every_combination_once():
+    grid = Grid(datasets=["synth-random:0..2"], methods=["zeroshot", "coop", "groupcoop"], groups=["gt", "pseudo"],
+                seeds=[0, 1])
+    specs = expand(grid)
+    # methods whose training ignores groups run once per seed; groupcoop once per group source and seed
+    assert len(specs) == 3 * (2 + 2 + 2 * 2)
+    assert len({s.folder for s in specs}) == len(specs)
+    assert {s.dataset for s in specs} == {"synth-random:0", "synth-random:1", "synth-random:2"}
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 7])
+def test_shards_are_disjoint_and_cover_the_grid(count):
+    grid = Grid(datasets=["synth-random:0..4", "synth-waterbirds"], methods=["zeroshot", "groupcoop"],
+                groups=["gt", "pseudo"], seeds=[0, 1, 2])
+    specs = expand(grid)
+    parts = [shard(specs, i, count) for i in range(count)]
+    folders = [s.folder for part in parts for s in part]
+    assert sorted(folders) == sorted(s.folder for s in specs) and len(set(folders)) == len(folders)
+    for part in parts:  # a dataset's runs stay on one machine, so it extracts only its own features
+        for other in parts:
+            if other is not part:
+                assert not {s.data_key for s in part} & {s.data_key for s in other}
+
+
+def test_sweep_writes_runs_csv_and_table(tmp_path, cli, waterbirds_prep):
+    out = tmp_path / "sweep"
+    result = cli("sweep", tiny_grid(tmp_path), "--out", out, "--quiet")
+    assert result.code == 0, result.err
+    with open(out / "runs.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    # zeroshot x 2 seeds (groups do not change it) + groupcoop x 2 group sources x 2 seeds
+    assert len(rows) == 2 + 4
+    assert {r["method"] for r in rows} == {"zeroshot", "groupcoop"}
+    assert {(r["method"], r["groups"]) for r in rows} == {("zeroshot", "-"), ("groupcoop", "gt"),
+                                                          ("groupcoop", "zeroshot")}
+    for r in rows:
+        run = out / "runs" / "synth-waterbirds" / "groupcoop-tiny" / r["method"] / r["groups"] / \
+            f"seed-{r['seed']}"
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert float(r["test_worst_group_acc"]) == metrics["splits"]["test"]["worst_group_acc"]
+    table = (out / "table.md").read_text()
+    assert "| groupcoop [gt] |" in table and "| zeroshot |" in table and "synth-waterbirds" in table
+    zs = [float(r["test_worst_group_acc"]) for r in rows if r["method"] == "zeroshot"]
+    assert f"{100 * zs[0]:.1f} ± 0.0" in table  # mean ± std over the two seeds
+    assert (out / "report.html").read_text().startswith("<!DOCTYPE html>")
+
+
+KILLABLE = """
+import sys
+from groupcoop.cli import main
+sys.exit(main(["sweep", sys.argv[1], "--out", sys.argv[2], "--quiet"]))
+"""
+
+
+def test_killed_sweep_resumes_without_redoing_finished_runs(tmp_path, waterbirds_prep, feature_cache):
+    grid = tiny_grid(tmp_path, methods=["groupcoop"], groups=["gt"], seeds=[0, 1, 2, 3])
+    out = tmp_path / "sweep"
+    env = {**os.environ, "GROUPCOOP_CACHE": str(feature_cache)}
+    proc = subprocess.Popen([sys.executable, "-c", KILLABLE, str(grid), str(out)], env=env)
+    deadline = time.time() + 240
+    done = lambda: sorted(out.glob("runs/*/*/*/*/seed-*/metrics.json"))  # noqa: E731
+    while time.time() < deadline and len(done()) < 1 and proc.poll() is None:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = done()
+    assert 1 <= len(finished) < 4, "the kill should land midway"
+    stamps = {p: p.stat().st_mtime_ns for p in finished}
+    again = subprocess.run([str(CONSOLE_SCRIPT), "sweep", str(grid), "--out", str(out)], env=env,
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert f"{len(finished)} already finished" in again.stderr
+    assert len(done()) == 4
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items()), "finished runs are not redone"
+
+
+def test_rerun_of_a_finished_sweep_runs_nothing(tmp_path, cli, waterbirds_prep):
+    grid = tiny_grid(tmp_path, methods=["zeroshot"], seeds=[0])
+    out = tmp_path / "sweep"
+    assert cli("sweep", grid, "--out", out, "--quiet").code == 0
+    again = cli("sweep", grid, "--out", out)
+    assert again.code == 0 and "1 already finished, 0 to run" in again.err
+
+
+def test_dry_run_lists_runs_without_running(tmp_path, cli):
+    result = cli("sweep", tiny_grid(tmp_path), "--out", tmp_path / "sweep", "--dry-run")
+    assert result.code == 0, result.err
+    assert result.out.count("todo  runs/") == 6 and "estimated" in result.out
+    assert not (tmp_path / "sweep").exists()
+
+
+BAD_GRIDS = {
+    "unknown key": ({"datasets": ["synth-waterbirds"], "methods": ["zeroshot"], "method": "x"}, "method"),
+    "unknown method": ({"datasets": ["synth-waterbirds"], "methods": ["zeroshott"]}, "zeroshott"),
+    "unknown dataset": ({"datasets": ["synth-waterbird"], "methods": ["zeroshot"]}, "synth-waterbird"),
+    "empty grid": ({"datasets": [], "methods": ["zeroshot"]}, "empty"),
+    "bad seed": ({"datasets": ["synth-waterbirds"], "methods": ["zeroshot"], "seeds": [-1]}, "seeds"),
+    "bad hyper-parameter": ({"datasets": ["synth-waterbirds"], "methods": [{"method": "coop", "hyperparameters":
+                                                                            {"lr": "fast"}}]}, "lr"),
+    "not a mapping": ([1, 2], "mapping"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_GRIDS))
+def test_bad_grid_is_one_line_and_runs_nothing(case, tmp_path, cli):
+    grid, fragment = BAD_GRIDS[case]
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    result = cli("sweep", path, "--out", tmp_path / "sweep")
+    assert result.code == 2, result.err
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("groupcoop: error: ") and fragment in lines[0], result.err
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_bad_shard_and_root_flags(tmp_path, cli):
+    grid = tiny_grid(tmp_path)
+    for flags, fragment in ((["--shard", "3/3"], "--shard"), (["--root", "nofolder"], "--root")):
+        result = cli("sweep", grid, "--out", tmp_path / "s", *flags)
+        assert result.code == 2 and fragment in result.err and len(result.err.strip().splitlines()) == 1
+
+
+def test_bootstrap_interval_covers_the_mean():
+    lo, hi = bootstrap_ci([0.1, 0.2, 0.3, 0.05, 0.15])
+    assert lo < 0.16 < hi and lo > 0.0
+
+
+def test_suite_presets_are_disjoint():
+    root = Path(__file__).resolve().parents[1] / "configs" / "suites"
+    dev, report = load_grid(root / "dev.yaml"), load_grid(root / "report.yaml")
+    assert len(dev.datasets) == len(report.datasets) == 30
+    assert not {d.name for d in dev.datasets} & {d.name for d in report.datasets}
