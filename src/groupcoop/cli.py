@@ -222,6 +222,42 @@ def cmd_methods(args) -> None:
                 print(f"  {key} = {value!r}")
 
 
+def cmd_predict(args) -> None:
+    from .files import atomic_text, check_output_file
+    from .pipeline import check_device
+    from .predict import GroupCoOpClassifier, find_images, images_from_csv, predict_files, rows_to_csv
+
+    if bool(args.images) == bool(args.csv):
+        raise UserError("give either --images PATH... or --csv FILE --root DIR")
+    if args.csv and not args.root:
+        raise UserError("--csv needs --root: the folder the CSV's paths are relative to")
+    out = check_output_file(Path(args.out), "--out", overwrite=args.overwrite)
+    paths = find_images(args.images) if args.images else images_from_csv(Path(args.csv), Path(args.root), args.path_col)
+    check_device(args.device or "cpu")
+    classifier = GroupCoOpClassifier.from_run(args.run, device=args.device or "cpu", pretrained=args.pretrained)
+    rows, failures = predict_files(classifier, paths, batch_size=args.batch_size, workers=args.workers,
+                                   progress=not args.quiet)
+    if failures and args.strict:
+        first = next(r for r in rows if r["error"])
+        raise UserError(f"{failures} of {len(rows)} images could not be read (first: {first['error']}); "
+                        f"nothing written (--strict)")
+    atomic_text(out, rows_to_csv(rows))
+    print(f"predicted {len(rows) - failures} of {len(rows)} images"
+          + (f"; {failures} could not be read (see the error column)" if failures else "") + f"; wrote {out}")
+
+
+def cmd_export(args) -> None:
+    from .files import check_output_file
+    from .predict import export_head
+
+    out = check_output_file(Path(args.out), "--out", overwrite=args.overwrite)
+    if out.suffix != ".safetensors":
+        raise UserError(f"--out {out}: the head is a safetensors file; give a name ending in .safetensors")
+    head = export_head(Path(args.run), out, pretrained=args.pretrained)
+    print(f"wrote {out}: {head.weight.shape[0]} rows x {head.weight.shape[1]} dims, classes {', '.join(head.class_names)}, "
+          f"aggregate {head.aggregate}, backbone {head.info.get('model')} ({head.info.get('pretrained')})")
+
+
 def cmd_sweep(args) -> None:
     from .features import check_cache_dir
     from .files import atomic_text, check_replaceable, ensure_writable_dir, groupcoop_kind, output_lock, write_manifest
@@ -400,6 +436,36 @@ def build_parser() -> argparse.ArgumentParser:
     bb = sub.add_parser("backbones", help="list the architectures and pretrained tags",
                         description="List the open_clip architectures, their pretrained tags and the bundled model.")
     bb.set_defaults(func=cmd_backbones)
+
+    pr = sub.add_parser("predict", help="classify new images with a trained run",
+                        description="Classify image files (or the images a CSV lists) with a run's classifier; write "
+                        "a CSV: path, predicted class, predicted group (the best group prompt of that class), one "
+                        "probability column per class, and an error column for images that could not be read.")
+    pr.add_argument("run", help="run folder written by `groupcoop train`")
+    pr.add_argument("--images", nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
+    pr.add_argument("--csv", help="a CSV listing images (instead of --images)")
+    pr.add_argument("--root", help="with --csv: the folder its paths are relative to")
+    pr.add_argument("--path-col", default="path", help="with --csv: the column of image paths (default path)")
+    pr.add_argument("--out", required=True, help="predictions CSV to write")
+    pr.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    pr.add_argument("--strict", action="store_true", help="any unreadable image: exit 2 and write nothing")
+    pr.add_argument("--pretrained", help="the weights file, when the run's weights file has moved")
+    pr.add_argument("--device", default=None, help="torch device: cpu (default), cuda, cuda:N or mps")
+    pr.add_argument("--batch-size", type=_count(1), default=256, help="images per batch (default 256)")
+    pr.add_argument("--workers", type=_count(0), default=None,
+                    help="image-decoding worker processes (default: cores - 1, at most 4)")
+    pr.add_argument("--quiet", action="store_true", help="no progress bar")
+    pr.set_defaults(func=cmd_predict)
+
+    ex = sub.add_parser("export", help="write a run's classifier as one file usable with plain open_clip",
+                        description="Write the run's head (normalised text features per class x group, logit scale, "
+                        "class and group names, aggregate rule, backbone name, weights and checksum) as one "
+                        "safetensors file with JSON metadata; README shows how to use it without groupcoop.")
+    ex.add_argument("run", help="run folder written by `groupcoop train`")
+    ex.add_argument("--out", required=True, help="file to write (.safetensors)")
+    ex.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    ex.add_argument("--pretrained", help="the weights file, when the run's weights file has moved")
+    ex.set_defaults(func=cmd_export)
 
     sw = sub.add_parser("sweep", help="run a grid of runs (datasets x backbones x methods x groups x seeds)",
                         description="Run every combination of a grid (a YAML file and/or flags) as ordinary run "
