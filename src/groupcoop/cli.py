@@ -345,7 +345,9 @@ def _add_grouping_flags(p) -> None:
     p.add_argument("--bias-prompts", help="attribute value phrases for zeroshot/pseudo groups: "
                    "'on land,on water' (';' between attributes)")
     p.add_argument("--clusters", type=_count(2), help="clusters per class for kmeans groups (default: attribute size)")
-    p.add_argument("--variant", choices=["selftrain", "kmeans", "gmm", "blend"],
+    from .settings import PSEUDO_VARIANT_NAMES
+
+    p.add_argument("--variant", choices=PSEUDO_VARIANT_NAMES,
                    help="pseudo-labeler variant (default selftrain; see docs/groups.md)")
 
 

@@ -162,27 +162,59 @@ def _pseudo_blend(x: np.ndarray, scores: np.ndarray, seed: int) -> np.ndarray:
     return _pseudo_kmeans(np.hstack([x, s]), scores, seed)
 
 
-def _pseudo_selftrain(x: np.ndarray, scores: np.ndarray, seed: int) -> np.ndarray:
-    """The confident zero-shot assignments (top 70% by score margin) train a linear model on
-    the image features, which then labels every image: the prompts name the groups, the
-    feature geometry settles the ambiguous images and overrules isolated zero-shot mistakes.
-
-    The model is not class-balanced on purpose: it learns the values' frequencies from the
-    confident assignments, the right prior for ambiguous images. A value with fewer than two
-    confident seeds cannot be learned; then K-means started at the zero-shot centroids is used.
-    """
+def _confident_seeds(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Zero-shot assignments and the mask of the confident ones (top 70% by score margin)."""
     assigned = np.argmax(scores, axis=1)
     top2 = np.sort(scores, axis=1)[:, -2:]
     margin = top2[:, 1] - top2[:, 0]
-    confident = margin >= np.quantile(margin, SELFTRAIN_DROP)
+    return assigned, margin >= np.quantile(margin, SELFTRAIN_DROP)
+
+
+def _selftrain(x: np.ndarray, scores: np.ndarray, seed: int, balanced: bool) -> np.ndarray:
+    """The confident zero-shot assignments train a logistic regression on the image features,
+    which then labels every image: the prompts name the groups, the feature geometry settles
+    the ambiguous images and overrules isolated zero-shot mistakes. `balanced` weighs the
+    values equally (a uniform prior) instead of learning their frequencies. A value with fewer
+    than two confident seeds cannot be learned; then K-means started at the zero-shot
+    centroids is used.
+    """
+    assigned, confident = _confident_seeds(scores)
     if np.bincount(assigned[confident], minlength=scores.shape[1]).min() < 2:
         return _pseudo_kmeans(x, scores, seed)
-    model = LogisticRegression(C=1.0, max_iter=2000, random_state=seed)
+    model = LogisticRegression(C=1.0, max_iter=2000, random_state=seed,
+                               class_weight="balanced" if balanced else None)
     return model.fit(x[confident], assigned[confident]).predict(x)
+
+
+def _pseudo_selftrain(x: np.ndarray, scores: np.ndarray, seed: int) -> np.ndarray:
+    """Self-training that learns the values' frequencies from the confident seeds."""
+    return _selftrain(x, scores, seed, balanced=False)
+
+
+def _pseudo_selftrain_balanced(x: np.ndarray, scores: np.ndarray, seed: int) -> np.ndarray:
+    """Self-training with a uniform prior over values: ambiguous images are not pulled into the majority."""
+    return _selftrain(x, scores, seed, balanced=True)
+
+
+def _pseudo_calibrated(x: np.ndarray, scores: np.ndarray, seed: int) -> np.ndarray:
+    """Zero-shot after removing each value prompt's mean score over the class's images: a prompt
+    that scores everything high (a biased phrase) no longer takes the ambiguous images."""
+    return np.argmax(scores - scores.mean(axis=0, keepdims=True), axis=1)
+
+
+def _pseudo_recall(x: np.ndarray, scores: np.ndarray, seed: int) -> np.ndarray:
+    """Self-training and zero-shot, and where they disagree the rarer value: a minority image
+    that either of them finds keeps its own group."""
+    trained, zeroshot = _selftrain(x, scores, seed, balanced=False), np.argmax(scores, axis=1)
+    counts = np.bincount(trained, minlength=scores.shape[1])
+    return np.where(counts[zeroshot] < counts[trained], zeroshot, trained)
 
 
 PSEUDO_VARIANTS: dict[str, Callable[[np.ndarray, np.ndarray, int], np.ndarray]] = {
     "selftrain": _pseudo_selftrain,
+    "selftrain_balanced": _pseudo_selftrain_balanced,
+    "calibrated": _pseudo_calibrated,
+    "recall": _pseudo_recall,
     "kmeans": _pseudo_kmeans,
     "gmm": _pseudo_gmm,
     "blend": _pseudo_blend,

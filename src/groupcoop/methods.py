@@ -63,6 +63,7 @@ class GroupCoOpParams(PromptParams):
     group_words: StrictBool = True  # the group's attribute words follow the class name in its prompt
     aggregate: Aggregate = "max"  # class score from its group prompts
     class_loss_weight: Annotated[Number, Field(ge=0, le=100)] = 0.0  # class-level term on the aggregated score
+    ctx_reg: Annotated[Number, Field(ge=0, le=1e6)] = 0.0  # L2 pull of each context toward its initial value
 
 
 @dataclass(frozen=True)

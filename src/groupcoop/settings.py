@@ -17,6 +17,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from .errors import UserError, close_matches
 
 GROUP_SOURCES = ("gt", "zeroshot", "kmeans", "pseudo")
+PSEUDO_VARIANT_NAMES = ("selftrain", "selftrain_balanced", "calibrated", "recall", "kmeans", "gmm", "blend")
 FEATURE_DTYPES = ("float32", "float16")
 MAX_SEED = 2**32 - 1
 
@@ -138,7 +139,7 @@ class GroupingOptions(Frozen):
     source: Literal["gt", "zeroshot", "kmeans", "pseudo"] | None = None
     bias_prompts: PhraseLists | None = None  # value phrases per attribute, for zeroshot/pseudo
     clusters: Annotated[Int, Field(ge=2, le=1000)] | None = None  # kmeans clusters per attribute
-    variant: Literal["selftrain", "kmeans", "gmm", "blend"] = "selftrain"  # the pseudo labeler's variant
+    variant: Literal[PSEUDO_VARIANT_NAMES] = "selftrain"  # the pseudo labeler's variant (docs/groups.md)
 
     @model_validator(mode="before")
     @classmethod

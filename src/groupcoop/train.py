@@ -95,6 +95,7 @@ def train_prompts(recipe, hp, learner: PromptLearner, train: SplitData, val: Spl
     if loss_weight is not None:
         loss_weight = loss_weight.to(device)
     best, best_state, best_epoch, history, stale = (-1.0, -1.0), None, -1, [], 0
+    anchor = learner.ctx.detach().clone() if group_prompts and hp.ctx_reg > 0 else None
     for epoch in range(hp.epochs):
         learner.train()
         order = epoch_order(hp.sampler, train.groups, generator)
@@ -106,6 +107,8 @@ def train_prompts(recipe, hp, learner: PromptLearner, train: SplitData, val: Spl
             if group_prompts and hp.class_loss_weight > 0:
                 loss = loss + hp.class_loss_weight * F.cross_entropy(
                     class_scores(logits, n_classes, aggregate), y_train[idx].to(device))
+            if anchor is not None:  # keeps a few-image group's prompt near its hand-written start
+                loss = loss + hp.ctx_reg * (learner.ctx - anchor).pow(2).sum(dim=(1, 2)).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
