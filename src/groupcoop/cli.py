@@ -266,8 +266,9 @@ def cmd_sweep(args) -> None:
 
     axes = {"datasets": args.datasets, "methods": args.methods, "groups": args.groups, "seeds": args.seeds,
             "backbones": args.backbones}
-    grid = load_grid(args.grid, {k: [v.strip() for v in value.split(",") if v.strip()] if k != "seeds" else value
-                                 for k, value in axes.items() if value is not None})
+    grid = load_grid(args.grid, {**{k: [v.strip() for v in value.split(",") if v.strip()] if k != "seeds" else value
+                                    for k, value in axes.items() if value is not None},
+                                 **({"device": args.device} if args.device else {})})
     if args.set:
         grid = grid.model_copy(update={"hyperparameters": {**grid.hyperparameters, **key_values(args.set, "--set")}})
     roots = {}
@@ -284,6 +285,11 @@ def cmd_sweep(args) -> None:
         print_runs(mine, out)
         print(estimate(mine))
         return
+    from .pipeline import check_device
+    from .sweep import check_roots
+
+    check_device(grid.device)
+    check_roots(mine)
     if out.exists() and groupcoop_kind(out) != "sweep":
         check_replaceable(out, overwrite=False)  # an empty folder is fine; anything else is refused
     ensure_writable_dir(out, "--out")
@@ -485,6 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--set", action="append", metavar="KEY=VALUE",
                     help="hyper-parameter for every method that has it, repeatable")
     sw.add_argument("--jobs", type=_count(1), default=1, help="parallel worker processes (default 1)")
+    sw.add_argument("--device", help="torch device for every run, replacing the grid's (cpu, cuda, cuda:N)")
     sw.add_argument("--shard", metavar="I/N", help="run only slice I of N (0 <= I < N), e.g. $SLURM_ARRAY_TASK_ID/8")
     sw.add_argument("--dry-run", action="store_true", help="list the runs and an estimated cost; run nothing")
     sw.add_argument("--summary-only", action="store_true", help="only rebuild runs.csv, table.md and report.html")

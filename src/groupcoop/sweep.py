@@ -83,6 +83,7 @@ class Grid(Frozen):
     groups: Annotated[list[GroupsEntry], Field(min_length=1)] = [GroupsEntry(source="auto")]
     seeds: Annotated[list[Annotated[Int, Field(ge=0)]], Field(min_length=1)] = [0]
     hyperparameters: dict[str, Any] = {}  # for every method that has the key
+    device: str = "cpu"  # torch device of every run (features are extracted there too)
     baseline_methods: list[str] = ["coop", "zeroshot"]  # gains in the suite aggregate are measured against these
 
     @field_validator("datasets", mode="before")
@@ -191,7 +192,7 @@ def expand(grid: Grid, roots: dict[str, str] | None = None) -> list[RunSpec]:
                     for seed in grid.seeds:
                         values = {"dataset": d.name, "root": root, "dataset_options": d.options, "backbone": b.name,
                                   "pretrained": b.pretrained, "method": m.method, "groups": group_values, "seed": seed,
-                                  "hyperparameters": hp}
+                                  "hyperparameters": hp, "device": grid.device}
                         settings = make_settings(values, f"grid run {d.name} / {m.method}")
                         spec = RunSpec(d.label or d.name, backbone_label, m.label or m.method, glabel, seed,
                                        settings.dump())
@@ -287,10 +288,20 @@ def finished(spec: RunSpec, out: Path) -> bool:
     return done == wanted and (folder / "metrics.json").is_file()
 
 
+def check_roots(specs: list[RunSpec]) -> None:
+    """A dataset folder left as an unset ${VARIABLE} is named before anything runs."""
+    for s in specs:
+        root = s.settings.get("root") or ""
+        if "$" in root:
+            raise UserError(f"dataset {s.settings['dataset']}: its folder {root} uses an environment variable that is "
+                            f"not set; set it or pass --root {s.settings['dataset']}=FOLDER")
+
+
 def run_sweep(specs: list[RunSpec], out: Path, jobs: int = 1, cache_dir=None, workers: int | None = 0,
               log=print) -> dict:
     """Run every unfinished spec; returns counts. Progress: done / total with an ETA."""
     out = Path(out)
+    check_roots(specs)
     todo = [s for s in specs if not finished(s, out)]
     total, done_before = len(specs), len(specs) - len(todo)
     log(f"sweep: {total} runs, {done_before} already finished, {len(todo)} to run with {jobs} job(s)")
@@ -484,32 +495,38 @@ def write_summary(specs: list[RunSpec], out: Path, grid: Grid) -> tuple[str, int
 
 # --- cost estimate (dry run) ----------------------------------------------------------------------
 
-# Image-encoder GFLOPs per image (open_clip's model profile table) and dataset sizes, for --dry-run.
+# Image-encoder GFLOPs per image (open_clip's model profile table), dataset sizes (all images,
+# training images), and two stated assumptions about one GPU, for --dry-run. No GPU was
+# available to measure these here; configs/paper/README.md says how to replace them.
 IMAGE_GFLOPS = {"RN50": 9.2, "RN101": 12.8, "ViT-B-32": 4.4, "ViT-B-16": 17.6, "ViT-L-14": 81.1,
                 "groupcoop-tiny": 0.03}
-DATASET_IMAGES = {"waterbirds": 11_788, "celeba": 202_599, "multiceleba": 126_000, "metashift": 3_499,
-                  "chexpert": 190_000, "imagenetbg": 50_000}
-GPU_EFFECTIVE_TFLOPS = 50.0  # bf16 inference on an A100/H100-class GPU at a modest utilisation (an assumption)
-TRAIN_SECONDS_PER_RUN_GPU = 60.0  # prompt training on cached features, per run (an assumption)
+DATASET_IMAGES = {"waterbirds": (11_788, 4_795), "celeba": (202_599, 162_770), "multiceleba": (107_000, 67_000),
+                  "metashift": (3_499, 2_276), "chexpert": (190_000, 167_000), "imagenetbg": (50_000, 45_000)}
+GPU_EFFECTIVE_TFLOPS = 50.0  # bf16 inference on an A100/H100-class GPU at a modest utilisation
+GPU_DECODE_IMAGES_PER_S = 2000.0  # JPEG decoding + resizing with ~16 CPU workers
+GPU_TEXT_STEP_S = {"RN50": 0.006, "RN101": 0.006, "ViT-B-32": 0.006, "ViT-B-16": 0.006, "ViT-L-14": 0.012}
+EPOCHS_RUN, BATCH = 20, 128  # default schedule (early stopping usually ends sooner)
 
 
 def estimate(specs: list[RunSpec]) -> str:
     """A rough cost of a sweep on one GPU: extraction once per (dataset, backbone) plus training per run."""
-    extraction = 0.0
+    extraction = training = 0.0
     unknown = set()
     for key in {s.data_key for s in specs}:
         dataset, backbone = key[0], key[3]
-        n = DATASET_IMAGES.get(dataset)
-        flops = IMAGE_GFLOPS.get(backbone)
-        if n is None or flops is None:
+        if dataset not in DATASET_IMAGES or backbone not in IMAGE_GFLOPS:
             unknown.add(f"{dataset}/{backbone}")
             continue
-        extraction += n * flops * 1e9 / (GPU_EFFECTIVE_TFLOPS * 1e12)
-    training = len(specs) * TRAIN_SECONDS_PER_RUN_GPU
+        n = DATASET_IMAGES[dataset][0]
+        extraction += max(n * IMAGE_GFLOPS[backbone] * 1e9 / (GPU_EFFECTIVE_TFLOPS * 1e12), n / GPU_DECODE_IMAGES_PER_S)
+    for s in specs:
+        dataset, backbone = s.data_key[0], s.data_key[3]
+        if dataset in DATASET_IMAGES and backbone in GPU_TEXT_STEP_S and s.settings["method"] != "zeroshot":
+            training += EPOCHS_RUN * DATASET_IMAGES[dataset][1] / BATCH * GPU_TEXT_STEP_S[backbone]
     lines = [f"{len(specs)} runs over {len({s.data_key for s in specs})} (dataset, backbone) pairs",
-             f"estimated on one GPU: feature extraction {extraction / 3600:.2f} h "
-             f"(at {GPU_EFFECTIVE_TFLOPS:.0f} effective TFLOPS), training {training / 3600:.2f} h "
-             f"(at ~{TRAIN_SECONDS_PER_RUN_GPU:.0f} s per run); both are assumptions, see configs/paper/README.md"]
+             f"estimated on one GPU: feature extraction {extraction / 3600:.2f} h, training at most "
+             f"{training / 3600:.2f} h ({EPOCHS_RUN} epochs; early stopping ends most runs sooner). These are "
+             "assumptions, not measurements: see configs/paper/README.md"]
     if unknown:
         lines.append(f"no size or FLOPs known for: {', '.join(sorted(unknown))} (not in the estimate)")
     return "\n".join(lines)
