@@ -622,3 +622,22 @@ def test_help_and_version_do_not_import_torch(argv):
     proc = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, env=ENV, timeout=60)
     assert proc.stderr.strip().splitlines()[-1] == "False False", proc.stderr
     assert proc.stdout.strip()
+
+
+def test_config_yaml_is_resolved_even_without_set_or_option_flags(zeroshot_run):
+    import yaml
+
+    from groupcoop.methods import METHODS
+
+    config = yaml.safe_load((zeroshot_run[1] / "config.yaml").read_text())
+    assert config["hyperparameters"] == METHODS["zeroshot"].defaults()
+    assert config["dataset_options"]["split_col"] == "split"  # a default, filled in
+
+
+def test_subpopbench_name_option_from_the_command_line(tmp_path, cli):
+    import replicas
+
+    root = replicas.metashift_replica(tmp_path)
+    result = cli("datasets", "check", "subpopbench", "--root", root, "--option", "name=metashift", "--json")
+    assert result.code == 0, result.err
+    assert '"metashift"' in result.out

@@ -166,7 +166,7 @@ class RunSettings(Frozen):
 
     dataset: Annotated[str, Field(strict=True, min_length=1)]
     root: Annotated[str, Field(strict=True)] | None = None
-    dataset_options: dict[str, Any] = Field(default_factory=dict)
+    dataset_options: dict[str, Any] = Field(default_factory=dict, validate_default=True)  # defaults filled in
     backbone: Annotated[str, Field(strict=True, min_length=1)]
     pretrained: Annotated[str, Field(strict=True, min_length=1)] | None = None
     method: Annotated[str, Field(strict=True, min_length=1)]
@@ -174,7 +174,7 @@ class RunSettings(Frozen):
     seed: Annotated[Int, Field(ge=0, le=MAX_SEED)] = 0
     device: Annotated[str, Field(strict=True)] = "cpu"
     feature_dtype: Literal["float32", "float16"] = "float32"
-    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    hyperparameters: dict[str, Any] = Field(default_factory=dict, validate_default=True)  # defaults filled in
 
     @model_validator(mode="before")
     @classmethod

@@ -108,10 +108,8 @@ def split_codes(
     codes = keys.map(known)
     if codes.isna().any():
         i = int(np.flatnonzero(codes.isna().to_numpy())[0])
-        raise UserError(
-            f"{path}, line {lines[i]}: unknown split '{values.iloc[i]}' in column {column}; "
-            "use 0/1/2 or train/val/test"
-        )
+        what = "empty split" if pd.isna(values.iloc[i]) else f"unknown split '{values.iloc[i]}'"
+        raise UserError(f"{path}, line {lines[i]}: {what} in column {column}; use 0/1/2 or train/val/test")
     return codes.to_numpy(dtype=np.int64)
 
 
