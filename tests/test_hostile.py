@@ -641,3 +641,49 @@ def test_subpopbench_name_option_from_the_command_line(tmp_path, cli):
     result = cli("datasets", "check", "subpopbench", "--root", root, "--option", "name=metashift", "--json")
     assert result.code == 0, result.err
     assert '"metashift"' in result.out
+
+
+def test_out_dot_in_an_empty_current_folder_is_refused(data, tmp_path, refused, no_extraction, monkeypatch):
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    refused(train_args(data, Path("."), "--cache-dir", tmp_path / "cache"), "current folder")
+
+
+def test_refused_run_leaves_no_parent_folders_behind(data, tmp_path, refused):
+    (data / "img" / "5.png").write_bytes(b"not an image")
+    refused(train_args(data, tmp_path / "new" / "deeper" / "run", "--cache-dir", tmp_path / "cache"), "5.png")
+    assert not (tmp_path / "new").exists()
+
+
+def test_cache_dir_inside_out_is_refused(data, tmp_path, refused, no_extraction):
+    refused(train_args(data, tmp_path / "run", "--cache-dir", tmp_path / "run" / "cache"), "--cache-dir", "--out")
+
+
+def test_replacing_an_image_by_rename_with_the_old_size_and_mtime_is_noticed(tiny_backbone, tmp_path):
+    """`cp -p` / `mv` keep a file's mtime: the stamp must not rely on size and mtime alone."""
+    root = tmp_path / "data"
+    for i in range(4):
+        path = root / "img" / f"{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8), (60 * i, 90, 200 - 40 * i)).save(path, format="BMP")
+    cache = tmp_path / "cache"
+    first = _extract(tiny_backbone, root, 4, cache)
+    target = root / "img" / "1.png"
+    st = target.stat()
+    replacement = tmp_path / "new.bmp"
+    Image.new("RGB", (8, 8), (250, 10, 10)).save(replacement, format="BMP")
+    os.utime(replacement, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.replace(replacement, target)
+    assert (target.stat().st_size, target.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    second = _extract(tiny_backbone, root, 4, cache)
+    assert [i for i in range(4) if not torch.equal(first[i], second[i])] == [1]
+
+
+def test_rerun_into_the_current_folder_holding_the_same_run_is_refused(zeroshot_run, tmp_path, refused,
+                                                                        no_extraction, monkeypatch):
+    root, run = zeroshot_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    monkeypatch.chdir(copy)
+    refused(train_args(root, Path("."), "--workers", "0", "--cache-dir", tmp_path / "cache"), "current folder")

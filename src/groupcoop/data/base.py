@@ -125,13 +125,18 @@ class PathImages:
         return "paths:" + digest.hexdigest()[:16]
 
     def stamp(self, start: int, stop: int, verify: bool = False) -> str:
-        """Size and modification time of each file (and its content hash with `verify`)."""
+        """Size, modification and change time and inode of each file (and its content hash with `verify`).
+
+        The change time and inode catch a file replaced by one of the same size and mtime
+        (`cp -p`, `mv`, `rsync -t` keep the mtime); nothing but the content hash catches an edit
+        that also resets the change time, which needs root.
+        """
         digest = hashlib.sha256()
         for p in self.paths[start:stop]:
             path = self.root / p
             try:
                 st = path.stat()
-                digest.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+                digest.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0{st.st_ino}\0".encode())
                 if verify:
                     with open(path, "rb") as fh:
                         for chunk in iter(lambda: fh.read(1 << 20), b""):
