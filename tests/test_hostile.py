@@ -687,3 +687,11 @@ def test_rerun_into_the_current_folder_holding_the_same_run_is_refused(zeroshot_
     shutil.copytree(run, copy)
     monkeypatch.chdir(copy)
     refused(train_args(root, Path("."), "--workers", "0", "--cache-dir", tmp_path / "cache"), "current folder")
+
+
+@pytest.mark.parametrize("flag", ["--config", "--pretrained", "--option"])
+def test_a_folder_where_a_file_should_be_is_named_as_a_folder(flag, data, tmp_path, refused, no_extraction):
+    (tmp_path / "afolder").mkdir()
+    value = {"--option": "csv_path=" + str(tmp_path / "afolder")}.get(flag, str(tmp_path / "afolder"))
+    line = refused(train_args(data, tmp_path / "run", flag, value), "afolder", "folder")
+    assert "not found" not in line

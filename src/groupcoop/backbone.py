@@ -87,6 +87,9 @@ def _resolve_weights(name: str, pretrained: str | None) -> tuple[str | None, str
         return None, f"{name}@random"
     if _looks_like_file(pretrained):
         path = Path(pretrained).expanduser()
+        if path.is_dir():
+            raise UserError(f"--pretrained {path} is a folder; pass a checkpoint file (.safetensors preferred), or "
+                            f"use --backbone local-dir:{path} for a folder holding open_clip_config.json")
         if not path.is_file():
             raise UserError(f"checkpoint file not found: {path}; pass an existing .safetensors/.pt file or a pretrained tag")
         if not pretrained.endswith(_CHECKPOINT_SUFFIXES):

@@ -271,6 +271,8 @@ def read_yaml_mapping(path: str | Path, what: str) -> dict:
     import yaml
 
     p = Path(path).expanduser()
+    if p.is_dir():
+        raise UserError(f"{what} {p} is a folder; give a YAML file")
     if not p.is_file():
         raise UserError(f"{what} not found: {p}")
     try:

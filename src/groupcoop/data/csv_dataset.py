@@ -35,6 +35,8 @@ from .base import SPLITS, GroupDataset, PathImages
 
 
 def require_file(path: Path, fix: str) -> Path:
+    if path.is_dir():
+        raise UserError(f"{path} is a folder, not a file; {fix}")
     if not path.is_file():
         raise UserError(f"{path} not found; {fix}")
     return path
