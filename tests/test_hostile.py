@@ -695,3 +695,29 @@ def test_a_folder_where_a_file_should_be_is_named_as_a_folder(flag, data, tmp_pa
     value = {"--option": "csv_path=" + str(tmp_path / "afolder")}.get(flag, str(tmp_path / "afolder"))
     line = refused(train_args(data, tmp_path / "run", flag, value), "afolder", "folder")
     assert "not found" not in line
+
+
+@pytest.mark.parametrize("how", ["wide-weight", "bias-mismatch", "metadata-null", "no-weight"])
+def test_evaluate_a_head_with_damaged_tensors(how, zeroshot_run, tmp_path, refused, no_extraction):
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    root, run = zeroshot_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    with safe_open(str(copy / "head.safetensors"), framework="pt") as fh:
+        meta = fh.metadata()
+        weight = fh.get_tensor("weight")
+    tensors = {"weight": weight}
+    if how == "wide-weight":
+        tensors["weight"] = torch.zeros(weight.shape[0], weight.shape[1] + 3)
+    elif how == "bias-mismatch":
+        tensors["bias"] = torch.zeros(weight.shape[0] + 1)
+    elif how == "metadata-null":
+        meta = {"groupcoop": json.dumps({**json.loads(meta["groupcoop"]), "scale": None})}
+    else:
+        tensors = {"other": weight}
+    save_file(tensors, str(copy / "head.safetensors"), metadata=meta)
+    refused(["evaluate", "--prompts", copy, *csv_args(root), *TINY, "--quiet"], "head.safetensors")
