@@ -300,7 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--overwrite", action="store_true",
                        help="replace an --out folder that holds another groupcoop run (never anything else)")
     train.add_argument("--verify-cache", action="store_true",
-                       help="hash every image file's content to check the feature cache (default: size and mtime)")
+                       help="hash every image file's content to check the feature cache "
+                       "(default: size, modification and change time, inode)")
     _add_common(train)
     train.set_defaults(func=cmd_train)
 
