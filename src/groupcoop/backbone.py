@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -86,6 +87,9 @@ def _resolve_weights(name: str, pretrained: str | None) -> tuple[str | None, str
         return None, f"{name}@random"
     if _looks_like_file(pretrained):
         path = Path(pretrained).expanduser()
+        if path.is_dir():
+            raise UserError(f"--pretrained {path} is a folder; pass a checkpoint file (.safetensors preferred), or "
+                            f"use --backbone local-dir:{path} for a folder holding open_clip_config.json")
         if not path.is_file():
             raise UserError(f"checkpoint file not found: {path}; pass an existing .safetensors/.pt file or a pretrained tag")
         if not pretrained.endswith(_CHECKPOINT_SUFFIXES):
@@ -299,6 +303,18 @@ def missing_dependency(name: str) -> str | None:
     return needs if needs and importlib.util.find_spec(needs) is None else None
 
 
+def check_device(device: str) -> None:
+    """A torch device this machine has: cpu, cuda, cuda:N (N < the GPU count) or mps."""
+    if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", str(device)):
+        raise UserError(f"--device {device!r} is not a device; use cpu, cuda, cuda:N or mps")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: no CUDA GPU is visible to torch here; use --device cpu")
+    if device.startswith("cuda:") and int(device.split(":")[1]) >= torch.cuda.device_count():
+        raise UserError(f"--device {device}: only {torch.cuda.device_count()} GPU(s) here; use cuda:0..")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise UserError("--device mps: Apple's MPS backend is not available here; use --device cpu")
+
+
 def _quiet_loggers() -> list[logging.Logger]:
     """open_clip warns on purpose-built random init and the hub logs every retry; errors are ours to report."""
     return [logging.getLogger(n) for n in ("open_clip", "huggingface_hub", "timm")]
@@ -314,8 +330,7 @@ def load_backbone(name: str, pretrained: str | None = None, device: str | torch.
 
     if not isinstance(name, str) or not name:
         raise UserError("--backbone needs a model name; `groupcoop backbones` lists them")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: no CUDA GPU is visible to torch here; use --device cpu")
+    check_device(str(device))
     if name.startswith("local-dir:") and not Path(name.split(":", 1)[1]).expanduser().is_dir():
         raise UserError(f"{name}: folder {name.split(':', 1)[1]} not found; give a folder holding "
                         "open_clip_config.json and the weights")
@@ -346,6 +361,9 @@ def load_backbone(name: str, pretrained: str | None = None, device: str | torch.
         if weights and Path(weights).is_file():
             raise UserError(f"checkpoint {weights} does not fit architecture {name} or is not a checkpoint ({type(err).__name__}: {first}); "
                             "pass an open_clip checkpoint of that architecture (.safetensors preferred)") from None
+        if name.startswith("local-dir:"):
+            raise UserError(f"cannot load {name} ({type(err).__name__}: {first}); give a folder holding "
+                            "open_clip_config.json and the model's weights") from None
         if isinstance(err, OSError) or "download" in first.lower() or "hub" in first.lower() or "connect" in first.lower():
             raise UserError(f"could not fetch the weights of {name}{' ' + pretrained if pretrained else ''}: "
                             "no network access and not in the local hub cache; download them where there is "

@@ -77,16 +77,16 @@ def run_settings_from_args(args):
 
 def cmd_train(args) -> None:
     from .features import check_cache_dir
-    from .files import check_replaceable, ensure_writable_dir, output_lock
+    from .files import check_outside, check_replaceable, ensure_writable_dir, output_lock
     from .pipeline import check_run, prepare, run_method, run_report, same_run, write_run
 
     settings = run_settings_from_args(args)
     out = Path(args.out).expanduser()
     ensure_writable_dir(out.parent, "--out")
     cache_dir = check_cache_dir(args.cache_dir)
+    check_outside(cache_dir, "--cache-dir", out, "--out")
     dataset, settings, backbone = check_run(settings, allow_symlinks_outside=args.allow_symlinks_outside)
-    if not same_run(out, settings):
-        check_replaceable(out, args.overwrite)
+    check_replaceable(out, args.overwrite or same_run(out, settings))  # an identical run may be redone in place
     with output_lock(out):
         prep = prepare(dataset, backbone, cache_dir=cache_dir, feature_dtype=settings.feature_dtype,
                        workers=args.workers, progress=not args.quiet, verify_cache=args.verify_cache)
@@ -123,15 +123,15 @@ def cmd_evaluate(args) -> None:
 def cmd_demo(args) -> None:
     from .demo import run_demo
     from .features import check_cache_dir
-    from .files import check_replaceable, ensure_writable_dir, groupcoop_kind
+    from .files import check_outside, check_replaceable, ensure_writable_dir, groupcoop_kind
 
     out = Path(args.out).expanduser()
-    if out.is_dir() and groupcoop_kind(out) == "demo":
-        pass  # a previous demo is replaced: that is what `make demo` re-runs do
-    else:
-        check_replaceable(out, overwrite=False)
+    # a previous demo is replaced without --overwrite: that is what `make demo` re-runs do
+    check_replaceable(out, overwrite=out.is_dir() and groupcoop_kind(out) == "demo")
     ensure_writable_dir(out.parent, "--out")
-    run_demo(out, seeds=args.seeds, task=args.task, cache_dir=check_cache_dir(args.cache_dir), workers=args.workers,
+    cache_dir = check_cache_dir(args.cache_dir)
+    check_outside(cache_dir, "--cache-dir", out, "--out")
+    run_demo(out, seeds=args.seeds, task=args.task, cache_dir=cache_dir, workers=args.workers,
              progress=not args.quiet, log=print)
 
 
@@ -171,7 +171,7 @@ def cmd_datasets(args) -> None:
 def cmd_groups(args) -> None:
     from .data.registry import load_dataset
     from .features import check_cache_dir
-    from .files import check_replaceable, ensure_writable_dir, output_lock
+    from .files import check_outside, check_replaceable, ensure_writable_dir, output_lock
     from .pipeline import check_device, prepare, resolve_grouping, write_groups
     from .backbone import load_backbone
     from .settings import GroupingOptions, build, key_values
@@ -183,6 +183,7 @@ def cmd_groups(args) -> None:
     check_replaceable(out, args.overwrite)
     ensure_writable_dir(out.parent, "--out")
     cache_dir = check_cache_dir(args.cache_dir)
+    check_outside(cache_dir, "--cache-dir", out, "--out")
     dataset = load_dataset(args.dataset, args.root, allow_symlinks_outside=args.allow_symlinks_outside,
                            **key_values(args.option, "--option"))
     options = resolve_grouping(dataset, options)
@@ -399,7 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--overwrite", action="store_true",
                        help="replace an --out folder that holds another groupcoop run (never anything else)")
     train.add_argument("--verify-cache", action="store_true",
-                       help="hash every image file's content to check the feature cache (default: size and mtime)")
+                       help="hash every image file's content to check the feature cache "
+                       "(default: size, modification and change time, inode)")
     _add_common(train)
     train.set_defaults(func=cmd_train)
 

@@ -2,7 +2,7 @@
 
 A cache folder is keyed by the backbone's weights identity, its preprocessing, the list of
 images and the storage dtype. Extraction works in shards; each shard records a stamp of its
-images (for files: path, size and modification time, plus a content hash with
+images (for files: path, size, modification and change time and inode, plus a content hash with
 `verify=True`), so a changed image re-extracts exactly its shard and nothing else. Each
 shard is written to a temporary name and renamed into place only when complete, so a killed
 run leaves only whole shards and the next run continues with the missing ones. Shards are

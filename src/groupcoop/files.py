@@ -126,16 +126,24 @@ def check_replaceable(out: Path, overwrite: bool, what: str = "run") -> None:
         return
     if not out.is_dir() or out.is_symlink():
         raise UserError(f"--out {out} exists and is not a folder; choose a new folder")
+    if _is_cwd_or_parent(out):  # even when empty: the output replaces the folder as a whole
+        raise UserError(f"--out {out} is the current folder or one of its parents; choose a new folder")
     if not any(out.iterdir()):
         return
-    if _is_cwd_or_parent(out):
-        raise UserError(f"--out {out} is the current folder or one of its parents; choose a new folder")
     kind = groupcoop_kind(out)
     if kind is None:
         raise UserError(f"--out {out} is not empty and holds files groupcoop did not write; "
                         "choose a new folder (--overwrite only replaces groupcoop's own outputs)")
     if not overwrite:
         raise UserError(f"--out {out} already holds a different groupcoop {kind}; pass --overwrite to replace it or choose another --out")
+
+
+def check_outside(inner: Path, inner_flag: str, outer: Path, outer_flag: str) -> None:
+    """Refuse an `inner` folder (the cache) that lies in `outer` (the output folder, replaced as a whole)."""
+    inner, outer = Path(inner).expanduser().absolute(), Path(outer).expanduser().absolute()
+    if inner == outer or outer in inner.parents:
+        raise UserError(f"{inner_flag} {inner} is inside {outer_flag} {outer}, which is replaced as a whole when the "
+                        f"run is written; choose a {inner_flag} outside it")
 
 
 def ensure_writable_dir(folder: Path, flag: str) -> Path:
@@ -216,6 +224,7 @@ def output_lock(out: Path) -> Iterator[None]:
     out = Path(out).expanduser().absolute()
     lock = out.parent / f".{out.name}.lock"
     me = {"pid": os.getpid(), "host": socket.gethostname()}
+    created = [p for p in (lock.parent, *lock.parent.parents) if not p.exists()]  # removed again if left empty
     lock.parent.mkdir(parents=True, exist_ok=True)
     for _ in range(2):
         try:
@@ -237,3 +246,8 @@ def output_lock(out: Path) -> Iterator[None]:
         yield
     finally:
         lock.unlink(missing_ok=True)
+        for folder in created:  # deepest first: a refused or failed run leaves no empty parents behind
+            try:
+                folder.rmdir()
+            except OSError:
+                break

@@ -126,4 +126,7 @@ def load_head(path: Path) -> Head:
         raise UserError(f"{path}: its metadata lacks {err}; export it again") from None
     if head.weight.ndim != 2 or head.weight.shape[0] % max(head.n_classes, 1) or head.n_classes < 1:
         raise UserError(f"{path}: weight of shape {tuple(head.weight.shape)} does not fit {head.n_classes} classes")
+    if head.bias is not None and tuple(head.bias.shape) != (head.weight.shape[0],):
+        raise UserError(f"{path}: bias of shape {tuple(head.bias.shape)} does not fit {head.weight.shape[0]} rows; "
+                        "the file is damaged, export or train it again")
     return head

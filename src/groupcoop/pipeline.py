@@ -19,7 +19,7 @@ import torch.nn.functional as F
 import yaml
 
 from . import groups as labelers
-from .backbone import Backbone, load_backbone
+from .backbone import Backbone, check_device, load_backbone
 from .data.base import GroupDataset, GroupSpec
 from .errors import UserError
 from .features import Features, extract_features
@@ -83,9 +83,11 @@ def resolve_grouping(ds: GroupDataset, options: GroupingOptions) -> GroupingOpti
     """The options with the source decided, checked against what the dataset offers (no features needed)."""
     train_rows = ds.split_indices("train")
     if options.source is None and ds.attribute_names and not ds.has_group_labels and (ds.attrs >= 0).any():
-        missing = int((ds.attrs[train_rows] < 0).any(axis=1).sum())
-        raise UserError(f"{ds.name}: {missing} training rows lack a bias label while others have one; fill them in, "
-                        "or pass --groups pseudo (or zeroshot, kmeans) to label every row with a labeler")
+        missing = int((ds.attrs < 0).any(axis=1).sum())
+        columns = ", ".join(a for j, a in enumerate(ds.attribute_names) if (ds.attrs[:, j] < 0).any())
+        raise UserError(f"{ds.name}: {missing} rows have no value for bias attribute {columns} while others have "
+                        "one; fill them in, or pass --groups pseudo (or zeroshot, kmeans) to label every row "
+                        "with a labeler")
     options = options.resolved(ds.has_group_labels)
     if options.source == "gt" and not ds.labelled(train_rows):
         raise UserError(f"--groups gt needs bias labels, but {ds.name} has none for its training split; "
@@ -218,15 +220,6 @@ def check_run(settings: RunSettings, backbone: Backbone | None = None, allow_sym
         spec = labeler_spec(dataset, grouping)
         check_prompts_fit(backbone, _prompt_names(recipe, hp, spec), hp.n_ctx, hp.ctx_init)
     return dataset, settings, backbone
-
-
-def check_device(device: str) -> None:
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: no CUDA GPU is visible to torch here; use --device cpu")
-    if device.startswith("cuda:") and int(device.split(":")[1]) >= torch.cuda.device_count():
-        raise UserError(f"--device {device}: only {torch.cuda.device_count()} GPU(s) here; use cuda:0..")
-    if device == "mps" and not torch.backends.mps.is_available():
-        raise UserError("--device mps: Apple's MPS backend is not available here; use --device cpu")
 
 
 def run_method(prep: Prepared, settings: RunSettings, log=print) -> Run:

@@ -74,6 +74,9 @@ def load_run_head(folder: Path, backbone: str | None = None, pretrained: str | N
     if head.info.get("backbone") != bb.identity:
         raise UserError(f"the classifier in {folder} was trained on backbone {head.info.get('backbone')}, not "
                         f"{bb.identity}; load it with that backbone (--backbone/--pretrained) or train a new one")
+    if head.weight.shape[1] != bb.embed_dim:
+        raise UserError(f"{folder / 'head.safetensors'}: rows of {head.weight.shape[1]} features, but {bb.identity} "
+                        f"gives {bb.embed_dim}; the file is damaged, train again")
     if expect_classes is not None and head.class_names != list(expect_classes):
         raise UserError(f"the classifier in {folder} is for classes {head.class_names}, not {list(expect_classes)}; "
                         "use a run trained on this dataset")

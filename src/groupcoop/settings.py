@@ -9,6 +9,7 @@ loading that file with `--config` reproduces the run. This module imports no tor
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -94,27 +95,34 @@ def _leaf(model: type[BaseModel], loc: list[str]) -> tuple[type[BaseModel], str]
     return model, loc[-1] if loc else ""
 
 
-def as_user_error(err: ValidationError, model: type[BaseModel], where: str) -> UserError:
-    """The first problem of a ValidationError as one line: where, key, value, what is valid."""
+def as_user_error(err: ValidationError, model: type[BaseModel], where: str, flag: str = "") -> UserError:
+    """The first problem of a ValidationError as one line: where, key, value, what is valid.
+
+    `flag` is the command-line flag the keys are given with (`--set`, `--option`): the line then
+    names the key as the user typed it, `--set n_ctx=500`.
+    """
     first = err.errors()[0]
     loc = [str(p) for p in first["loc"]]
     key = ".".join(loc) or "(value)"
     leaf_model, name = _leaf(model, loc)
     if first["type"] == "extra_forbidden":
         known = list(leaf_model.model_fields)
-        return UserError(f"{where} has no setting '{key}'{close_matches(name, known)}; valid: {', '.join(known)}")
+        unknown = f"there is no {flag} {key}" if flag else f"has no setting '{key}'"
+        return UserError(f"{where}{':' if flag else ''} {unknown}{close_matches(name, known)}; "
+                         f"valid: {', '.join(known)}")
     if first["type"] == "missing":
-        return UserError(f"{where} needs '{key}'; give it")
+        return UserError(f"{where} needs '{key}'; give it" + (f" with {flag} {key}=..." if flag else ""))
     message = first["msg"].removeprefix("Value error, ")
     message = message[:1].lower() + message[1:]
     value = first.get("input")
     shown = repr(value) if len(repr(value)) < 60 else type(value).__name__
     valid = _valid(leaf_model, name)
-    return UserError(f"{where}: {key}={shown} is not valid ({message})" + (f"; expected {valid}" if valid else ""))
+    named = f"{flag} {key}" if flag else key
+    return UserError(f"{where}: {named}={shown} is not valid ({message})" + (f"; expected {valid}" if valid else ""))
 
 
-def build(model: type[BaseModel], values: Any, where: str):
-    """`model(**values)`, with any validation problem as one UserError line."""
+def build(model: type[BaseModel], values: Any, where: str, flag: str = ""):
+    """`model(**values)`, with any validation problem as one UserError line (see `as_user_error`)."""
     if values is None:
         values = {}
     if not isinstance(values, dict):
@@ -122,7 +130,7 @@ def build(model: type[BaseModel], values: Any, where: str):
     try:
         return model(**values)
     except ValidationError as err:
-        raise as_user_error(err, model, where) from None
+        raise as_user_error(err, model, where, flag) from None
     except TypeError as err:  # a key that is not a string
         raise UserError(f"{where}: {err}") from None
 
@@ -159,15 +167,15 @@ class RunSettings(Frozen):
 
     dataset: Annotated[str, Field(strict=True, min_length=1)]
     root: Annotated[str, Field(strict=True)] | None = None
-    dataset_options: dict[str, Any] = Field(default_factory=dict)
+    dataset_options: dict[str, Any] = Field(default_factory=dict, validate_default=True)  # defaults filled in
     backbone: Annotated[str, Field(strict=True, min_length=1)]
     pretrained: Annotated[str, Field(strict=True, min_length=1)] | None = None
     method: Annotated[str, Field(strict=True, min_length=1)]
     groups: GroupingOptions = Field(default_factory=GroupingOptions)
     seed: Annotated[Int, Field(ge=0, le=MAX_SEED)] = 0
-    device: Annotated[str, Field(strict=True, pattern=r"^(cpu|cuda(:\d+)?|mps)$")] = "cpu"
+    device: Annotated[str, Field(strict=True)] = "cpu"
     feature_dtype: Literal["float32", "float16"] = "float32"
-    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    hyperparameters: dict[str, Any] = Field(default_factory=dict, validate_default=True)  # defaults filled in
 
     @model_validator(mode="before")
     @classmethod
@@ -181,6 +189,13 @@ class RunSettings(Frozen):
                 if key in value:
                     groups[key] = value.pop(key)
             value["groups"] = {k: v for k, v in groups.items() if v is not None}
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value):
+        if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", value):
+            raise ValueError("use cpu, cuda, cuda:N or mps")
         return value
 
     @field_validator("root")
@@ -203,7 +218,10 @@ class RunSettings(Frozen):
         """The method's hyper-parameters, checked against its schema, with defaults filled in."""
         from .methods import get_method
 
-        return get_method(info.data["method"]).params(value).model_dump() if "method" in info.data else value
+        if "method" not in info.data:
+            return value
+        recipe = get_method(info.data["method"])
+        return build(recipe.schema, value, f"method {recipe.name} hyper-parameters", flag="--set").model_dump()
 
     @property
     def params(self):
@@ -254,6 +272,8 @@ def read_yaml_mapping(path: str | Path, what: str) -> dict:
     import yaml
 
     p = Path(path).expanduser()
+    if p.is_dir():
+        raise UserError(f"{what} {p} is a folder; give a YAML file")
     if not p.is_file():
         raise UserError(f"{what} not found: {p}")
     try:

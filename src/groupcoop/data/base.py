@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -48,7 +50,9 @@ def _pixel_limit() -> int | None:
     try:
         limit = int(value)
     except ValueError:
-        raise UserError(f"${MAX_PIXELS_ENV}={value!r} is not an integer; give a pixel count, or 0 for no limit") from None
+        limit = -1
+    if limit < 0:
+        raise UserError(f"${MAX_PIXELS_ENV}={value!r} is not a pixel count; give a whole number >= 0 (0: no limit)")
     return limit or None
 
 
@@ -95,13 +99,18 @@ class PathImages:
         shown = self.root / self.paths[i]
         if path.is_dir():
             raise UserError(f"image {shown} is a folder, not an image file; fix its row in the metadata")
-        Image.MAX_IMAGE_PIXELS = _pixel_limit()
+        limit = Image.MAX_IMAGE_PIXELS = _pixel_limit()
         try:
-            with Image.open(path) as img:
-                return img.convert("RGB")
-        except Image.DecompressionBombError as err:
-            raise UserError(f"image {shown} is too large to decode safely ({str(err).split('(')[0].strip()}); "
-                            f"shrink it, or raise the limit with {MAX_PIXELS_ENV}=<pixels> (0: none)") from None
+            with warnings.catch_warnings():
+                # Pillow only warns between its limit and twice the limit: make the limit the limit
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(path) as img:
+                    return img.convert("RGB")
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+            size = re.search(r"\((\d+) pixels\)", str(err))
+            raise UserError(f"image {shown} has {size.group(1) + ' pixels' if size else 'too many pixels'}, more "
+                            f"than the limit of {limit} pixels that guards against decompression bombs; shrink it, "
+                            f"or raise the limit with {MAX_PIXELS_ENV}=<pixels> (0: no limit)") from None
         except FileNotFoundError:
             raise UserError(f"image {shown} not found; restore it or remove its row from the metadata") from None
         except (OSError, ValueError, SyntaxError) as err:
@@ -116,13 +125,18 @@ class PathImages:
         return "paths:" + digest.hexdigest()[:16]
 
     def stamp(self, start: int, stop: int, verify: bool = False) -> str:
-        """Size and modification time of each file (and its content hash with `verify`)."""
+        """Size, modification and change time and inode of each file (and its content hash with `verify`).
+
+        The change time and inode catch a file replaced by one of the same size and mtime
+        (`cp -p`, `mv`, `rsync -t` keep the mtime); nothing but the content hash catches an edit
+        that also resets the change time, which needs root.
+        """
         digest = hashlib.sha256()
         for p in self.paths[start:stop]:
             path = self.root / p
             try:
                 st = path.stat()
-                digest.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+                digest.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0{st.st_ino}\0".encode())
                 if verify:
                     with open(path, "rb") as fh:
                         for chunk in iter(lambda: fh.read(1 << 20), b""):

@@ -86,7 +86,7 @@ class CelebATables:
             return by_lower[name.lower()]
         raise UserError(
             f"{self.attr_file}: no attribute {name!r}{close_matches(name, names)}; "
-            "use one of the 40 names in its header (e.g. Blond_Hair, Male, Young)"
+            f"use one of the {len(names)} names in its header (e.g. Blond_Hair, Male, Young)"
         )
 
 
@@ -162,13 +162,15 @@ def read_celeba(root: str | Path) -> CelebATables:
     if not names or frame.empty:
         raise UserError(f"{attr_file}: no attribute columns or no rows; use the unmodified CelebA file")
 
-    values = frame[names]
+    # a damaged cell makes its column text: compare numbers, so "-1" next to an "x" still counts as -1
+    values = frame[names].apply(pd.to_numeric, errors="coerce")
     bad = ~values.isin([-1, 1]).to_numpy()
     if bad.any():
         row, col = map(int, np.argwhere(bad)[0])
+        cell = frame[names].iloc[row, col]
         raise UserError(
-            f"{attr_file}, line {lines[row]}: {names[col]} is {values.iloc[row, col]!s}, expected -1 or 1 "
-            "(a short or damaged row); download the file again"
+            f"{attr_file}, line {lines[row]}: {names[col]} is {'empty' if pd.isna(cell) else repr(str(cell))}, "
+            "expected -1 or 1 (a short or damaged row); download the file again"
         )
     partition, partition_file = _read_partition(root, prefer_csv=attr_file.suffix == ".csv")
     split = frame["image_id"].map(pd.Series(partition["partition"].to_numpy(), index=partition["image_id"]))

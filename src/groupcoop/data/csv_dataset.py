@@ -35,6 +35,8 @@ from .base import SPLITS, GroupDataset, PathImages
 
 
 def require_file(path: Path, fix: str) -> Path:
+    if path.is_dir():
+        raise UserError(f"{path} is a folder, not a file; {fix}")
     if not path.is_file():
         raise UserError(f"{path} not found; {fix}")
     return path
@@ -108,10 +110,8 @@ def split_codes(
     codes = keys.map(known)
     if codes.isna().any():
         i = int(np.flatnonzero(codes.isna().to_numpy())[0])
-        raise UserError(
-            f"{path}, line {lines[i]}: unknown split '{values.iloc[i]}' in column {column}; "
-            "use 0/1/2 or train/val/test"
-        )
+        what = "empty split" if pd.isna(values.iloc[i]) else f"unknown split '{values.iloc[i]}'"
+        raise UserError(f"{path}, line {lines[i]}: {what} in column {column}; use 0/1/2 or train/val/test")
     return codes.to_numpy(dtype=np.int64)
 
 
@@ -170,6 +170,9 @@ def checked_image_paths(
     missing = _missing_files(Path(base_abs), cleaned)
     if missing:
         i = missing[0]
+        if (Path(base_abs) / cleaned[i]).is_dir():
+            raise UserError(f"{source}, line {lines[i]}: image {Path(base) / cleaned[i]} is a folder, not an image "
+                            f"file; fix the path in column {column} or remove the row")
         more = f" (and {len(missing) - 1} more rows)" if len(missing) > 1 else ""
         raise UserError(
             f"{source}, line {lines[i]}: image {Path(base) / cleaned[i]} not found{more}; "
@@ -280,6 +283,9 @@ def load_csv(
     for j, col in enumerate(attr_cols):
         given = attr_values[j] if attr_values is not None else None
         codes, names = encode_labels(frame[col], given, path, col, lines, allow_missing=True)
+        if (codes < 0).all():
+            raise UserError(f"{path}: column {col} has no value in any row; fill it in, or drop it from attr_cols "
+                            "and name the values with --bias-prompts for --groups pseudo")
         attrs.append(codes)
         values.append(names or [f"{col}={k}" for k in range(int(codes.max(initial=0)) + 1)])
     phrases = [list(p) for p in attr_phrases] if attr_phrases is not None else [list(v) for v in values]

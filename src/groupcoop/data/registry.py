@@ -156,14 +156,19 @@ def is_known(name: str) -> bool:
 def dataset_options(name: str, options: dict | None) -> dict:
     """The dataset's options checked against its schema, with defaults filled in."""
     spec, _ = loader_spec(name)
-    return build(spec.options, options or {}, f"dataset {name} options").model_dump()
+    if isinstance(options, dict) and "root" in options:
+        raise UserError(f"dataset {name} options: root is not an option; give the dataset folder with --root"
+                        + ("" if spec.needs_root else f" ({name} needs none)"))
+    return build(spec.options, options or {}, f"dataset {name} options", flag="--option").model_dump()
 
 
-def load_dataset(name: str, root: str | Path | None = None, *, allow_symlinks_outside: bool = False,
+def load_dataset(name: str, root: str | Path | None = None, /, *, allow_symlinks_outside: bool = False,
                  **options) -> GroupDataset:
     """Load dataset `name` from folder `root` (checked to exist) with loader-specific options.
 
-    Image files must resolve to paths under the root unless `allow_symlinks_outside`.
+    Image files must resolve to paths under the root unless `allow_symlinks_outside`. `name` and
+    `root` are positional-only, so that an option of those names (SubpopBench's `name=`, a
+    mistaken `root=`) reaches the option check instead of colliding with them.
     """
     spec, loader = loader_spec(name)
     options = dataset_options(name, options)
