@@ -324,6 +324,8 @@ def run_sweep(specs: list[RunSpec], out: Path, jobs: int = 1, cache_dir=None, wo
             # features first, one task per dataset, so that no two processes extract the same images
             for future in [pool.submit(extract_one, s, cache_dir, workers) for s in first_of_data]:
                 future.result()
+            log(f"features ready ({(time.perf_counter() - start) / 60:.1f} min)")
+            start = time.perf_counter()  # the ETA counts runs only
             pending = {pool.submit(run_one, s, out, cache_dir, workers) for s in order}
             completed = 0
             while pending:
