@@ -353,11 +353,10 @@ def _train_prompt_method(recipe, hp, prep: Prepared, plan: GroupPlan, rows: dict
         extra["jtt"] = block
         log(f"  JTT: {block['errors']} training errors upsampled x{hp.upweight}; second run")
     result = train_prompts(recipe, hp, new_learner(), train, val, ds.n_classes, seed, log=log, repeats=repeats)
-    if "groupdro" in result.extra:
-        q = result.extra["groupdro"]["final_q"]
-        names_by_group = plan.spec.names()
-        result.extra["groupdro"]["final_q"] = {names_by_group[g]: (q[g] if g < len(q) else 0.0)
-                                               for g in range(plan.spec.n_groups)}
+    if "groupdro" in result.extra:  # per group, by name (groups after the last one present in training: 0)
+        block, names_by_group = result.extra["groupdro"], plan.spec.names()
+        for key in ("final_q", "cumulative_group_loss"):
+            block[key] = {name: (block[key][g] if g < len(block[key]) else 0.0) for g, name in enumerate(names_by_group)}
     extra.update(result.extra)
     extra.update(_epochs_block(result))
     return result.learner, result.learner.trainable_parameters(), extra

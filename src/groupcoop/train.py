@@ -132,11 +132,14 @@ class GroupDRO:
     q starts uniform over the groups present in training (0 for absent ones); each step,
     q_g <- q_g * exp(eta * loss_g) with loss_g the batch's mean loss on group g (groups absent
     from the batch keep their weight), then q is renormalised; the loss is sum_g q_g loss_g.
+    `cumulative` sums each group's loss_g over the steps, so q is proportional to
+    q_0 * exp(eta * cumulative): the weight goes to the group with the highest training loss.
     """
 
     def __init__(self, train_groups: np.ndarray, n_groups: int, eta: float, device=None):
         present = np.bincount(train_groups, minlength=n_groups) > 0
         self.q = torch.as_tensor(present / present.sum(), dtype=torch.float32, device=device)
+        self.cumulative = torch.zeros(n_groups, dtype=torch.float64, device=device)
         self.eta = eta
 
     def loss(self, per_example: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
@@ -145,6 +148,7 @@ class GroupDRO:
         sums = torch.zeros(n, dtype=per_example.dtype, device=per_example.device).index_add(0, groups, per_example)
         group_loss = sums / counts.clamp(min=1)
         with torch.no_grad():
+            self.cumulative += group_loss.detach().double()
             q = self.q * torch.exp(self.eta * group_loss.detach())
             self.q = q / q.sum()
         return (self.q * group_loss).sum()
@@ -210,7 +214,8 @@ def train_rows(model, hp, objective: Objective, train: SplitData, val: SplitData
     with torch.no_grad():
         for p, kept in zip(model.parameters, best_state):
             p.copy_(kept)
-    extra = {"groupdro": {"eta": objective.groupdro_eta, "final_q": [float(v) for v in dro.q.cpu()]}} if dro else {}
+    extra = {"groupdro": {"eta": objective.groupdro_eta, "final_q": [float(v) for v in dro.q.cpu()],
+                          "cumulative_group_loss": [float(v) for v in dro.cumulative.cpu()]}} if dro else {}
     return TrainResult(model, best_epoch, history, extra)
 
 
