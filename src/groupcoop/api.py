@@ -36,11 +36,13 @@ def fit(dataset: str | GroupDataset, backbone: str = "groupcoop-tiny", pretraine
     settings = make_settings(values, "fit()")
     if loaded is not None:
         from .backbone import load_backbone
-        from .pipeline import check_device, resolve_grouping
+        from .methods import get_method
+        from .pipeline import check_device, resolve_method_grouping
 
         check_device(settings.device)
         bb = load_backbone(settings.backbone, settings.pretrained, device=settings.device)
-        settings = settings.replace(groups=resolve_grouping(loaded, settings.groups).model_dump())
+        grouping = resolve_method_grouping(get_method(settings.method), loaded, settings.groups)
+        settings = settings.replace(groups=grouping.model_dump())
         ds = loaded
     else:
         ds, settings, bb = check_run(settings)

@@ -16,7 +16,8 @@ from . import __version__
 from .errors import UserError
 
 EPILOG = "Docs: README.md. Bad input exits with status 2 and one line on stderr."
-METHOD_NAMES = "zeroshot, coop, groupcoop"  # for --help only; `groupcoop methods` has the table
+METHOD_NAMES = ("zeroshot, coop, groupcoop, zeroshot_groups, linear_probe, linear_probe_balanced, group_linear, dfr, "
+                "coop_balanced, coop_groupdro, jtt")  # for --help only; `groupcoop methods` has the table
 
 
 class _Parser(argparse.ArgumentParser):
@@ -212,13 +213,19 @@ def cmd_backbones(args) -> None:
 def cmd_methods(args) -> None:
     from .methods import METHODS
 
-    rows = [(name, r.summary) for name, r in METHODS.items()]
-    width = max(len(n) for n, _ in rows)
-    for name, summary in rows:
-        print(f"{name:<{width}}  {summary}")
+    header = ("method", "labels it needs", "trainable parameters", "summary")
+    rows = [(name, r.labels, r.trainable, r.summary) for name, r in METHODS.items()]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(3)]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths)) + "  " + row[3])
+    print("\nC classes, G groups per class, D image-feature width, M context vectors of width W.\n"
+          "train groups: from --groups (the true bias labels by default, or pseudo-groups).\n"
+          "true val groups: trains on the validation split's bias labels, never on the training split's.\n"
+          "Every trained method selects its model on validation worst-group accuracy (true val groups\n"
+          "where the data has them, else the labeler's).")
     if args.verbose:
         for name, recipe in METHODS.items():
-            print(f"\n{name} hyper-parameters (--set KEY=VALUE):")
+            print(f"\n{name} (needs_groups: {recipe.needs_groups}) hyper-parameters (--set KEY=VALUE):")
             for key, value in recipe.defaults().items():
                 print(f"  {key} = {value!r}")
 
@@ -501,7 +508,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.set_defaults(func=cmd_sweep, workers=0)
 
     me = sub.add_parser("methods", help="list the methods and their hyper-parameters",
-                        description="The methods table: name and summary; -v adds every hyper-parameter's default.")
+                        description="The methods table: name, the labels each needs, its trainable parameter count "
+                        "and a summary; -v adds every hyper-parameter's default.")
     me.add_argument("-v", "--verbose", action="store_true", help="also list each method's hyper-parameters")
     me.set_defaults(func=cmd_methods)
     return parser

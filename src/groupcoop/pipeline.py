@@ -25,7 +25,7 @@ from .errors import UserError
 from .features import Features, extract_features
 from .files import atomic_folder, atomic_text, check_replaceable, output_lock
 from .head import Head
-from .methods import get_method
+from .methods import DFRParams, GroupLinearParams, JTTParams, LinearProbeBalancedParams, get_method
 from .metrics import format_group_table, split_metrics
 from .prompts import PromptLearner, check_prompts_fit, nearest_tokens
 from .report import run_report_html
@@ -99,6 +99,33 @@ def resolve_grouping(ds: GroupDataset, options: GroupingOptions) -> GroupingOpti
     return options
 
 
+def resolve_method_grouping(recipe, ds: GroupDataset, options: GroupingOptions) -> GroupingOptions:
+    """`resolve_grouping`, plus what the method needs of the data (no features needed).
+
+    A recipe that trains on the true groups of the validation split (DFR) is refused when
+    that split lacks them or when `--groups` names a labeler; it never looks at the training
+    split's labels. Zero-shot group prompts need value phrases for their groups.
+    """
+    if recipe.needs_groups == "val":
+        val_rows = ds.split_indices("val")
+        if not len(val_rows) or not ds.labelled(val_rows):
+            raise UserError(f"--method {recipe.name} trains on the true group labels of the validation split, and "
+                            f"{ds.name} has none there; use a method that takes --groups pseudo (groupcoop, "
+                            "linear_probe_balanced, group_linear) or one without groups (coop, jtt, linear_probe)")
+        if options.source not in (None, "gt"):
+            raise UserError(f"--method {recipe.name} trains on the validation split's true groups, so --groups "
+                            f"{options.source} does not apply to it; drop --groups (or use groupcoop, which trains "
+                            "on pseudo-groups)")
+        return options.model_copy(update={"source": "gt"})
+    options = resolve_grouping(ds, options)
+    if recipe.kind == "text" and recipe.prompts == "group" and labeler_spec(ds, options).phrases is None:
+        why = "kmeans clusters have no names" if options.source == "kmeans" else f"{ds.name} has none"
+        raise UserError(f"--method {recipe.name} writes one prompt per group from the groups' value phrases, and "
+                        f"{why}; pass --bias-prompts \"on land,on water\" (one phrase per value) and --groups "
+                        "zeroshot, pseudo or gt")
+    return options
+
+
 def labeler_spec(ds: GroupDataset, options: GroupingOptions) -> GroupSpec:
     """How the labeler's groups are numbered, named and phrased in prompts.
 
@@ -129,16 +156,18 @@ class GroupPlan:
 
     source: str
     spec: GroupSpec
-    train: np.ndarray
+    train: np.ndarray | None  # None when the method does not read the training split's groups
     val_select: np.ndarray
     selection_source: str
     report: dict  # split -> (group ids, whether they are the true groups)
     quality: dict | None = None
 
 
-def plan_groups(prep: Prepared, options: GroupingOptions, seed: int) -> GroupPlan:
+def plan_groups(prep: Prepared, options: GroupingOptions, seed: int, train_groups: bool = True) -> GroupPlan:
+    """The groups of every split. `train_groups=False` (a method that never trains on the training
+    split, DFR) leaves the training split's labels unread: `train` is None, no quality report."""
     ds = prep.dataset
-    options = resolve_grouping(ds, options)
+    options = resolve_grouping(ds, options) if train_groups else options
     source, spec = options.source, labeler_spec(ds, options)
     rows = {s: ds.split_indices(s) for s in ("train", "val", "test")}
     labelled: dict[str, np.ndarray] = {}
@@ -162,9 +191,9 @@ def plan_groups(prep: Prepared, options: GroupingOptions, seed: int) -> GroupPla
     else:
         val_groups, selection = label("val"), f"{source} val groups"
     quality = None
-    if source != "gt" and ds.labelled(rows["train"]):
+    if train_groups and source != "gt" and ds.labelled(rows["train"]):
         quality = labelers.quality(ds.groups[rows["train"]], label("train"), names=ds.group_names())
-    return GroupPlan(source, spec, label("train"), val_groups, selection, report, quality)
+    return GroupPlan(source, spec, label("train") if train_groups else None, val_groups, selection, report, quality)
 
 
 # --- one method, one seed --------------------------------------------------------------
@@ -210,54 +239,59 @@ def check_run(settings: RunSettings, backbone: Backbone | None = None, allow_sym
 
     dataset = load_dataset(settings.dataset, settings.root, allow_symlinks_outside=allow_symlinks_outside,
                            **settings.dataset_options)
-    grouping = resolve_grouping(dataset, settings.groups)
+    recipe, hp = get_method(settings.method), settings.params
+    grouping = resolve_method_grouping(recipe, dataset, settings.groups)
     settings = settings.replace(groups=grouping.model_dump())
     if backbone is None:
         check_device(settings.device)
         backbone = load_backbone(settings.backbone, settings.pretrained, device=settings.device)
-    recipe, hp = get_method(settings.method), settings.params
-    if recipe.learned:
+    if recipe.kind == "prompt":
         spec = labeler_spec(dataset, grouping)
         check_prompts_fit(backbone, _prompt_names(recipe, hp, spec), hp.n_ctx, hp.ctx_init)
     return dataset, settings, backbone
 
 
 def run_method(prep: Prepared, settings: RunSettings, log=print) -> Run:
-    """Train (or not) one method with one seed on prepared features."""
+    """Train (or not) one method with one seed on prepared features.
+
+    The recipe's kind picks the trainer: hand-written prompts (nothing trained), learned
+    prompts (train.py's loop; JTT runs it twice), or a linear head (linear.py).
+    """
     recipe, hp, seed = get_method(settings.method), settings.params, settings.seed
     ds, bb = prep.dataset, prep.backbone
-    plan = plan_groups(prep, settings.groups, seed)
+    grouping = resolve_method_grouping(recipe, ds, settings.groups)
+    plan = plan_groups(prep, grouping, seed, train_groups=recipe.needs_groups != "val")
     settings = settings.replace(groups={**settings.groups.model_dump(), "source": plan.source})
     rows = {s: ds.split_indices(s) for s in ("train", "val", "test")}
-    learner, extra = None, {}
-    if not recipe.learned:
-        head = Head.from_text(text_features(bb, list(ds.class_names), hp.templates), bb.logit_scale, ds.n_classes)
-        trainable = 0
-    else:
-        learner = PromptLearner(bb, _prompt_names(recipe, hp, plan.spec), n_ctx=hp.n_ctx, init=hp.ctx_init,
-                                shared=hp.shared_ctx, generator=torch.Generator().manual_seed(seed))
-        train = SplitData(prep.feats.subset(rows["train"]), ds.y[rows["train"]], plan.train)
-        val = SplitData(prep.feats.subset(rows["val"]), ds.y[rows["val"]], plan.val_select)
-        result = train_prompts(recipe, hp, learner, train, val, ds.n_classes, seed, log=log)
+    learner, extra, trainable = None, {}, 0
+    row_names = plan.spec.names() if recipe.prompts == "group" else list(ds.class_names)
+    if recipe.kind == "text":
+        texts = plan.spec.prompt_texts() if recipe.prompts == "group" else list(ds.class_names)
         aggregate = hp.aggregate if recipe.prompts == "group" else "max"
+        head = Head.from_text(text_features(bb, texts, hp.templates), bb.logit_scale, ds.n_classes, aggregate)
+    elif recipe.kind == "linear":
+        head, trainable, extra = _fit_linear(recipe, hp, prep, plan, rows, seed, log)
+    else:
+        learner, trainable, extra = _train_prompt_method(recipe, hp, prep, plan, rows, seed, log)
         with torch.no_grad():
-            head = Head.from_text(learner(), bb.logit_scale, ds.n_classes, aggregate)
-        trainable = learner.trainable_parameters()
-        extra = {"best_epoch": result.best_epoch + 1, "epochs_run": len(result.history), "history": result.history}
+            head = Head.from_text(learner(), bb.logit_scale, ds.n_classes, hp.objective().aggregate)
     head.class_names = list(ds.class_names)
-    head.row_names = plan.spec.names() if recipe.prompts == "group" else list(ds.class_names)
+    head.row_names = row_names
     head.info = {"backbone": bb.identity, "method": recipe.name}
     splits = {}
     for split in ("val", "test"):
         if len(rows[split]):
             groups, true_labels = plan.report[split]
             splits[split] = evaluate_split(head, prep, split, *(() if true_labels else (groups, plan.spec.names())))
+    val_trained = recipe.needs_groups == "val"
     metrics = {
         "method": recipe.name,
         "backbone": bb.identity,
         "dataset": ds.name,
         "groups_source": plan.source,
-        "selection_groups": plan.selection_source,
+        "needs_groups": recipe.needs_groups,
+        "val_used_for_training": val_trained,
+        "selection_groups": plan.selection_source if not val_trained else "true val groups (half-splits of val)",
         "report_groups": {s: ("true groups" if plan.report[s][1] else f"{plan.source} groups") for s in splits},
         "trainable_params": int(trainable),
         "total_params": int(bb.parameter_count() + trainable),
@@ -268,10 +302,87 @@ def run_method(prep: Prepared, settings: RunSettings, log=print) -> Run:
         **({"group_quality": plan.quality} if plan.quality else {}),
         **extra,
     }
+    if val_trained:
+        metrics["note"] = ("val was used for training: its accuracies are training-set accuracies, "
+                           "not held-out ones; compare methods on test")
     if learner is not None:
         learner.info.update({"classes": list(ds.class_names), "groups": head.row_names, "method": recipe.name,
                              "groups_source": plan.source, "aggregate": head.aggregate})
     return Run(settings, metrics, head, learner)
+
+
+def _split_data(prep: Prepared, plan: GroupPlan, rows: dict) -> tuple[SplitData, SplitData]:
+    ds = prep.dataset
+    train = SplitData(prep.feats.subset(rows["train"]), ds.y[rows["train"]], plan.train)
+    val = SplitData(prep.feats.subset(rows["val"]), ds.y[rows["val"]], plan.val_select)
+    return train, val
+
+
+def _epochs_block(result) -> dict:
+    return {"best_epoch": result.best_epoch + 1, "epochs_run": len(result.history), "history": result.history}
+
+
+def _train_prompt_method(recipe, hp, prep: Prepared, plan: GroupPlan, rows: dict, seed: int, log):
+    """Learned prompts through train.py's loop: (learner, trainable parameters, metrics extras)."""
+    ds, bb = prep.dataset, prep.backbone
+    train, val = _split_data(prep, plan, rows)
+    names = _prompt_names(recipe, hp, plan.spec)
+    shared = hp.shared_ctx
+
+    def new_learner() -> PromptLearner:
+        return PromptLearner(bb, names, n_ctx=hp.n_ctx, init=hp.ctx_init, shared=shared,
+                             generator=torch.Generator().manual_seed(seed))
+
+    extra, repeats = {}, None
+    if isinstance(hp, JTTParams):
+        log(f"  JTT: first (ERM) run, {hp.first_epochs} epoch(s)")
+        first = train_prompts(recipe, hp.model_copy(update={"epochs": hp.first_epochs}), new_learner(), train, val,
+                              ds.n_classes, seed, log=log, keep="last")
+        repeats, block = jtt_repeats(first.model.head(ds.n_classes, "max"), train, hp.upweight)
+        names_by_group = plan.spec.names()
+        block["errors_per_group"] = {names_by_group[g]: int(n) for g, n in
+                                     enumerate(np.bincount(train.groups[repeats > 1], minlength=plan.spec.n_groups))}
+        block["first_run_history"] = first.history
+        extra["jtt"] = block
+        log(f"  JTT: {block['errors']} training errors upsampled x{hp.upweight}; second run")
+    result = train_prompts(recipe, hp, new_learner(), train, val, ds.n_classes, seed, log=log, repeats=repeats)
+    if "groupdro" in result.extra:  # per group, by name (groups after the last one present in training: 0)
+        block, names_by_group = result.extra["groupdro"], plan.spec.names()
+        for key in ("final_q", "cumulative_group_loss"):
+            block[key] = {name: (block[key][g] if g < len(block[key]) else 0.0) for g, name in enumerate(names_by_group)}
+    extra.update(result.extra)
+    extra.update(_epochs_block(result))
+    return result.learner, result.learner.trainable_parameters(), extra
+
+
+def jtt_repeats(head: Head, train: SplitData, upweight: int) -> tuple[np.ndarray, dict]:
+    """JTT's upsampling: `upweight` copies of each training example the first model misclassifies, 1 otherwise."""
+    errors = head.predict_classes(train.feats) != train.y
+    repeats = np.where(errors, upweight, 1).astype(np.int64)
+    return repeats, {"errors": int(errors.sum()),
+                     "error_rate": float(errors.mean()), "upweight": upweight}
+
+
+def _fit_linear(recipe, hp, prep: Prepared, plan: GroupPlan, rows: dict, seed: int, log):
+    """A linear head on the image features: (head, trainable parameters, metrics extras)."""
+    from . import linear
+
+    ds = prep.dataset
+    if isinstance(hp, DFRParams):
+        val_groups, true_labels = plan.report["val"]
+        assert true_labels  # resolve_method_grouping refused data without true val groups
+        val = SplitData(prep.feats.subset(rows["val"]), ds.y[rows["val"]], val_groups)
+        fit = linear.fit_dfr(hp, val, ds.n_classes, seed, log=log)
+        return fit.head, fit.trainable, {"dfr": fit.details}
+    train, val = _split_data(prep, plan, rows)
+    if isinstance(hp, GroupLinearParams):
+        result = linear.fit_group_linear(hp, train, val, ds.n_classes, plan.spec.n_groups, prep.feats.dim, seed,
+                                         device=prep.backbone.device, log=log)
+        head = result.model.head(ds.n_classes, hp.objective().aggregate)
+        return head, result.model.trainable_parameters(), _epochs_block(result)
+    fit = linear.fit_linear_probe(hp, train, val, ds.n_classes, seed,
+                                  balanced=isinstance(hp, LinearProbeBalancedParams), log=log)
+    return fit.head, fit.trainable, {"linear_probe": fit.details}
 
 
 def _prompt_names(recipe, hp, spec: GroupSpec) -> list[str]:
