@@ -159,14 +159,11 @@ class RunSpec:
                 "seed": self.seed}
 
 
-def uses_training_groups(method: str, hyperparameters: dict) -> bool:
+def uses_training_groups(method: str) -> bool:
     """Whether a method's training depends on the group source (else one group source is enough)."""
     from .methods import get_method
 
-    recipe = get_method(method)
-    hp = recipe.params(hyperparameters).model_dump()
-    needs = getattr(recipe, "needs_groups", None)
-    return recipe.prompts == "group" or hp.get("sampler", "natural") != "natural" or needs == "train"
+    return get_method(method).needs_groups == "train"
 
 
 def expand(grid: Grid, roots: dict[str, str] | None = None) -> list[RunSpec]:
@@ -183,7 +180,7 @@ def expand(grid: Grid, roots: dict[str, str] | None = None) -> list[RunSpec]:
             backbone_label = b.name if b.pretrained is None else f"{b.name}@{b.pretrained}"
             for m in grid.methods:
                 hp = {**{k: v for k, v in grid.hyperparameters.items() if _has_param(m.method, k)}, **m.hyperparameters}
-                sources = grid.groups if uses_training_groups(m.method, hp) else [GroupsEntry(source="auto", label="-")]
+                sources = grid.groups if uses_training_groups(m.method) else [GroupsEntry(source="auto", label="-")]
                 for g in sources:
                     group_values = {k: v for k, v in g.model_dump().items() if k != "label" and v is not None}
                     if group_values.get("source") == "auto":
@@ -380,19 +377,23 @@ def _mean_std(values: list[float]) -> str:
 
 
 def table_md(rows: list[dict], split: str = "test") -> str:
-    """Methods x datasets: worst-group and average accuracy (%), mean ± std over seeds."""
+    """Worst-group and average accuracy (%), mean ± std over seeds: methods x datasets, or datasets
+    as rows when there are more datasets than methods (a suite)."""
     methods = list(dict.fromkeys(method_label(r) for r in rows))
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+
+    def cell(m: str, d: str) -> str:
+        sel = [r for r in rows if method_label(r) == m and r["dataset"] == d]
+        wga = [r[f"{split}_worst_group_acc"] for r in sel if r[f"{split}_worst_group_acc"] is not None]
+        avg = [r[f"{split}_avg_acc"] for r in sel if r[f"{split}_avg_acc"] is not None]
+        return f"{_mean_std(wga)} / {_mean_std(avg)}" if sel else "-"
+
+    by_dataset = len(datasets) > len(methods)
+    first, columns = ("dataset", methods) if by_dataset else ("method", datasets)
     lines = [f"{split} split, accuracy in % (mean ± std over seeds); each cell: worst-group / average", "",
-             "| method | " + " | ".join(datasets) + " |", "|---|" + "---|" * len(datasets)]
-    for m in methods:
-        cells = []
-        for d in datasets:
-            sel = [r for r in rows if method_label(r) == m and r["dataset"] == d]
-            wga = [r[f"{split}_worst_group_acc"] for r in sel if r[f"{split}_worst_group_acc"] is not None]
-            avg = [r[f"{split}_avg_acc"] for r in sel if r[f"{split}_avg_acc"] is not None]
-            cells.append(f"{_mean_std(wga)} / {_mean_std(avg)}" if sel else "-")
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+             f"| {first} | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    for r in (datasets if by_dataset else methods):
+        lines.append(f"| {r} | " + " | ".join(cell(c, r) if by_dataset else cell(r, c) for c in columns) + " |")
     return "\n".join(lines)
 
 
