@@ -101,16 +101,26 @@ def image_loader(images, preprocess, start: int, stop: int, batch_size: int, wor
         prefetch_factor=4 if workers > 0 else None)
 
 
-def shard_batches(shards: list[tuple[int, int]], batch_size: int) -> list[list[int]]:
-    """Image indices per batch, shard after shard; a batch never crosses a shard's edge, so a
-    shard's numbers do not depend on which other shards one process encodes."""
-    return [list(range(s, min(s + batch_size, b))) for a, b in shards for s in range(a, b, batch_size)]
+class ShardBatches:
+    """Image indices per batch, shard after shard (made on the fly). A batch never crosses a
+    shard's edge, so a shard's numbers do not depend on which other shards a process encodes."""
+
+    def __init__(self, shards: list[tuple[int, int]], batch_size: int):
+        self.shards, self.batch_size = shards, batch_size
+
+    def __iter__(self):
+        for a, b in self.shards:
+            for s in range(a, b, self.batch_size):
+                yield list(range(s, min(s + self.batch_size, b)))
+
+    def __len__(self) -> int:
+        return sum(-(-(b - a) // self.batch_size) for a, b in self.shards)
 
 
 def shards_loader(images, preprocess, shards: list[tuple[int, int]], batch_size: int, workers: int, pin: bool):
     """One DataLoader over several shards: workers keep decoding while a finished shard is written."""
     return torch.utils.data.DataLoader(
-        DecodedImages(images, preprocess), batch_sampler=shard_batches(shards, batch_size), num_workers=workers,
+        DecodedImages(images, preprocess), batch_sampler=ShardBatches(shards, batch_size), num_workers=workers,
         collate_fn=collate_decoded, pin_memory=pin, prefetch_factor=4 if workers > 0 else None)
 
 
@@ -161,7 +171,7 @@ class ShardFile:
     def torch_dtype(self) -> torch.dtype:
         return torch.float32 if self.dtype == "F32" else torch.float16
 
-    def take(self, local: np.ndarray) -> torch.Tensor:
+    def take(self, local: np.ndarray) -> np.ndarray:
         """Rows `local` in the order given; one read per run of consecutive rows."""
         wanted, inverse = np.unique(local, return_inverse=True)
         out = np.empty((len(wanted), self.shape[1]), dtype=_NUMPY_DTYPES[self.dtype])
@@ -179,11 +189,11 @@ class ShardFile:
                         raise OSError(f"{self.path} is shorter than its header says")
                     part = part[got:]
         same = len(wanted) == len(local) and np.array_equal(wanted, local)
-        return torch.from_numpy(out if same else out[inverse.reshape(-1)])
+        return out if same else out[inverse.reshape(-1)]
 
 
-def _take(block, local: np.ndarray) -> torch.Tensor:
-    return block.take(local) if isinstance(block, ShardFile) else block[torch.from_numpy(local)]
+def _take(block, local: np.ndarray) -> np.ndarray:
+    return block.take(local) if isinstance(block, ShardFile) else block[torch.from_numpy(local)].numpy()
 
 
 @dataclass(frozen=True)
@@ -302,14 +312,17 @@ class Features:
         if isinstance(index, slice):
             index = np.arange(len(self))[index]
         index = np.asarray(index.cpu() if isinstance(index, torch.Tensor) else index, dtype=np.int64).reshape(-1)
-        if len(self.blocks) == 1:
-            out = _take(self.blocks[0], index)
-        else:
+        if len(self.blocks) == 1 and isinstance(self.blocks[0], torch.Tensor):
+            out = self.blocks[0][torch.from_numpy(index)]
+        else:  # block by block, in numpy (one torch op per block is slow on a busy machine)
             block = np.searchsorted(self.starts, index, side="right") - 1
-            out = torch.empty((len(index), self.dim), dtype=self.dtype)
-            for b in np.unique(block):
-                where = np.flatnonzero(block == b)
-                out[torch.from_numpy(where)] = _take(self.blocks[b], index[where] - self.starts[b])
+            order = np.argsort(block, kind="stable")
+            bounds = np.searchsorted(block[order], np.arange(len(self.blocks) + 1))
+            out = np.empty((len(index), self.dim), dtype=np.float16 if self.dtype == torch.float16 else np.float32)
+            for b in np.flatnonzero(np.diff(bounds)).tolist():
+                where = order[bounds[b]:bounds[b + 1]]
+                out[where] = _take(self.blocks[b], index[where] - self.starts[b])
+            out = torch.from_numpy(out)
         return F.normalize(out.float(), dim=-1)
 
     __getitem__ = rows
@@ -433,6 +446,8 @@ def fill_shards(backbone, images, cache: FeatureCache, shards: list[tuple[int, i
             if cache.shard_stamp(*shards[k]) != images.stamp(*shards[k], verify)]
     if stop_after_shards is not None:
         todo = todo[:stop_after_shards]
+    if not todo:
+        return 0
     workers = default_workers(backbone.device.type) if workers is None else workers
     bar = tqdm(total=sum(shards[k][1] - shards[k][0] for k in todo), unit="img", desc=f"features {backbone.name}",
                disable=not progress or not todo, dynamic_ncols=True)

@@ -45,10 +45,9 @@ class TrainResult:
 def epoch_order(sampler: str, groups: np.ndarray, generator: torch.Generator) -> torch.Tensor:
     """One epoch's sample order: a permutation, or group-balanced draws with replacement."""
     n = len(groups)
-    if sampler == "group_balanced":
-        counts = np.bincount(groups)
-        weights = torch.as_tensor(1.0 / counts[groups], dtype=torch.float64)
-        return torch.multinomial(weights, n, replacement=True, generator=generator)
+    if sampler == "group_balanced":  # weight 1/|group| per row (the per-group division first: one float64 per row)
+        per_group = torch.from_numpy(1.0 / np.maximum(np.bincount(groups), 1))
+        return torch.multinomial(per_group[torch.as_tensor(groups)], n, replacement=True, generator=generator)
     return torch.randperm(n, generator=generator)
 
 
