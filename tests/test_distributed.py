@@ -83,6 +83,12 @@ def test_ranks_from_env():
     assert ranks.active and ranks.device("cuda") == "cuda:1" and ranks.device("cpu") == "cpu"
 
 
+def test_extract_refuses_a_bad_precision_before_any_work(dataset, tmp_path, cli):
+    result = cli("extract", *_flags(dataset, tmp_path / "cache"), "--precision", "fp16")
+    assert result.code == 2 and "--precision fp16 is not available on cpu" in result.err
+    assert not (tmp_path / "cache").exists()
+
+
 @pytest.mark.slow  # three torchrun launches: ~15 s of CPU each just to import torch and open_clip
 def test_torchrun_extract_equals_one_process_and_resumes_after_a_killed_rank(dataset, tmp_path, cli):
     single = cli("extract", *_flags(dataset, tmp_path / "single"), "--shard-size", SHARD, "--batch-size", 16)
