@@ -2,7 +2,8 @@
 
 For each row count, a fake float16 feature cache (random rows, 512-d) is written straight into
 the cache folder, then a fresh process loads a small random CLIP with 512-d features, finds
-every feature in the cache (`prepare`), and trains GroupCoOp for one epoch on ground-truth groups
+every feature in the cache (`prepare`), and trains GroupCoOp for one epoch on ground-truth groups (or,
+with `--groups zeroshot`, on zero-shot groups: every train row is scored first)
 (`run_method`: group-balanced sampling over the whole train split, validation, test). The
 child reports its peak resident memory (VmHWM: anonymous and file-backed pages). A second child
 stops before `prepare` (imports, model, labels: the baseline).
@@ -91,7 +92,7 @@ def peak_rss() -> int:
         return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmHWM"))
 
 
-def measure(n: int, cache_dir: Path, batch_size: int, baseline: bool) -> dict:
+def measure(n: int, cache_dir: Path, batch_size: int, baseline: bool, groups: str = "gt") -> dict:
     """In this process: train one epoch on the cache (or stop before, for the baseline)."""
     import torch
 
@@ -105,7 +106,7 @@ def measure(n: int, cache_dir: Path, batch_size: int, baseline: bool) -> dict:
         start = time.perf_counter()
         prep = prepare(ds, bb, cache_dir=cache_dir, feature_dtype="float16", progress=False)
         settings = make_settings({"dataset": ds.name, "backbone": MODEL, "pretrained": "random", "method": "groupcoop",
-                                  "groups": "gt", "feature_dtype": "float16",
+                                  "groups": groups, "feature_dtype": "float16",
                                   "hyperparameters": {"epochs": 1, "batch_size": batch_size, "n_ctx": 4}})
         run = run_method(prep, settings, log=lambda s: None)
         out.update(seconds=time.perf_counter() - start, steps=-(-int((ds.split == 0).sum()) // batch_size),
@@ -114,8 +115,9 @@ def measure(n: int, cache_dir: Path, batch_size: int, baseline: bool) -> dict:
     return out
 
 
-def child(n: int, cache_dir: Path, batch_size: int, baseline: bool) -> dict:
-    cmd = [sys.executable, __file__, "--child", str(n), "--cache", str(cache_dir), "--batch-size", str(batch_size)]
+def child(n: int, cache_dir: Path, batch_size: int, baseline: bool, groups: str = "gt") -> dict:
+    cmd = [sys.executable, __file__, "--child", str(n), "--cache", str(cache_dir), "--batch-size", str(batch_size),
+           "--groups", groups]
     done = subprocess.run(cmd + (["--baseline"] if baseline else []), capture_output=True, text=True,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     if done.returncode:
@@ -128,18 +130,21 @@ def main(argv=None) -> int:
     p.add_argument("--rows", default="500000,1000000,2000000", help="comma-separated row counts")
     p.add_argument("--batch-size", type=int, default=16384, help="training batch (one epoch = rows / batch steps)")
     p.add_argument("--cache", type=Path, default=None, help="cache folder (default: a temporary one, removed)")
+    p.add_argument("--groups", default="gt", choices=["gt", "zeroshot"],
+                   help="training groups: the labels, or zero-shot labels (scores every train row first)")
     p.add_argument("--json", action="store_true", help="print one JSON line per row count instead of a table")
     p.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--baseline", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child is not None:
-        print(json.dumps(measure(args.child, args.cache, args.batch_size, args.baseline)))
+        print(json.dumps(measure(args.child, args.cache, args.batch_size, args.baseline, args.groups)))
         return 0
     rows = []
     with tempfile.TemporaryDirectory(prefix="groupcoop-memory-", dir=args.cache) as tmp:
         for n in [int(v) for v in args.rows.split(",")]:
             size = write_cache(n, Path(tmp))
-            base, run = child(n, Path(tmp), args.batch_size, True), child(n, Path(tmp), args.batch_size, False)
+            base = child(n, Path(tmp), args.batch_size, True)
+            run = child(n, Path(tmp), args.batch_size, False, args.groups)
             rows.append({**run, "feature_bytes": size, "baseline_rss": base["peak_rss"]})
             if args.json:
                 print(json.dumps(rows[-1]), flush=True)
@@ -147,7 +152,8 @@ def main(argv=None) -> int:
                 shard.unlink()
     if not args.json:
         mb = lambda v: f"{v / 2**20:,.0f} MB"  # noqa: E731
-        print(f"# Peak RSS training 1 epoch on a float16 feature cache ({CONFIG['embed_dim']}-d), batch {args.batch_size}\n")
+        print(f"# Peak RSS training 1 epoch on a float16 feature cache ({CONFIG['embed_dim']}-d), batch {args.batch_size}, "
+              f"{args.groups} groups\n")
         print("| rows | features on disk | peak RSS (VmHWM) | baseline (no training) | training adds | steps | s |")
         print("|---:|---:|---:|---:|---:|---:|---:|")
         for r in rows:
