@@ -59,11 +59,32 @@ def test_cut_shortens_the_sequence():
     def record(module, args):
         seen["len"] = args[0].shape[1]
 
-    hook = bb.text.transformer.register_forward_pre_hook(record)
+    assert bb.fused_text
+    hook = bb.text.transformer.resblocks[0].ln_1.register_forward_pre_hook(record)  # (N, L, D) in the fused path
     with torch.no_grad():
         bb.encode_text_embeddings(bb.token_embeddings(ids), bb.pool_positions(ids), cut=True)
     hook.remove()
     assert seen["len"] == int(bb.pool_positions(ids)[0]) + 1 < ids.shape[1]
+
+
+@pytest.mark.parametrize("name", [TINY, "ViT-B-16"])
+def test_fused_text_blocks_equal_open_clips_blocks_with_gradients(name):
+    """The fused text blocks (training's default) give open_clip's outputs and context gradients."""
+    from groupcoop.prompts import PromptLearner
+
+    bb = load_backbone(name, "random" if name != TINY else None)
+    learner = PromptLearner(bb, ["angular shape on grass", "x", "a much longer name with a few more words"],
+                            generator=torch.Generator().manual_seed(0))
+    results = []
+    for fused in (False, True):
+        bb.fused_text = fused
+        learner.ctx.grad = None
+        out = learner()
+        out.square().sum().backward()
+        results.append((out.detach(), learner.ctx.grad.clone()))
+    (out0, grad0), (out1, grad1) = results
+    assert (out0 - out1).abs().max().item() <= 1e-5
+    assert (grad0 - grad1).abs().max().item() <= 1e-5 * grad0.abs().max().item()
 
 
 def test_tiny_loads_bundled_weights_and_is_frozen():

@@ -105,3 +105,32 @@ def test_float16_cache(backbone, images, tmp_path):
     full = _extract(backbone, images, tmp_path)
     assert half.dtype == torch.float32 and torch.allclose(half, full, atol=1e-2)
     assert sum(p.stat().st_size for p in Path(tmp_path).rglob("*.safetensors")) < 1.6 * 384 * 128 * 4
+
+
+def test_shard_size_is_remembered_by_the_cache_folder(backbone, images, tmp_path):
+    from groupcoop.errors import UserError
+    from groupcoop.features import open_cache
+
+    first = _extract(backbone, images, tmp_path)  # shard_size=48
+    again = extract_features(backbone, images, cache_dir=tmp_path, workers=0, progress=False)
+    assert len(again.blocks) == 8 and torch.equal(again.tensor(), first)
+    with pytest.raises(UserError, match="holds shards of 48 rows, not 64; pass --shard-size 48"):
+        open_cache(backbone, images, tmp_path, "float32", shard_size=64)
+
+
+def test_precision_choices():
+    from groupcoop.errors import UserError
+    from groupcoop.features import resolve_precision
+
+    assert resolve_precision("cuda:1") == "fp16" and resolve_precision("cpu") == "fp32"
+    assert resolve_precision("cpu", "bf16") == "bf16" and resolve_precision("cuda", "fp32") == "fp32"
+    with pytest.raises(UserError, match="--precision fp16 is not available on cpu; use fp32 or bf16"):
+        resolve_precision("cpu", "fp16")
+
+
+def test_bf16_autocast_on_cpu_is_close_to_fp32(backbone, images, tmp_path):
+    small = SyntheticImages(images.table[:48], images.seed)
+    fp32 = _extract(backbone, small, tmp_path / "a")
+    bf16 = _extract(backbone, small, tmp_path / "b", precision="bf16")
+    cosine = (fp32 * bf16).sum(dim=1)
+    assert not torch.equal(fp32, bf16) and cosine.min() > 0.99

@@ -135,6 +135,49 @@ def _run_sequence_first(transformer: torch.nn.Module) -> None:
             block.attn.batch_first = False
 
 
+def _fusable(transformer: torch.nn.Module) -> bool:
+    """open_clip's plain text blocks: self-attention through one packed nn.MultiheadAttention."""
+    blocks = list(getattr(transformer, "resblocks", []))
+    return bool(blocks) and not getattr(transformer, "grad_checkpointing", False) and all(
+        type(b).__name__ == "ResidualAttentionBlock" and not hasattr(b, "ln_1_kv")
+        and isinstance(getattr(b, "attn", None), torch.nn.MultiheadAttention) and b.attn._qkv_same_embed_dim
+        and b.attn.in_proj_bias is not None and b.attn.bias_k is None and not b.attn.add_zero_attn for b in blocks)
+
+
+def _attend(block, h: torch.Tensor, mask: torch.Tensor | None, rows: torch.Tensor | None) -> torch.Tensor:
+    """Block's self-attention on (N, L, D), by scaled_dot_product_attention; with `rows` (N,), only
+    the query at position rows[n] of each sequence (N, 1, D)."""
+    attn = block.attn
+    n, length, width = h.shape
+    heads = attn.num_heads
+    qkv = F.linear(h, attn.in_proj_weight, attn.in_proj_bias).view(n, length, 3, heads, width // heads)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4)  # (N, H, L, d) each
+    if rows is not None:
+        q = q[torch.arange(n, device=h.device), :, rows].unsqueeze(2)
+        mask = None if mask is None else mask[rows].view(n, 1, 1, length)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return F.linear(out.transpose(1, 2).reshape(n, -1, width), attn.out_proj.weight, attn.out_proj.bias)
+
+
+def _fused_blocks(transformer, x: torch.Tensor, mask: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor:
+    """The text blocks on (N, L, D) batch-first, returning only positions `rows` (N, D).
+
+    Same numbers as open_clip's forward (to float rounding) with fewer copies: one packed
+    projection and one fused attention per block, no layout changes. In the last block only the
+    pooled positions need a query, an output projection and an MLP.
+    """
+    blocks = transformer.resblocks
+    mask = None if mask is None else mask.to(x.dtype)
+    for i, block in enumerate(blocks):
+        last = i == len(blocks) - 1
+        out = _attend(block, block.ln_1(x), mask, rows if last else None)
+        if last:
+            x = x[torch.arange(x.shape[0], device=x.device), rows].unsqueeze(1)
+        x = x + block.ls_1(out)
+        x = x + block.ls_2(block.mlp(block.ln_2(x)))
+    return x[:, 0]
+
+
 def _text_tower(model) -> TextTower:
     if hasattr(model, "text"):
         t = model.text
@@ -167,6 +210,8 @@ class Backbone:
         self.weights_path: str | None = None  # the weights file, when loaded from one
         self.text = _text_tower(model)
         _run_sequence_first(self.text.transformer)
+        # text blocks by `_fused_blocks` (False: open_clip's own forward, for comparison)
+        self.fused_text = _fusable(self.text.transformer)
         if self.text.extra_mask:
             raise UserError(f"backbone {name}: text towers with padding or CLS masks are not supported for prompt learning")
 
@@ -257,14 +302,15 @@ class Backbone:
         cast = t.transformer.get_cast_dtype() if hasattr(t.transformer, "get_cast_dtype") else x.dtype
         x = x.to(cast) + t.positional_embedding[:length].to(cast)
         mask = t.attn_mask[:length, :length] if t.attn_mask is not None else None
-        x = t.transformer(x, attn_mask=mask)
-        x = t.ln_final(x)
-        if t.pool_type == "last":
-            pooled = x[:, -1]
-        elif t.pool_type == "first":
-            pooled = x[:, 0]
-        else:
-            pooled = x[torch.arange(x.shape[0], device=x.device), pool_at]
+        rows = {"last": length - 1, "first": 0}.get(t.pool_type)
+        rows = pool_at.to(x.device) if rows is None else torch.full_like(pool_at, rows, device=x.device)
+        if self.fused_text and t.pool_type in ("argmax", "eos", "last", "first"):
+            return self._project(t.ln_final(_fused_blocks(t.transformer, x, mask, rows)))
+        x = t.ln_final(t.transformer(x, attn_mask=mask))
+        return self._project(x[torch.arange(x.shape[0], device=x.device), rows])
+
+    def _project(self, pooled: torch.Tensor) -> torch.Tensor:
+        t = self.text
         if t.text_projection is not None:
             pooled = t.text_projection(pooled) if isinstance(t.text_projection, torch.nn.Module) else pooled @ t.text_projection
         return pooled

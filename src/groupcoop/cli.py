@@ -97,6 +97,32 @@ def cmd_train(args) -> None:
     print(f"run folder: {out}")
 
 
+# --- extract ---------------------------------------------------------------------------------
+
+def cmd_extract(args) -> None:
+    from .backbone import load_backbone
+    from .data.registry import load_dataset
+    from .distributed import Ranks, extract_cache, process_group, summary_lines
+    from .features import check_cache_dir, resolve_precision
+    from .pipeline import check_device
+    from .settings import key_values
+
+    ranks = Ranks.from_env()
+    device = ranks.device(args.device or "cpu")
+    check_device(device)
+    resolve_precision(device, args.precision)
+    cache_dir = check_cache_dir(args.cache_dir)
+    dataset = load_dataset(args.dataset, args.root, allow_symlinks_outside=args.allow_symlinks_outside,
+                           **key_values(args.option, "--option"))
+    with process_group(ranks, device):
+        backbone = load_backbone(args.backbone, args.pretrained, device=device)
+        info = extract_cache(backbone, dataset.images, ranks, cache_dir=cache_dir, dtype=args.feature_dtype,
+                             shard_size=args.shard_size, batch_size=args.batch_size, workers=args.workers,
+                             precision=args.precision, verify=args.verify_cache, progress=not args.quiet)
+    if info is not None:
+        print("\n".join(summary_lines(info)))
+
+
 # --- evaluate --------------------------------------------------------------------------------
 
 def cmd_evaluate(args) -> None:
@@ -335,7 +361,7 @@ def _add_backbone_flags(p, required: bool = True) -> None:
                    help="open_clip architecture (ViT-B-16, RN50, ...), an hf-hub: id, or groupcoop-tiny")
     p.add_argument("--pretrained", help="weights: a pretrained tag (openai, ...), a checkpoint file "
                    "(.safetensors preferred), or 'random'; groupcoop-tiny uses its bundled weights by default")
-    p.add_argument("--device", default=None, help="torch device: cpu (default), cuda, cuda:N or mps")
+    p.add_argument("--device", default=None, help="torch device: cpu (default), cuda, cuda:N or mps (extract under torchrun: cuda = cuda:LOCAL_RANK)")
 
 
 def _add_common(p) -> None:
@@ -411,6 +437,26 @@ def build_parser() -> argparse.ArgumentParser:
                        "(default: size, modification and change time, inode)")
     _add_common(train)
     train.set_defaults(func=cmd_train)
+
+    ex = sub.add_parser("extract", help="fill the feature cache of a dataset (all splits); runs under torchrun",
+                        description="Extract and cache the image features of every image of a dataset, then print "
+                        "where the cache is. Under `torchrun --nproc-per-node N [--nnodes M ...] -m groupcoop "
+                        "extract ...` each process fills its share of the shards (NCCL on GPUs, Gloo on CPU) and "
+                        "rank 0 checks them all; a killed run resumes where it stopped. `train` then finds the "
+                        "features in the cache.")
+    _add_dataset_flags(ex)
+    _add_backbone_flags(ex)
+    ex.add_argument("--feature-dtype", choices=["float32", "float16"], default="float32",
+                    help="feature cache dtype (default float32, as for train)")
+    ex.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                    help="autocast while encoding: auto = fp16 on CUDA, fp32 elsewhere; CPU allows fp32 and bf16")
+    ex.add_argument("--batch-size", type=_count(1), default=256, help="images per encoder batch (default 256)")
+    ex.add_argument("--shard-size", type=_count(1), default=None,
+                    help="advanced: images per cache shard (default 8192, or what the cache folder already uses)")
+    ex.add_argument("--verify-cache", action="store_true",
+                    help="hash every image file's content to check the feature cache (default: size and mtime)")
+    _add_common(ex)
+    ex.set_defaults(func=cmd_extract)
 
     ev = sub.add_parser("evaluate", help="evaluate a trained run's classifier on a dataset split",
                         description="Load the classifier of a run folder and report per-group accuracy on a split.")

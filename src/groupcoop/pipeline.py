@@ -65,18 +65,20 @@ def text_features(backbone: Backbone, texts: list[str], templates=ZEROSHOT_TEMPL
                                     dim=-1) for x in texts])
 
 
-def attribute_scores(prep: Prepared, rows: np.ndarray, phrases) -> list[np.ndarray]:
+def attribute_scores(prep: Prepared, rows: np.ndarray, phrases, chunk: int = 65536) -> list[np.ndarray]:
     """Per attribute: cosine of each image with '<its class> <value phrase>' prompts (template ensemble)."""
     from .data.base import apply_phrase
 
     ds = prep.dataset
-    feats, y = prep.feats.rows(rows), ds.y[rows]
-    scores = []
-    for values in phrases:
-        text = torch.stack([text_features(prep.backbone, [apply_phrase(v, c) for v in values])
-                            for c in ds.class_names])  # (C, V, D)
-        scores.append(torch.einsum("nd,nvd->nv", feats, text.to(feats.device)[torch.as_tensor(y)]).cpu().numpy())
-    return scores
+    texts = [torch.stack([text_features(prep.backbone, [apply_phrase(v, c) for v in values])
+                          for c in ds.class_names]).cpu() for values in phrases]  # (C, V, D) per attribute
+    scores = [[] for _ in phrases]
+    for start in range(0, len(rows), chunk):  # a chunk of features at a time: memory stays flat
+        part = rows[start:start + chunk]
+        feats, y = prep.feats.rows(part), torch.as_tensor(ds.y[part])
+        for out, text in zip(scores, texts):
+            out.append(torch.einsum("nd,nvd->nv", feats, text[y]).numpy())
+    return [np.concatenate(s) if s else np.zeros((0, len(v)), dtype=np.float32) for s, v in zip(scores, phrases)]
 
 
 def resolve_grouping(ds: GroupDataset, options: GroupingOptions) -> GroupingOptions:
@@ -179,8 +181,9 @@ def plan_groups(prep: Prepared, options: GroupingOptions, seed: int, train_group
                 labelled[split] = ds.groups[r]
             else:
                 scores = attribute_scores(prep, r, spec.phrases) if source in ("zeroshot", "pseudo") else None
+                feats = prep.feats.numpy(r) if labelers.LABELERS[source].needs_feats else None
                 labelled[split] = labelers.assign_groups(
-                    source, prep.feats.numpy(r), ds.y[r], [len(v) for v in ds.attribute_values] or spec.sizes,
+                    source, feats, ds.y[r], [len(v) for v in ds.attribute_values] or spec.sizes,
                     attr_scores=scores, clusters=options.clusters, seed=seed, variant=options.variant)
         return labelled[split]
 

@@ -91,10 +91,12 @@ def epoch_order(sampler: str, groups: np.ndarray, generator: torch.Generator,
     group-balanced.
     """
     if sampler == "group_balanced":
-        w = np.ones(len(groups)) if repeats is None else repeats.astype(np.float64)
-        per_group = np.bincount(groups, weights=w)
-        weights = torch.as_tensor(w / per_group[groups], dtype=torch.float64)
-        return torch.multinomial(weights, int(w.sum()), replacement=True, generator=generator)
+        if repeats is None:  # weight 1/|group| per row: one float64 per row, even for millions of rows
+            weights, n = torch.from_numpy(1.0 / np.maximum(np.bincount(groups), 1))[torch.as_tensor(groups)], len(groups)
+        else:
+            w = repeats.astype(np.float64)
+            weights, n = torch.as_tensor(w / np.bincount(groups, weights=w)[groups]), int(w.sum())
+        return torch.multinomial(weights, n, replacement=True, generator=generator)
     if repeats is None:
         return torch.randperm(len(groups), generator=generator)
     pool = torch.as_tensor(np.repeat(np.arange(len(groups)), repeats), dtype=torch.long)
