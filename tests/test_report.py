@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from groupcoop.groups import quality
+from groupcoop.labelers import quality
 from groupcoop.report import demo_report_html, run_report_html, write_html
 
 EVIL = "<script>alert(1)</script>"
@@ -102,7 +102,7 @@ TOKENS = [{"prompt": EVIL, "slots": [["a", "an", "the"], ["photo", "<b>", "pic"]
           {"prompt": "water bird on water", "slots": [["x", "y", "z"], ["p", "q", "r"]]}]
 
 
-# ---------------------------------------------------------------- groups.quality additions
+# ---------------------------------------------------------------- labelers.quality additions
 
 
 def test_quality_confusion_and_min_recall():

@@ -93,7 +93,7 @@ class ZeroShotGroupsParams(ZeroShotParams):
     group prompts carry), averaged over templates; a class scores the max over its group
     prompts. Nothing is trained. The zero-shot classifier of the group-prompt idea in
     GroupCoOp [Kim, Oh, Kwak, arXiv 2509.23781]; the same prompts name the zero-shot groups
-    in groups.py."""
+    in labelers.py."""
 
     aggregate: Aggregate = "max"
 

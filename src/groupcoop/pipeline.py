@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from . import groups as labelers
+from . import labelers
 from .backbone import Backbone, check_device, load_backbone
 from .data.base import GroupDataset, GroupSpec
 from .errors import UserError

@@ -9,7 +9,7 @@ What a run report reads from metrics.json: method, dataset, backbone, groups_sou
 selection_groups, report_groups, trainable_params, total_params, seed, hyperparameters,
 best_epoch, epochs_run, splits.<split>.{avg_acc, worst_group_acc, unbiased_acc, any other
 number, groups[{name, n, acc}], empty_groups}, history[{epoch (0-based), loss,
-val_worst_group_acc, val_avg_acc}] and group_quality (`groups.quality`). Missing keys are
+val_worst_group_acc, val_avg_acc}] and group_quality (`labelers.quality`). Missing keys are
 left out of the page, never guessed.
 """
 

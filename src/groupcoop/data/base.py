@@ -181,12 +181,7 @@ class GroupSpec:
 
     def decode(self, g: int) -> tuple[int, list[int]]:
         """Group id -> (class, value index per attribute)."""
-        y, code = divmod(int(g), self.n_codes)
-        digits = []
-        for size in self.sizes:
-            code, a = divmod(code, size)
-            digits.append(a)
-        return y, digits
+        return decode_group(g, self.sizes)
 
     def class_of(self, groups: np.ndarray) -> np.ndarray:
         return np.asarray(groups) // self.n_codes
@@ -210,6 +205,16 @@ class GroupSpec:
                     text = apply_phrase(self.phrases[j][a], text)
             out.append(text)
         return out
+
+
+def decode_group(g: int, attr_sizes: list[int]) -> tuple[int, list[int]]:
+    """The inverse of `group_index` for one id: (class, value index per attribute)."""
+    y, code = divmod(int(g), int(np.prod(attr_sizes, dtype=np.int64)))
+    digits = []
+    for size in attr_sizes:
+        code, a = divmod(code, size)
+        digits.append(a)
+    return y, digits
 
 
 def group_index(y: np.ndarray, attrs: np.ndarray, attr_sizes: list[int]) -> np.ndarray:

@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import UserError, close_matches
+from .base import decode_group
 
 SHAPES = ["circle", "ring", "oval", "semicircle", "square", "triangle", "diamond", "cross"]
 FAMILIES = {"round": ["circle", "ring", "oval", "semicircle"], "angular": ["square", "triangle", "diamond", "cross"]}
@@ -324,8 +325,8 @@ def caption_orientation(pair: tuple[str, str]) -> str:
 
 
 def _group_digits(g: int, n_biases: int) -> tuple[int, tuple[int, ...]]:
-    y, code = divmod(g, 2**n_biases)
-    return y, tuple((code >> j) & 1 for j in range(n_biases))
+    y, digits = decode_group(g, [2] * n_biases)
+    return y, tuple(digits)
 
 
 def _conflicts(g: int, n_biases: int, j: int) -> bool:
@@ -431,7 +432,6 @@ def make_task_dataset(task_name: str | SyntheticTask, seed: int = 0):
 
     task = get_task(task_name)
     sizes = [len(values) for _, values in task.biases]
-    n_codes = int(np.prod(sizes))
     if task.render_seed is None:
         rng = np.random.default_rng([seed, 99])
         image_seed = seed
@@ -443,11 +443,7 @@ def make_task_dataset(task_name: str | SyntheticTask, seed: int = 0):
     for split, counts in task.counts.items():
         order = []
         for g, count in enumerate(counts):
-            y, code = divmod(g, n_codes)
-            digits = []
-            for size in sizes:
-                code, a = divmod(code, size)
-                digits.append(a)
+            y, digits = decode_group(g, sizes)
             order += [(y, tuple(digits))] * count
         for k in rng.permutation(len(order)):
             y, digits = order[k]

@@ -12,7 +12,7 @@ import pytest
 
 from groupcoop.data.base import group_index
 from groupcoop.errors import UserError
-from groupcoop.groups import (
+from groupcoop.labelers import (
     LABELERS,
     PSEUDO_VARIANTS,
     assign_attributes,
@@ -83,7 +83,10 @@ def test_kmeans_extra_clusters_do_not_collide():
     assert np.all(pred // 5 == y)  # groups never cross classes
 
 
-@pytest.mark.parametrize("variant", sorted(PSEUDO_VARIANTS))
+GEOMETRY_VARIANTS = ["blend", "gmm", "kmeans", "selftrain", "selftrain_balanced"]  # refit on the features
+
+
+@pytest.mark.parametrize("variant", GEOMETRY_VARIANTS)
 def test_pseudo_beats_noisy_zeroshot(variant):
     feats, y, attrs, scores = blobs(sep=1.0)
     truth = true_groups(y, attrs, [2])
@@ -93,6 +96,39 @@ def test_pseudo_beats_noisy_zeroshot(variant):
     # pseudo keeps the prompts' names: agreement without any matching improves
     assert ps["named_accuracy"] > zs["named_accuracy"] + 0.1
     assert ps["named_accuracy"] > 0.95
+
+
+def test_variants_that_refit_or_rescore():
+    assert set(GEOMETRY_VARIANTS) | {"calibrated", "recall"} == set(PSEUDO_VARIANTS)
+
+
+def _imbalanced(seed=0):
+    """One class, 95% majority value: zero-shot finds most minority images, with a prompt that favours the majority."""
+    rng = np.random.default_rng(seed)
+    n = 400
+    attrs = (rng.random(n) < 0.05).astype(int)[:, None]
+    y = np.zeros(n, dtype=int)
+    feats = rng.normal(size=(n, 16)) + 0.6 * rng.normal(size=(2, 16))[attrs[:, 0]]
+    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+    scores = [0.3 + 0.04 * np.eye(2)[attrs[:, 0]] + 0.015 * rng.normal(size=(n, 2)) + np.array([0.01, 0.0])]
+    return feats, y, attrs, scores
+
+
+def test_recall_keeps_every_minority_image_that_zeroshot_finds():
+    feats, y, attrs, scores = _imbalanced()
+    zs = assign_attributes("zeroshot", feats, y, [2], scores)[:, 0]
+    rec = assign_attributes("pseudo", feats, y, [2], scores, variant="recall")[:, 0]
+    selftrain = assign_attributes("pseudo", feats, y, [2], scores, variant="selftrain")[:, 0]
+    minority = 1  # the rarer value in this class
+    assert np.all(rec[zs == minority] == minority) and np.all(rec[selftrain == minority] == minority)
+
+
+def test_calibrated_removes_a_prompt_that_scores_everything_higher():
+    feats, y, attrs, scores = _imbalanced()
+    shifted = [scores[0] + np.array([0.2, 0.0])]  # value 0's prompt wins everywhere
+    assert (assign_attributes("zeroshot", feats, y, [2], shifted)[:, 0] == 0).all()
+    cal = assign_attributes("pseudo", feats, y, [2], shifted, variant="calibrated")[:, 0]
+    np.testing.assert_array_equal(cal, assign_attributes("pseudo", feats, y, [2], scores, variant="calibrated")[:, 0])
 
 
 def test_two_attributes_combine_into_product_index():
