@@ -89,7 +89,7 @@ def test_bad_hyperparameters_are_one_line(cli, tmp_path):
     one_line_error(cli(*BASE, "--method", "coop_groupdro", "--set", "eta=-1", "--out", tmp_path / "r"), "eta=-1")
     one_line_error(cli(*BASE, "--method", "dfr", "--set", "c_values=[0.1,-2]", "--out", tmp_path / "r"), "c_values")
     one_line_error(cli(*BASE, "--method", "jtt", "--set", "sampler=natural", "--out", tmp_path / "r"),
-                   "has no setting 'sampler'")
+                   "there is no --set sampler")
 
 
 # --- refusals, before any image is read ---------------------------------------------------------

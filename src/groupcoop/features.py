@@ -20,7 +20,7 @@ import json
 import os
 import struct
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -206,6 +206,7 @@ class FeatureCache:
     folder: Path
     key: str
     fields: dict
+    shard_size: int = DEFAULT_SHARD  # rows per shard, settled by `layout`
 
     @classmethod
     def for_inputs(cls, backbone, images, cache_dir: Path, dtype: str) -> "FeatureCache":
@@ -238,6 +239,8 @@ class FeatureCache:
 
     def write_shard(self, start: int, stop: int, features: torch.Tensor, stamp: str) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
+        if not (self.folder / "layout.json").exists():  # written with the first shard, so a refused run leaves nothing
+            atomic_write(self.folder / "layout.json", lambda p: Path(p).write_text(json.dumps({"shard_size": self.shard_size})))
         meta = {"key": self.key, "start": str(start), "stop": str(stop), "stamp": stamp}
         atomic_write(self.shard_path(start, stop), lambda p: save_safetensors(p, "features", features, meta))
 
@@ -257,11 +260,7 @@ class FeatureCache:
         if stored is not None and shard_size is not None and shard_size != stored:
             raise UserError(f"the feature cache {self.folder} holds shards of {stored} rows, not {shard_size}; "
                             f"pass --shard-size {stored} (or leave it out), or use another --cache-dir")
-        size = stored or shard_size or DEFAULT_SHARD
-        if stored is None:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            atomic_write(self.folder / "layout.json", lambda p: Path(p).write_text(json.dumps({"shard_size": size})))
-        return size
+        return stored or shard_size or DEFAULT_SHARD
 
     def remove_abandoned(self, before: float) -> int:
         """Delete temporary shard files of writers killed before time `before` (a shard is written
@@ -438,7 +437,8 @@ def open_cache(backbone, images, cache_dir: Path | None, dtype: str, shard_size:
     if dtype not in ("float32", "float16"):
         raise ValueError("dtype must be float32 or float16")
     cache = FeatureCache.for_inputs(backbone, images, cache_dir or default_cache_dir(), dtype)
-    return cache, shard_ranges(len(images), cache.layout(shard_size))
+    cache = replace(cache, shard_size=cache.layout(shard_size))
+    return cache, shard_ranges(len(images), cache.shard_size)
 
 
 def fill_shards(backbone, images, cache: FeatureCache, shards: list[tuple[int, int]], batch_size: int = 256,

@@ -203,7 +203,7 @@ class GroupLinearParams(LoopParams):
     bias: StrictBool = False
 
     def objective(self) -> Objective:
-        return Objective("group", self.sampler, self.aggregate, self.class_loss_weight, anchor_weight=self.ctx_reg)
+        return Objective("group", self.sampler, self.aggregate, self.class_loss_weight, anchor_weight=0.0)
 
 
 # --- logistic regression on the image features (sklearn) ------------------------------------------
