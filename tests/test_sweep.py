@@ -38,6 +38,14 @@ def test_grid_expands_every_combination_once():
     assert {s.dataset for s in specs} == {"synth-random:0", "synth-random:1", "synth-random:2"}
 
 
+def test_a_method_entry_can_name_its_own_group_sources():
+    grid = Grid(datasets=["synth-random:0"], groups=["gt"], seeds=[0],
+                methods=[{"method": "groupcoop", "groups": ["gt", "pseudo", "zeroshot"]}, "group_linear", "coop"])
+    runs = {(s.method, s.groups) for s in expand(grid)}
+    assert runs == {("groupcoop", "gt"), ("groupcoop", "pseudo"), ("groupcoop", "zeroshot"), ("group_linear", "gt"),
+                    ("coop", "-")}
+
+
 @pytest.mark.parametrize("count", [1, 2, 3, 7])
 def test_shards_are_disjoint_and_cover_the_grid(count):
     grid = Grid(datasets=["synth-random:0..4", "synth-waterbirds"], methods=["zeroshot", "groupcoop"],
@@ -160,3 +168,16 @@ def test_suite_presets_are_disjoint():
     dev, report = load_grid(root / "dev.yaml"), load_grid(root / "report.yaml")
     assert len(dev.datasets) == len(report.datasets) == 30
     assert not {d.name for d in dev.datasets} & {d.name for d in report.datasets}
+
+
+def test_focus_table_compares_one_method_with_every_other():
+    from groupcoop.sweep import focus_table
+
+    rows = [{"dataset": f"t{t}", "method": m, "groups": g, "seed": 0, "test_worst_group_acc": acc}
+            for t in range(4)
+            for m, g, acc in [("groupcoop", "gt", 0.8), ("coop", "-", [0.5, 0.6, 0.7, 0.9][t]), ("dfr", "gt", 0.9)]]
+    text = focus_table(rows, "groupcoop [gt]")
+    line = {row.split(" | ")[0].strip("| "): row for row in text.splitlines() if row.startswith("| ")}
+    assert "| +12.5 [" in line["coop"] and "| 75% |" in line["coop"] and "-10.0 (t3)" in line["coop"]
+    assert "-10.0 [-10.0, -10.0]" in line["dfr [gt]"] and "| 0% |" in line["dfr [gt]"]
+    assert "groupcoop [gt]" not in line

@@ -41,18 +41,28 @@ class BackboneEntry(Frozen):
     pretrained: str | None = None
 
 
-class MethodEntry(Frozen):
-    method: Annotated[str, Field(strict=True, min_length=1)]
-    label: str | None = None  # default: the method name
-    hyperparameters: dict[str, Any] = {}
-
-
 class GroupsEntry(Frozen):
     source: str
     label: str | None = None
     bias_prompts: Any = None
     clusters: Any = None
     variant: str | None = None
+
+
+def _group_entries(value):
+    return [{"source": v} if isinstance(v, str) else v for v in (value if isinstance(value, list) else [value])]
+
+
+class MethodEntry(Frozen):
+    method: Annotated[str, Field(strict=True, min_length=1)]
+    label: str | None = None  # default: the method name
+    hyperparameters: dict[str, Any] = {}
+    groups: Annotated[list[GroupsEntry], Field(min_length=1)] | None = None  # replaces the grid's groups for this entry
+
+    @field_validator("groups", mode="before")
+    @classmethod
+    def _groups(cls, value):
+        return None if value is None else _group_entries(value)
 
 
 def _expand_names(value):
@@ -85,6 +95,7 @@ class Grid(Frozen):
     hyperparameters: dict[str, Any] = {}  # for every method that has the key
     device: str = "cpu"  # torch device of every run (features are extracted there too)
     baseline_methods: list[str] = ["coop", "zeroshot"]  # gains in the suite aggregate are measured against these
+    focus: str | None = None  # a method label ("groupcoop [gt]"): the suite summary adds its gain over every other method
 
     @field_validator("datasets", mode="before")
     @classmethod
@@ -104,7 +115,7 @@ class Grid(Frozen):
     @field_validator("groups", mode="before")
     @classmethod
     def _groups(cls, value):
-        return [{"source": v} if isinstance(v, str) else v for v in (value if isinstance(value, list) else [value])]
+        return _group_entries(value)
 
     @field_validator("seeds", mode="before")
     @classmethod
@@ -180,7 +191,9 @@ def expand(grid: Grid, roots: dict[str, str] | None = None) -> list[RunSpec]:
             backbone_label = b.name if b.pretrained is None else f"{b.name}@{b.pretrained}"
             for m in grid.methods:
                 hp = {**{k: v for k, v in grid.hyperparameters.items() if _has_param(m.method, k)}, **m.hyperparameters}
-                sources = grid.groups if uses_training_groups(m.method) else [GroupsEntry(source="auto", label="-")]
+                sources = m.groups or grid.groups
+                if not uses_training_groups(m.method):
+                    sources = [GroupsEntry(source="auto", label="-")]
                 for g in sources:
                     group_values = {k: v for k, v in g.model_dump().items() if k != "label" and v is not None}
                     if group_values.get("source") == "auto":
@@ -462,6 +475,32 @@ def suite_aggregate(rows: list[dict], baselines: list[str], split: str = "test")
     return "\n".join(lines), data
 
 
+def focus_table(rows: list[dict], focus: str, split: str = "test") -> str:
+    """`focus` against every other method over tasks: its worst-group gain (bootstrap 95% interval),
+    win rate, and the task where it loses most."""
+    import numpy as np
+
+    table = per_task(rows, split)
+    if focus not in table:
+        return f"({focus} has no finished runs)"
+    mine = table[focus]
+    lines = [f"{focus} against every other method, {split} worst-group accuracy (%), over the tasks both ran: "
+             "mean gain with bootstrap 95% interval, share of tasks at least as good, largest loss", "",
+             "| other method | tasks | its mean WGA | gain of " + focus + " | win rate | largest loss |",
+             "|---|---|---|---|---|---|"]
+    for m, theirs in sorted(table.items(), key=lambda kv: -np.mean(list(kv[1].values()))):
+        common = sorted(set(mine) & set(theirs))
+        if m == focus or not common:
+            continue
+        diffs = np.array([mine[t] - theirs[t] for t in common])
+        lo, hi = bootstrap_ci(diffs)
+        worst = common[int(np.argmin(diffs))]
+        lines.append(f"| {m} | {len(common)} | {100 * np.mean([theirs[t] for t in common]):.1f} | "
+                     f"{100 * diffs.mean():+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] | {100 * np.mean(diffs >= 0):.0f}% | "
+                     f"{100 * diffs.min():+.1f} ({worst}) |")
+    return "\n".join(lines)
+
+
 def write_summary(specs: list[RunSpec], out: Path, grid: Grid) -> tuple[str, int]:
     """runs.csv, table.md and report.html from the finished runs; returns (table text, finished runs)."""
     import csv
@@ -484,6 +523,8 @@ def write_summary(specs: list[RunSpec], out: Path, grid: Grid) -> tuple[str, int
     if len(datasets) > 1:
         agg_text, aggregate = suite_aggregate(rows, grid.baseline_methods)
         text += "\n\n" + agg_text
+        if grid.focus:
+            text += "\n\n" + focus_table(rows, grid.focus)
     missing = len(specs) - len(rows)
     if missing:
         text += f"\n\n({missing} of {len(specs)} runs not finished yet)"
