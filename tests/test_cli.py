@@ -95,7 +95,9 @@ def test_train_writes_a_complete_run_folder(trained_run, check_metrics, tiny_bac
     assert metrics["backbone"] == tiny_backbone.identity and metrics["backbone"].startswith("groupcoop-tiny")
     assert metrics["groups_source"] == "gt"
     width = tiny_backbone.text.token_embedding.weight.shape[1]
-    assert metrics["trainable_params"] == 4 * 16 * width  # 2 classes x 2 groups x 16 context vectors
+    from groupcoop.methods import GroupCoOpParams
+
+    assert metrics["trainable_params"] == 4 * GroupCoOpParams().n_ctx * width  # 2 classes x 2 groups x M vectors
     assert metrics["total_params"] == tiny_backbone.parameter_count() + metrics["trainable_params"]
     for split, counts in (("val", WATERBIRDS_COUNTS["val"]), ("test", WATERBIRDS_COUNTS["test"])):
         assert [g["n"] for g in metrics["splits"][split]["groups"]] == counts

@@ -7,6 +7,7 @@ import torch
 from groupcoop.backbone import load_backbone
 from groupcoop.data.base import GroupDataset
 from groupcoop.errors import UserError
+from groupcoop.methods import GroupCoOpParams
 from groupcoop.pipeline import Prepared, run_method
 from groupcoop.prompts import PromptLearner, load_prompts
 from groupcoop.settings import make_settings
@@ -84,9 +85,10 @@ def test_groupcoop_on_vit_b16_reports_32768_trainable_params(vit_b16):
                               "hyperparameters": {"epochs": 1, "batch_size": 64}})
     run = run_method(prep, settings, log=lambda s: None)
     metrics, learner = run.metrics, run.learner
-    assert metrics["trainable_params"] == 32_768 == 2 * 2 * 16 * 512
-    assert tuple(learner.ctx.shape) == (4, 16, 512)
-    assert metrics["total_params"] == vit_b16.parameter_count() + 32_768
+    m = GroupCoOpParams().n_ctx  # the default number of context vectors
+    assert metrics["trainable_params"] == 2 * 2 * m * 512
+    assert tuple(learner.ctx.shape) == (4, m, 512)
+    assert metrics["total_params"] == vit_b16.parameter_count() + 2 * 2 * m * 512
 
 
 def _saved(tiny_backbone, tmp_path):

@@ -7,6 +7,7 @@ import pytest
 import replicas
 from groupcoop.cli import main
 from groupcoop.data import multiceleba
+from groupcoop.methods import GroupCoOpParams
 
 
 def _train(capsys, tmp_path, dataset, root, *extra, method="groupcoop"):
@@ -32,7 +33,7 @@ def test_waterbirds_group_dro_and_wilds(tmp_path, capsys):
         accs = [g["acc"] for g in metrics["splits"]["test"]["groups"]]
         expected = sum(a * n for a, n in zip(accs, counts)) / sum(counts)
         assert metrics["splits"]["test"]["train_weighted_acc"] == pytest.approx(expected)
-        assert metrics["groups_source"] == "gt" and metrics["trainable_params"] == 4 * 16 * 128
+        assert metrics["groups_source"] == "gt" and metrics["trainable_params"] == 4 * GroupCoOpParams().n_ctx * 128
 
 
 @pytest.mark.parametrize("form", ["official", "kaggle"])

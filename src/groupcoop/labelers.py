@@ -18,9 +18,13 @@ classes.
 - `pseudo` (the default when labels are missing): the zero-shot assignments seed a model of
   the class's image features, so groups follow the image geometry but keep the names the
   prompts gave them. Variants, chosen by `variant=` (default `DEFAULT_PSEUDO_VARIANT`,
-  picked with scripts/compare_labelers.py, see docs/groups.md):
+  picked on the dev suite, see docs/defaults.md):
     `selftrain` - a linear model trained on the confident zero-shot assignments relabels
-               every image;
+               every image (it learns the values' frequencies);
+    `selftrain_balanced` - the same with a uniform prior over values, so ambiguous images
+               are not pulled into the majority;
+    `recall` - self-training and zero-shot; where they disagree, the rarer value;
+    `calibrated` - zero-shot after removing each value prompt's mean score over the class;
     `kmeans` - K-means initialised at the zero-shot centroids;
     `gmm`    - diagonal Gaussian mixture whose means, weights and variances start from the
                zero-shot assignment;
@@ -48,10 +52,10 @@ from sklearn.mixture import GaussianMixture
 
 from .data.base import group_index
 from .errors import UserError, close_matches
+from .settings import DEFAULT_PSEUDO_VARIANT
 
 KMEANS_N_INIT = 10  # restarts for plain `kmeans` (fixed so results do not depend on sklearn's default)
-DEFAULT_PSEUDO_VARIANT = "selftrain"  # chosen by scripts/compare_labelers.py (docs/groups.md)
-SELFTRAIN_DROP = 0.3  # share of least-confident zero-shot assignments left out of the seeds  # the lead picks this by experiment; see PSEUDO_VARIANTS
+SELFTRAIN_DROP = 0.3  # share of least-confident zero-shot assignments left out of the seeds
 BLEND_WEIGHT = 0.25  # `blend`: score block's spread relative to the features' spread
 
 _MISSING_SCORES = (

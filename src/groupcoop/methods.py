@@ -176,8 +176,10 @@ class JTTParams(PromptParams):
 class GroupCoOpParams(PromptParams):
     """GroupCoOp [Kim, Oh, Kwak, arXiv 2509.23781]: one learned prompt per (class, group),
     group-wise cross-entropy, group-balanced sampling, class score = aggregate of its group
-    prompts."""
+    prompts. `n_ctx` and `lr` were chosen on the dev suite (docs/defaults.md)."""
 
+    lr: Annotated[Number, Field(gt=0, le=10)] = 5e-4
+    n_ctx: Annotated[Int, Field(ge=1, le=64)] = 4  # context vectors per prompt ("a photo of a")
     shared_ctx: StrictBool = False
     sampler: Sampler = "group_balanced"
     group_words: StrictBool = True  # the group's attribute words follow the class name in its prompt

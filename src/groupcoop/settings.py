@@ -19,6 +19,7 @@ from .errors import UserError, close_matches
 
 GROUP_SOURCES = ("gt", "zeroshot", "kmeans", "pseudo")
 PSEUDO_VARIANT_NAMES = ("selftrain", "selftrain_balanced", "calibrated", "recall", "kmeans", "gmm", "blend")
+DEFAULT_PSEUDO_VARIANT = "recall"  # chosen on the dev suite (docs/defaults.md)
 FEATURE_DTYPES = ("float32", "float16")
 MAX_SEED = 2**32 - 1
 
@@ -147,7 +148,7 @@ class GroupingOptions(Frozen):
     source: Literal["gt", "zeroshot", "kmeans", "pseudo"] | None = None
     bias_prompts: PhraseLists | None = None  # value phrases per attribute, for zeroshot/pseudo
     clusters: Annotated[Int, Field(ge=2, le=1000)] | None = None  # kmeans clusters per attribute
-    variant: Literal[PSEUDO_VARIANT_NAMES] = "selftrain"  # the pseudo labeler's variant (docs/groups.md)
+    variant: Literal[PSEUDO_VARIANT_NAMES] = DEFAULT_PSEUDO_VARIANT  # the pseudo labeler's variant
 
     @model_validator(mode="before")
     @classmethod
