@@ -178,6 +178,6 @@ def test_focus_table_compares_one_method_with_every_other():
             for m, g, acc in [("groupcoop", "gt", 0.8), ("coop", "-", [0.5, 0.6, 0.7, 0.9][t]), ("dfr", "gt", 0.9)]]
     text = focus_table(rows, "groupcoop [gt]")
     line = {row.split(" | ")[0].strip("| "): row for row in text.splitlines() if row.startswith("| ")}
-    assert "| +12.5 [" in line["coop"] and "| 75% |" in line["coop"] and "-10.0 (t3)" in line["coop"]
+    assert "| +12.5 [" in line["coop"] and "| 75% |" in line["coop"] and "-10.0 (t3)" in line["coop"] and "+30.0 (t0)" in line["coop"]
     assert "-10.0 [-10.0, -10.0]" in line["dfr [gt]"] and "| 0% |" in line["dfr [gt]"]
     assert "groupcoop [gt]" not in line

@@ -385,10 +385,10 @@ def _add_grouping_flags(p) -> None:
     p.add_argument("--bias-prompts", help="attribute value phrases for zeroshot/pseudo groups: "
                    "'on land,on water' (';' between attributes)")
     p.add_argument("--clusters", type=_count(2), help="clusters per class for kmeans groups (default: attribute size)")
-    from .settings import PSEUDO_VARIANT_NAMES
+    from .settings import DEFAULT_PSEUDO_VARIANT, PSEUDO_VARIANT_NAMES
 
     p.add_argument("--variant", choices=PSEUDO_VARIANT_NAMES,
-                   help="pseudo-labeler variant (default selftrain; see docs/groups.md)")
+                   help=f"pseudo-labeler variant (default {DEFAULT_PSEUDO_VARIANT}; see docs/defaults.md)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -477,7 +477,7 @@ def suite_aggregate(rows: list[dict], baselines: list[str], split: str = "test")
 
 def focus_table(rows: list[dict], focus: str, split: str = "test") -> str:
     """`focus` against every other method over tasks: its worst-group gain (bootstrap 95% interval),
-    win rate, and the task where it loses most."""
+    win rate, and the tasks where it loses and where it gains most."""
     import numpy as np
 
     table = per_task(rows, split)
@@ -485,19 +485,19 @@ def focus_table(rows: list[dict], focus: str, split: str = "test") -> str:
         return f"({focus} has no finished runs)"
     mine = table[focus]
     lines = [f"{focus} against every other method, {split} worst-group accuracy (%), over the tasks both ran: "
-             "mean gain with bootstrap 95% interval, share of tasks at least as good, largest loss", "",
-             "| other method | tasks | its mean WGA | gain of " + focus + " | win rate | largest loss |",
-             "|---|---|---|---|---|---|"]
+             "mean gain with bootstrap 95% interval, share of tasks at least as good, largest loss and gain", "",
+             "| other method | tasks | its mean WGA | gain of " + focus + " | win rate | largest loss | largest gain |",
+             "|---|---|---|---|---|---|---|"]
     for m, theirs in sorted(table.items(), key=lambda kv: -np.mean(list(kv[1].values()))):
         common = sorted(set(mine) & set(theirs))
         if m == focus or not common:
             continue
         diffs = np.array([mine[t] - theirs[t] for t in common])
         lo, hi = bootstrap_ci(diffs)
-        worst = common[int(np.argmin(diffs))]
+        worst, best = common[int(np.argmin(diffs))], common[int(np.argmax(diffs))]
         lines.append(f"| {m} | {len(common)} | {100 * np.mean([theirs[t] for t in common]):.1f} | "
                      f"{100 * diffs.mean():+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] | {100 * np.mean(diffs >= 0):.0f}% | "
-                     f"{100 * diffs.min():+.1f} ({worst}) |")
+                     f"{100 * diffs.min():+.1f} ({worst}) | {100 * diffs.max():+.1f} ({best}) |")
     return "\n".join(lines)
 
 
