@@ -378,6 +378,14 @@ def test_unwritable_out_or_cache_dir(flag, data, tmp_path, cli, no_extraction):
         locked.chmod(0o700)
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+@pytest.mark.parametrize("flag", ["--out", "--cache-dir"])
+def test_folder_that_permissions_call_writable_but_is_not(flag, data, tmp_path, refused, no_extraction):
+    # /proc passes os.access for root, yet nothing can be created there
+    paths = {"--out": tmp_path / "run", "--cache-dir": tmp_path / "cache", flag: Path("/proc/groupcoop-test/x")}
+    refused(train_args(data, paths["--out"], "--cache-dir", paths["--cache-dir"]), flag, "cannot write")
+
+
 @pytest.mark.parametrize("flag", ["--out", "--cache-dir"])
 def test_parent_that_is_a_file(flag, data, tmp_path, refused, no_extraction):
     (tmp_path / "afile").write_text("x")

@@ -77,13 +77,14 @@ def run_settings_from_args(args):
 # --- train ---------------------------------------------------------------------------------
 
 def cmd_train(args) -> None:
-    from .features import check_cache_dir
     from .files import check_outside, check_replaceable, ensure_writable_dir, output_lock
-    from .pipeline import check_run, prepare, run_method, run_report, same_run, write_run
 
-    settings = run_settings_from_args(args)
+    settings = run_settings_from_args(args)  # settings and --out are checked before torch is imported
     out = Path(args.out).expanduser()
     ensure_writable_dir(out.parent, "--out")
+    from .features import check_cache_dir
+    from .pipeline import check_run, prepare, run_method, run_report, same_run, write_run
+
     cache_dir = check_cache_dir(args.cache_dir)
     check_outside(cache_dir, "--cache-dir", out, "--out")
     dataset, settings, backbone = check_run(settings, allow_symlinks_outside=args.allow_symlinks_outside)

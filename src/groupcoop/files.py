@@ -158,6 +158,12 @@ def ensure_writable_dir(folder: Path, flag: str) -> Path:
         raise UserError(f"{flag} {folder}: {probe} is a file, not a folder; choose another path")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise UserError(f"{flag} {folder}: no permission to write in {probe}; choose a folder you can write to")
+    try:  # permissions do not tell everything (read-only mounts, /proc): try it, leaving nothing behind
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as err:
+        raise UserError(f"{flag} {folder}: cannot write in {probe} ({err.strerror or err}); "
+                        "choose a folder you can write to") from None
     return folder
 
 
