@@ -31,7 +31,11 @@ def test_demo_writes_summary_with_the_metrics_json_shape(demo, check_metrics):
         assert metrics["backbone"].startswith("groupcoop-tiny")
         assert metrics["over_seeds"]["seeds"] == [0]
     assert summary["zeroshot"]["trainable_params"] == 0
-    assert 0 < summary["coop"]["trainable_params"] < summary["groupcoop"]["trainable_params"]
+    from groupcoop.methods import CoOpParams, GroupCoOpParams
+
+    width = summary["coop"]["trainable_params"] // CoOpParams().n_ctx  # one shared context of M x W
+    assert width > 0 and summary["coop"]["trainable_params"] == CoOpParams().n_ctx * width
+    assert summary["groupcoop"]["trainable_params"] == 2 * 2 * GroupCoOpParams().n_ctx * width  # C x G prompts
     assert (out / "report.txt").read_text().startswith("test split")
     assert (out / "report.png").is_file()
     for method in summary:
