@@ -239,8 +239,9 @@ class FeatureCache:
 
     def write_shard(self, start: int, stop: int, features: torch.Tensor, stamp: str) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        if not (self.folder / "layout.json").exists():  # written with the first shard, so a refused run leaves nothing
-            atomic_write(self.folder / "layout.json", lambda p: Path(p).write_text(json.dumps({"shard_size": self.shard_size})))
+        layout = self.folder / "layout.json"
+        if not layout.exists():  # written with the first shard, so a refused run leaves no cache folder
+            atomic_write(layout, lambda p: Path(p).write_text(json.dumps({"shard_size": self.shard_size})))
         meta = {"key": self.key, "start": str(start), "stop": str(stop), "stamp": stamp}
         atomic_write(self.shard_path(start, stop), lambda p: save_safetensors(p, "features", features, meta))
 
