@@ -1,6 +1,6 @@
 """Compare group labelers on a suite of tasks by what GroupCoOp needs from them.
 
-    python scripts/compare_labelers.py configs/suites/dev.yaml          # the dev suite (choices are made here)
+    python scripts/compare_labelers.py dev          # the dev suite (choices are made here)
     python scripts/compare_labelers.py --tasks synth-waterbirds,synth-threebias
 
 For every task and labeler: agreement with the true training groups (accuracy under the best
@@ -20,6 +20,7 @@ import torch
 from groupcoop.backbone import TINY, load_backbone
 from groupcoop.data.registry import load_dataset
 from groupcoop.pipeline import plan_groups, prepare
+from groupcoop.presets import resolve
 from groupcoop.settings import GroupingOptions, PSEUDO_VARIANT_NAMES
 from groupcoop.sweep import load_grid
 
@@ -28,13 +29,13 @@ DEFAULT_LABELERS = ["zeroshot", "kmeans"] + [f"pseudo:{v}" for v in PSEUDO_VARIA
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("suite", nargs="?", help="a grid YAML whose datasets are the tasks (e.g. configs/suites/dev.yaml)")
+    ap.add_argument("suite", nargs="?", help="a grid YAML or preset whose datasets are the tasks (e.g. dev)")
     ap.add_argument("--tasks", help="comma-separated dataset names instead of a suite")
     ap.add_argument("--labelers", default=",".join(DEFAULT_LABELERS), help="source or pseudo:<variant>, comma-separated")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     torch.set_num_threads(2)
-    tasks = [d.name for d in load_grid(args.suite).datasets] if args.suite else args.tasks.split(",")
+    tasks = [d.name for d in load_grid(resolve(args.suite)).datasets] if args.suite else args.tasks.split(",")
     labelers = args.labelers.split(",")
     backbone = load_backbone(TINY)
     results: dict[str, list[tuple[float, float]]] = {lab: [] for lab in labelers}

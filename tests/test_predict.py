@@ -120,39 +120,86 @@ def test_bad_predict_input_is_one_line_and_writes_nothing(case, run_folder, cli,
     assert not out.exists()
 
 
-def test_exported_head_with_plain_open_clip_equals_predict(run_folder, test_images, cli, tmp_path, monkeypatch):
-    import open_clip
+@pytest.fixture(scope="module")
+def exported(run_folder, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("export") / "new" / "classifier"  # a folder that does not exist yet
+    assert main(["export", str(run_folder), "--out", str(out)]) == 0
+    return out
 
-    from groupcoop.backbone import _asset
-    from groupcoop.predict import GroupCoOpClassifier
 
+def test_readme_export_block_runs_verbatim_with_plain_open_clip_and_equals_predict(exported, run_folder,
+                                                                                    test_images, cli, tmp_path,
+                                                                                    monkeypatch):
+    """The README's block, taken from README.md, on an exported groupcoop-tiny run: nothing registered first."""
     folder, rows = test_images
-    head = tmp_path / "head.safetensors"
-    result = cli("export", run_folder, "--out", head)
-    assert result.code == 0, result.err
     image = folder / f"{rows[7]:05d}.png"
     snippet = readme_block("export")
     assert "import groupcoop" not in snippet and "from groupcoop" not in snippet  # open_clip, torch, safetensors only
-    open_clip.add_model_config(_asset("groupcoop-tiny.json"))  # the bundled architecture is not one of open_clip's
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "classifier").symlink_to(exported, target_is_directory=True)
     (tmp_path / "photo.png").write_bytes(image.read_bytes())
-    scope: dict = {}
-    exec(compile(snippet, "README export snippet", "exec"), scope)
+    code = ("import open_clip, runpy\n"
+            "assert 'groupcoop-tiny' not in open_clip.list_models()\n"  # a fresh process: plain open_clip
+            f"scope = runpy.run_path({str(tmp_path / 'snippet.py')!r})\n"
+            "print(repr(scope['probs'][0].tolist()))\n")
+    (tmp_path / "snippet.py").write_text(snippet)
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                          env={k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"})
+    assert proc.returncode == 0, proc.stderr
+    got = np.array(eval(proc.stdout.strip().splitlines()[-1]))
+    preds = tmp_path / "preds.csv"
+    result = cli("predict", run_folder, "--images", image, "--out", preds, "--quiet", "--workers", "0")
+    assert result.code == 0, result.err
+    row = read_preds(preds)[0]
+    from groupcoop.predict import GroupCoOpClassifier
+
     clf = GroupCoOpClassifier.from_run(run_folder)
     expected = clf.predict([image]).probabilities[0]
-    got = scope["probs"][0].numpy()
     assert np.abs(got - expected).max() <= 1e-5
-    meta = json.loads(__import__("safetensors").safe_open(str(head), "pt").metadata()["groupcoop"])
-    assert meta["model"] == "groupcoop-tiny" and len(meta["weights_sha256"]) == 64
+    assert np.abs(got - np.array([float(row[f"p_{c}"]) for c in clf.class_names])).max() <= 1e-5
+    meta = json.loads(__import__("safetensors").safe_open(str(exported / "head.safetensors"), "pt").metadata()["groupcoop"])
+    assert meta["model"] == "groupcoop-tiny" and meta["pretrained"] is None and len(meta["weights_sha256"]) == 64
     assert meta["class_names"] == ["angular shape", "round shape"] and len(meta["row_names"]) == 4
 
 
+def test_an_export_folder_predicts_like_its_run_and_its_checksum_is_checked(exported, run_folder, test_images,
+                                                                             cli, tmp_path):
+    import shutil
+
+    folder, rows = test_images
+    images = [folder / f"{i:05d}.png" for i in rows[:6]]
+    from groupcoop.predict import GroupCoOpClassifier
+
+    a, b = GroupCoOpClassifier.from_run(run_folder).predict(images), GroupCoOpClassifier.from_run(exported).predict(images)
+    assert (a.classes == b.classes).all() and np.abs(a.probabilities - b.probabilities).max() <= 1e-5
+    tampered = tmp_path / "tampered"
+    shutil.copytree(exported, tampered)
+    weights = tampered / "open_clip_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # one bit of one weight: the model still loads, the checksum says no
+    weights.write_bytes(bytes(data))
+    result = cli("predict", tampered, "--images", images[0], "--out", tmp_path / "p.csv", "--quiet")
+    assert result.code == 2 and "sha256" in result.err and len(result.err.strip().splitlines()) == 1, result.err
+    assert not (tmp_path / "p.csv").exists()
+
+
 def test_export_refuses_to_overwrite(run_folder, cli, tmp_path):
-    target = tmp_path / "head.safetensors"
-    target.write_bytes(b"mine")
-    result = cli("export", run_folder, "--out", target)
-    assert result.code == 2 and "already exists" in result.err
-    assert target.read_bytes() == b"mine"
+    mine = tmp_path / "classifier"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    result = cli("export", run_folder, "--out", mine, "--overwrite")
+    assert result.code == 2 and "groupcoop did not write" in result.err
+    assert (mine / "notes.txt").read_text() == "mine"
+    first = cli("export", run_folder, "--out", tmp_path / "exp")
+    assert first.code == 0, first.err
+    again = cli("export", run_folder, "--out", tmp_path / "exp")
+    assert again.code == 2 and "--overwrite" in again.err
+    assert cli("export", run_folder, "--out", tmp_path / "exp", "--overwrite").code == 0
+    single = cli("export", run_folder, "--out", tmp_path / "head.safetensors")
+    assert single.code == 2 and "folder" in single.err and not (tmp_path / "head.safetensors").exists()
 
 
 def test_readme_python_api_trains_saves_loads_and_predicts(tmp_path, monkeypatch, waterbirds_prep):

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from groupcoop.presets import resolve
 from groupcoop.sweep import Grid, bootstrap_ci, expand, load_grid, shard
 
 CONSOLE_SCRIPT = Path(sys.executable).parent / "groupcoop"
@@ -164,8 +165,7 @@ def test_bootstrap_interval_covers_the_mean():
 
 
 def test_suite_presets_are_disjoint():
-    root = Path(__file__).resolve().parents[1] / "configs" / "suites"
-    dev, report = load_grid(root / "dev.yaml"), load_grid(root / "report.yaml")
+    dev, report = load_grid(resolve("dev")), load_grid(resolve("report"))
     assert len(dev.datasets) == len(report.datasets) == 30
     assert not {d.name for d in dev.datasets} & {d.name for d in report.datasets}
 
@@ -183,7 +183,7 @@ def test_focus_table_compares_one_method_with_every_other():
     assert "groupcoop [gt]" not in line
 
 
-PAPER_WATERBIRDS = Path(__file__).resolve().parents[1] / "configs" / "paper" / "waterbirds.yaml"
+PAPER_WATERBIRDS = resolve("waterbirds")
 
 
 def test_paper_preset_lists_runs_and_cost_without_data(cli, monkeypatch):

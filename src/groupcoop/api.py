@@ -55,14 +55,19 @@ def load_run(folder: str | Path) -> Run:
     """A saved run: its settings, metrics and classifier head (prompts stay in the folder)."""
     from .head import load_head
 
+    from .files import read_if_present
+
     folder = Path(folder).expanduser()
     metrics_path = folder / "metrics.json"
-    if not metrics_path.is_file():
+    text = read_if_present(metrics_path, "run metrics")
+    if text is None:
         raise UserError(f"{folder} holds no groupcoop run (no metrics.json); give a folder written by train or Run.save")
     try:
-        metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise UserError(f"cannot read {metrics_path}: {err}") from None
+        metrics = json.loads(text)
+    except ValueError as err:
+        raise UserError(f"cannot read {metrics_path}: {err}; train the run again") from None
+    if not isinstance(metrics, dict):
+        raise UserError(f"{metrics_path} holds a {type(metrics).__name__}, not a run's metrics; train the run again")
     settings = make_settings(read_run_config(folder), f"{folder}/config.yaml")
     return Run(settings, metrics, load_head(folder / "head.safetensors"))
 

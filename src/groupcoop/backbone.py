@@ -11,6 +11,7 @@ after the last [EOS] of a batch changes nothing: the batch is cut there.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
 from dataclasses import dataclass
@@ -207,6 +208,7 @@ class Backbone:
         self.tokenizer = tokenizer
         self.name = name
         self.identity = identity
+        self.pretrained: str | None = None  # the --pretrained value it was loaded with
         self.weights_path: str | None = None  # the weights file, when loaded from one
         self.text = _text_tower(model)
         _run_sequence_first(self.text.transformer)
@@ -420,8 +422,50 @@ def load_backbone(name: str, pretrained: str | None = None, device: str | torch.
             lg.setLevel(level)
         logging.getLogger().setLevel(root_level)
     backbone = Backbone(model, preprocess, tokenizer, name, identity)
+    backbone.pretrained = pretrained
     backbone.weights_path = weights if weights and Path(weights).is_file() else None
     return backbone
+
+
+OPEN_CLIP_CONFIG = "open_clip_config.json"  # the names open_clip's `local-dir:` loader looks for
+OPEN_CLIP_WEIGHTS = "open_clip_model.safetensors"
+
+
+def write_open_clip_model(backbone: Backbone, folder: Path) -> dict:
+    """What plain open_clip needs to build this backbone again; returns {"model", "pretrained", "weights"}.
+
+    A model open_clip can fetch by itself (an architecture with a pretrained tag, an hf-hub: id)
+    is named: `create_model_and_transforms(model, pretrained=pretrained)`. Any other (the bundled
+    groupcoop-tiny, a checkpoint file, a local-dir: model, random weights) is written into
+    `folder` as open_clip's `local-dir:` layout: its architecture and preprocessing in
+    open_clip_config.json and its weights in open_clip_model.safetensors (a weights file is copied
+    byte for byte), so that `create_model_and_transforms(f"local-dir:{folder}")` builds it.
+    """
+    import shutil
+
+    import open_clip
+    from safetensors.torch import save_model
+
+    name, pretrained = backbone.name, backbone.pretrained
+    if name.startswith("hf-hub:"):
+        return {"model": name, "pretrained": None, "weights": None}
+    if pretrained and pretrained != RANDOM and not _looks_like_file(pretrained):
+        return {"model": name, "pretrained": pretrained, "weights": None}
+    if name.startswith("local-dir:"):
+        from .files import read_text
+
+        source = Path(name.split(":", 1)[1]).expanduser() / OPEN_CLIP_CONFIG
+        model_cfg = json.loads(read_text(source, "model config"))["model_cfg"]
+    else:
+        model_cfg = open_clip.get_model_config(name)
+    preprocess_cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in backbone.model.visual.preprocess_cfg.items()}
+    (folder / OPEN_CLIP_CONFIG).write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg},
+                                                      indent=1) + "\n", encoding="utf-8")
+    if backbone.weights_path and backbone.weights_path.endswith(".safetensors"):
+        shutil.copyfile(backbone.weights_path, folder / OPEN_CLIP_WEIGHTS)
+    else:  # a pickle checkpoint, a local-dir: model or random weights: the state dict as loaded
+        save_model(backbone.model, str(folder / OPEN_CLIP_WEIGHTS))
+    return {"model": name, "pretrained": None, "weights": OPEN_CLIP_WEIGHTS}
 
 
 def describe_models() -> SimpleNamespace:

@@ -267,7 +267,8 @@ def cmd_predict(args) -> None:
     if args.csv and not args.root:
         raise UserError("--csv needs --root: the folder the CSV's paths are relative to")
     out = check_output_file(Path(args.out), "--out", overwrite=args.overwrite)
-    paths = find_images(args.images) if args.images else images_from_csv(Path(args.csv), Path(args.root), args.path_col)
+    paths = find_images(args.images) if args.images else \
+        images_from_csv(Path(args.csv), Path(args.root), args.path_col, args.allow_symlinks_outside)
     check_device(args.device or "cpu")
     classifier = GroupCoOpClassifier.from_run(args.run, device=args.device or "cpu", pretrained=args.pretrained)
     rows, failures = predict_files(classifier, paths, batch_size=args.batch_size, workers=args.workers,
@@ -276,21 +277,27 @@ def cmd_predict(args) -> None:
         first = next(r for r in rows if r["error"])
         raise UserError(f"{failures} of {len(rows)} images could not be read (first: {first['error']}); "
                         f"nothing written (--strict)")
-    atomic_text(out, rows_to_csv(rows))
+    atomic_text(out, rows_to_csv(rows), "--out")
     print(f"predicted {len(rows) - failures} of {len(rows)} images"
           + (f"; {failures} could not be read (see the error column)" if failures else "") + f"; wrote {out}")
 
 
 def cmd_export(args) -> None:
-    from .files import check_output_file
+    from .files import check_replaceable, ensure_writable_dir, output_lock
     from .predict import export_head
 
-    out = check_output_file(Path(args.out), "--out", overwrite=args.overwrite)
-    if out.suffix != ".safetensors":
-        raise UserError(f"--out {out}: the head is a safetensors file; give a name ending in .safetensors")
-    head = export_head(Path(args.run), out, pretrained=args.pretrained)
-    print(f"wrote {out}: {head.weight.shape[0]} rows x {head.weight.shape[1]} dims, classes {', '.join(head.class_names)}, "
-          f"aggregate {head.aggregate}, backbone {head.info.get('model')} ({head.info.get('pretrained')})")
+    out = Path(args.out).expanduser()
+    if out.suffix == ".safetensors" and not out.is_dir():
+        raise UserError(f"--out {out}: export writes a folder (head.safetensors, and the model open_clip needs "
+                        f"beside it); give a folder name, e.g. --out {out.with_suffix('')}")
+    check_replaceable(out, args.overwrite)
+    ensure_writable_dir(out.parent, "--out")
+    with output_lock(out):
+        head = export_head(Path(args.run), out, pretrained=args.pretrained)
+    carried = f"the model in {out}/{head.info['weights']}" if head.info.get("weights") else \
+        f"open_clip's {head.info.get('model')}" + (f" ({head.info['pretrained']})" if head.info.get("pretrained") else "")
+    print(f"wrote {out}/head.safetensors: {head.weight.shape[0]} rows x {head.weight.shape[1]} dims, classes "
+          f"{', '.join(head.class_names)}, aggregate {head.aggregate}; backbone: {carried}")
 
 
 def cmd_sweep(args) -> None:
@@ -299,8 +306,15 @@ def cmd_sweep(args) -> None:
     from .settings import key_values
     from .sweep import estimate, expand, load_grid, parse_shard, print_runs, run_sweep, shard, write_summary
 
+    if args.list_presets:
+        print_presets()
+        return
     axes = {"datasets": args.datasets, "methods": args.methods, "groups": args.groups, "seeds": args.seeds,
             "backbones": args.backbones}
+    if args.grid:
+        from .presets import resolve
+
+        args.grid = resolve(args.grid)
     grid = load_grid(args.grid, {**{k: [v.strip() for v in value.split(",") if v.strip()] if k != "seeds" else value
                                     for k, value in axes.items() if value is not None},
                                  **({"device": args.device} if args.device else {})})
@@ -349,10 +363,22 @@ def write_manifest_top(out: Path) -> None:
     """The sweep folder's manifest lists its own files; each run folder carries its own."""
     import json
 
-    from .files import MANIFEST
+    from .files import MANIFEST, atomic_text
 
     files = sorted(p.name for p in out.iterdir() if p.is_file() and p.name != MANIFEST and not p.name.startswith("."))
-    (out / MANIFEST).write_text(json.dumps({"kind": "sweep", "files": files}, indent=1) + "\n", encoding="utf-8")
+    atomic_text(out / MANIFEST, json.dumps({"kind": "sweep", "files": files}, indent=1) + "\n")
+
+
+def print_presets() -> None:
+    """The grids that ship with groupcoop: name, folder, what it is."""
+    from .presets import available, summary
+
+    presets = available()
+    width = max(len(n) for n in presets)
+    for name, path in presets.items():
+        print(f"{name:<{width}}  {path.parent.name:<11}  {summary(path)}")
+    print(f"\n`groupcoop sweep NAME` runs one (`--dry-run` lists its runs first); the files are in "
+          f"{next(iter(presets.values())).parents[1]}")
 
 
 # --- parser ------------------------------------------------------------------------------------
@@ -455,7 +481,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--shard-size", type=_count(1), default=None,
                     help="advanced: images per cache shard (default 8192, or what the cache folder already uses)")
     ex.add_argument("--verify-cache", action="store_true",
-                    help="hash every image file's content to check the feature cache (default: size and mtime)")
+                    help="hash every image file's content to check the feature cache "
+                    "(default: size, modification and change time, inode)")
     _add_common(ex)
     ex.set_defaults(func=cmd_extract)
 
@@ -505,11 +532,13 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Classify image files (or the images a CSV lists) with a run's classifier; write "
                         "a CSV: path, predicted class, predicted group (the best group prompt of that class), one "
                         "probability column per class, and an error column for images that could not be read.")
-    pr.add_argument("run", help="run folder written by `groupcoop train`")
+    pr.add_argument("run", help="run folder written by `groupcoop train`, or a folder written by `groupcoop export`")
     pr.add_argument("--images", nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
     pr.add_argument("--csv", help="a CSV listing images (instead of --images)")
     pr.add_argument("--root", help="with --csv: the folder its paths are relative to")
     pr.add_argument("--path-col", default="path", help="with --csv: the column of image paths (default path)")
+    pr.add_argument("--allow-symlinks-outside", action="store_true",
+                    help="with --csv: read images whose symlinks lead outside --root (refused by default)")
     pr.add_argument("--out", required=True, help="predictions CSV to write")
     pr.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     pr.add_argument("--strict", action="store_true", help="any unreadable image: exit 2 and write nothing")
@@ -521,13 +550,16 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--quiet", action="store_true", help="no progress bar")
     pr.set_defaults(func=cmd_predict)
 
-    ex = sub.add_parser("export", help="write a run's classifier as one file usable with plain open_clip",
-                        description="Write the run's head (normalised text features per class x group, logit scale, "
-                        "class and group names, aggregate rule, backbone name, weights and checksum) as one "
-                        "safetensors file with JSON metadata; README shows how to use it without groupcoop.")
+    ex = sub.add_parser("export", help="write a run's classifier as a folder usable with plain open_clip",
+                        description="Write OUT/head.safetensors (normalised text features per class x group, logit "
+                        "scale, class and group names, aggregate rule, the backbone's open_clip name and pretrained "
+                        "tag) and, when open_clip cannot fetch the backbone by name (the bundled groupcoop-tiny, a "
+                        "weights file, random weights), OUT/open_clip_config.json + OUT/open_clip_model.safetensors "
+                        "(with its sha256), which open_clip loads as `local-dir:OUT`; README shows how to use it "
+                        "without groupcoop. `groupcoop predict OUT` uses it too.")
     ex.add_argument("run", help="run folder written by `groupcoop train`")
-    ex.add_argument("--out", required=True, help="file to write (.safetensors)")
-    ex.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    ex.add_argument("--out", required=True, help="folder to write (created, with its parents)")
+    ex.add_argument("--overwrite", action="store_true", help="replace an --out folder that holds an earlier export")
     ex.add_argument("--pretrained", help="the weights file, when the run's weights file has moved")
     ex.set_defaults(func=cmd_export)
 
@@ -536,7 +568,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "folders under OUT/runs/; finished runs are skipped, so a killed sweep resumes. Writes "
                         "OUT/runs.csv, OUT/table.md (mean ± std over seeds; a suite aggregate with bootstrap "
                         "intervals when there are several datasets) and OUT/report.html.")
-    sw.add_argument("grid", nargs="?", help="grid YAML file (configs/suites/*.yaml, configs/paper/*.yaml)")
+    sw.add_argument("grid", nargs="?", help="grid YAML file, or a preset shipped with groupcoop by name: report, "
+                    "dev, waterbirds, ... (--list-presets)")
+    sw.add_argument("--list-presets", action="store_true", help="list the preset grids and exit")
     sw.add_argument("--out", help="sweep folder (default runs/<grid name>)")
     sw.add_argument("--datasets", help="comma-separated datasets, replacing the grid's (ranges: synth-random:0..29)")
     sw.add_argument("--methods", help="comma-separated methods, replacing the grid's")
@@ -562,10 +596,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _printable_streams() -> None:
+    """Print any path, even one whose name is not valid UTF-8: such bytes come out as \\xNN escapes."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError):  # replaced by a caller with a stream that cannot
+            pass
+
+
 def main(argv: list[str] | None = None) -> int:
+    from .environment import check_environment, debug
+
+    _printable_streams()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        check_environment()
         args.func(args)
         sys.stdout.flush()
     except UserError as err:
@@ -579,7 +626,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         return 141
     except Exception as err:  # noqa: BLE001 - a bug or an unforeseen failure: one line, traceback on request
-        if os.environ.get("GROUPCOOP_DEBUG"):
+        if debug():
             raise
         first = (str(err).strip().splitlines() or [""])[0]
         print(f"groupcoop: internal error: {type(err).__name__}: {first} (set GROUPCOOP_DEBUG=1 for the traceback "

@@ -40,8 +40,18 @@ class Ranks:
                         int(env.get("LOCAL_WORLD_SIZE", 1)))
         except ValueError:
             raise UserError("RANK, WORLD_SIZE, LOCAL_RANK must be integers (torchrun sets them)") from None
-        if not 0 <= ranks.rank < max(1, ranks.world_size):
+        if ranks.world_size < 1 or ranks.local_world_size < 1:
+            raise UserError(f"WORLD_SIZE={ranks.world_size} and LOCAL_WORLD_SIZE={ranks.local_world_size} must be "
+                            ">= 1 (torchrun sets them); unset them to run one process")
+        if not 0 <= ranks.rank < ranks.world_size:
             raise UserError(f"RANK={ranks.rank} is not in 0..WORLD_SIZE-1 ({ranks.world_size})")
+        if not 0 <= ranks.local_rank < ranks.local_world_size:
+            raise UserError(f"LOCAL_RANK={ranks.local_rank} is not in 0..LOCAL_WORLD_SIZE-1 ({ranks.local_world_size})")
+        missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if ranks.active and not env.get(k)]
+        if missing:
+            raise UserError(f"WORLD_SIZE={ranks.world_size} asks for several processes, but {' and '.join(missing)} "
+                            "are not set: start them with `torchrun --nproc-per-node N -m groupcoop extract ...`, "
+                            "or unset WORLD_SIZE to run one process")
         return ranks
 
     @property
@@ -61,10 +71,9 @@ def process_group(ranks: Ranks, device: str):
         return
     import torch.distributed as dist
 
-    try:
-        timeout = float(os.environ.get(TIMEOUT_ENV, 7200))
-    except ValueError:
-        raise UserError(f"${TIMEOUT_ENV} must be a number of seconds") from None
+    from .environment import value
+
+    timeout = value(TIMEOUT_ENV) or 7200.0
     cuda = device.startswith("cuda")
     if cuda:
         torch.cuda.set_device(torch.device(device))

@@ -39,8 +39,10 @@ _NUMPY_DTYPES = {"F32": np.float32, "F16": np.float16}
 
 def default_cache_dir() -> Path:
     """$GROUPCOOP_CACHE, else ~/.cache/groupcoop (or $XDG_CACHE_HOME/groupcoop)."""
-    if os.environ.get("GROUPCOOP_CACHE"):
-        return Path(os.environ["GROUPCOOP_CACHE"]).expanduser()
+    from .environment import value
+
+    if value("GROUPCOOP_CACHE") is not None:
+        return value("GROUPCOOP_CACHE")
     base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
     return base / "groupcoop"
 

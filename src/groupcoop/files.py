@@ -1,23 +1,34 @@
-"""Writing without losing anything: files and folders appear whole or not at all, only
-folders groupcoop made are ever replaced, and two runs never write one folder at once.
+"""Reading and writing a user's files: every output of every command goes through here.
+
+Writing: files and folders appear whole or not at all (`atomic_write`, `atomic_folder`: written
+under a temporary name, then renamed), only regular files and folders groupcoop made are ever
+replaced (a device node, a FIFO, a socket or a symbolic link at an output path is refused, with
+or without --overwrite), and two runs never write one folder at once. Folders an output needs
+are created, and removed again when the output fails.
 
 Every output folder groupcoop writes holds a manifest (`.groupcoop.json`) listing the files it
 wrote. `--overwrite` may replace a folder only when the manifest accounts for everything in
 it; a folder holding anything else (a user's notes, their data) is never deleted, nor is the
 current directory or one of its parents. Outputs follow the umask, like any other tool's.
+
+Reading: `open_regular` opens a user's file without blocking and refuses anything but a
+regular file, so a FIFO or a device where a file should be is one error line, never a hang.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
 import shutil
 import socket
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 from .errors import UserError
 
@@ -37,35 +48,139 @@ def _share(path: Path | str, folder: bool = False) -> None:
     os.chmod(path, (0o777 if folder else 0o666) & ~_umask())
 
 
-def atomic_write(target: Path, write: Callable[[str], None]) -> None:
-    """`write(tmp_path)` fills a temporary sibling, which is then renamed onto `target`."""
-    target = Path(target)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
+# --- reading a user's file -------------------------------------------------------------------------
+
+def _kind(mode: int) -> str:
+    """What a non-regular file is, in words."""
+    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISLNK, "a symbolic link")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def not_regular(path: Path | str) -> str | None:
+    """What is at `path` when it exists and is not a regular file ("a FIFO (named pipe)", ...), else None."""
     try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return "a dangling symbolic link" if os.path.islink(path) else None
+    return None if stat.S_ISREG(mode) else _kind(mode)
+
+
+def open_regular(path: Path | str, what: str = "file", fix: str = "give a regular file",
+                 name: Path | str | None = None) -> BinaryIO:
+    """`path` opened for reading in binary, or one UserError line (naming it as `name`, default
+    `path`) when it is missing, unreadable or anything but a regular file.
+
+    Opening with O_NONBLOCK returns at once even for a FIFO with no writer, and fstat on the open
+    descriptor says what was opened (no window between a check and the open).
+    """
+    shown = path if name is None else name
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise UserError(f"{what} {shown} not found; {fix}") from None
+    except OSError as err:
+        if err.errno == errno.ENXIO:  # opening a socket file
+            raise UserError(f"{what} {shown} is a socket, not a regular file; {fix}") from None
+        raise UserError(f"cannot read {what} {shown}: {err.strerror or err}; {fix}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise UserError(f"{what} {shown} is {_kind(mode)}, not a regular file; {fix}")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+def read_text(path: Path | str, what: str = "file", fix: str = "give a regular UTF-8 text file") -> str:
+    """A user's text file (UTF-8), read with `open_regular`'s checks."""
+    with open_regular(path, what, fix) as fh:
+        data = fh.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{what} {path} is not UTF-8 text (byte {err.start}); {fix}") from None
+
+
+def read_if_present(path: Path | str, what: str = "file") -> str | None:
+    """Like `read_text`, but None when nothing is at `path`; anything else there must be a regular file."""
+    if not os.path.lexists(path):
+        return None
+    return read_text(path, what)
+
+
+# --- writing: one writer for every output file ------------------------------------------------------
+
+def check_replaceable_file(path: Path, flag: str = "output") -> None:
+    """Refuse an output path that holds something other than a regular file (never followed as a link)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(mode):
+        raise UserError(f"{flag} {path} is {_kind(mode)}; groupcoop only writes regular files and never replaces "
+                        f"{_kind(mode)}, with or without --overwrite; choose another path")
+
+
+def _make_parents(folder: Path) -> list[Path]:
+    """Create `folder` and its missing parents; return the ones created, deepest first."""
+    created = [p for p in (folder, *folder.parents) if not os.path.lexists(p)]
+    folder.mkdir(parents=True, exist_ok=True)
+    return created
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for folder in folders:  # deepest first; stops at the first that is not empty
+        try:
+            folder.rmdir()
+        except OSError:
+            break
+
+
+def atomic_write(target: Path, write: Callable[[str], None], flag: str = "output") -> None:
+    """`write(tmp_path)` fills a temporary sibling, which is then renamed onto `target`.
+
+    `target` must be absent or a regular file (checked before and again just before the rename).
+    Missing parent folders are created, and removed again if the write fails.
+    """
+    target = Path(target)
+    check_replaceable_file(target, flag)
+    created = _make_parents(target.parent)
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        os.close(fd)
         write(tmp)
         _share(tmp)
+        check_replaceable_file(target, flag)
         os.replace(tmp, target)
+    except BaseException:
+        _remove_empty(created)
+        raise
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.lexists(tmp):
             os.unlink(tmp)
 
 
-def atomic_text(target: Path, text: str) -> None:
-    atomic_write(target, lambda p: Path(p).write_text(text, encoding="utf-8"))
+def atomic_text(target: Path, text: str, flag: str = "output") -> None:
+    atomic_write(target, lambda p: Path(p).write_text(text, encoding="utf-8"), flag)
 
 
 def write_manifest(folder: Path, kind: str) -> None:
     """Record every file under `folder` as groupcoop's own (written last, inside the folder)."""
     folder = Path(folder)
     files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
-    (folder / MANIFEST).write_text(json.dumps({"kind": kind, "files": files}, indent=1) + "\n", encoding="utf-8")
+    atomic_text(folder / MANIFEST, json.dumps({"kind": kind, "files": files}, indent=1) + "\n")
 
 
 def read_manifest(folder: Path) -> dict | None:
+    """A folder's manifest, or None when it has none (or anything but a readable JSON file there)."""
     try:
-        data = json.loads((Path(folder) / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = json.loads(read_text(Path(folder) / MANIFEST, "manifest"))
+    except (UserError, ValueError):
         return None
     return data if isinstance(data, dict) and isinstance(data.get("files"), list) else None
 
@@ -119,13 +234,15 @@ def check_replaceable(out: Path, overwrite: bool, what: str = "run") -> None:
     """Refuse an `out` that exists and is not ours to replace.
 
     An empty folder is fine. A folder holding a groupcoop output is replaced only with
-    `overwrite`; anything else is never replaced.
+    `overwrite`; anything else (a file, a device, a FIFO, a link) is never replaced.
     """
     out = Path(out)
-    if not out.exists() and not out.is_symlink():
+    if not os.path.lexists(out):
         return
     if not out.is_dir() or out.is_symlink():
-        raise UserError(f"--out {out} exists and is not a folder; choose a new folder")
+        mode = os.lstat(out).st_mode
+        what = "a file" if stat.S_ISREG(mode) else _kind(mode)
+        raise UserError(f"--out {out} exists and is {what}, not a folder; choose a new folder")
     if _is_cwd_or_parent(out):  # even when empty: the output replaces the folder as a whole
         raise UserError(f"--out {out} is the current folder or one of its parents; choose a new folder")
     if not any(out.iterdir()):
@@ -168,25 +285,36 @@ def ensure_writable_dir(folder: Path, flag: str) -> Path:
 
 
 def check_output_file(path: Path, flag: str, overwrite: bool = False) -> Path:
-    """An output file path whose folder is writable, refusing to replace an existing file unless told to."""
+    """An output file path whose folder is writable, refusing to replace an existing file unless told to
+    (and anything but a regular file always)."""
     path = Path(path).expanduser()
-    if path.is_dir():
+    if path.is_dir() and not path.is_symlink():
         raise UserError(f"{flag} {path} is a folder; give a file name")
-    if path.exists() and not overwrite:
+    check_replaceable_file(path, flag)
+    if os.path.lexists(path) and not overwrite:
         raise UserError(f"{flag} {path} already exists; choose another name or pass --overwrite")
     ensure_writable_dir(path.parent, flag)
     return path
+
+
+def _check_folder_target(out: Path) -> None:
+    """An output folder's path holds nothing, or a real folder (never a file, device, FIFO or link)."""
+    if os.path.lexists(out) and (out.is_symlink() or not out.is_dir()):
+        raise UserError(f"--out {out} is {_kind(os.lstat(out).st_mode)}, not a folder; nothing was replaced; "
+                        "choose a new folder")
 
 
 @contextmanager
 def atomic_folder(out: Path, kind: str = "run") -> Iterator[Path]:
     """Yield a temporary sibling folder; on success it gets a manifest and replaces `out`.
 
-    On error the temporary folder vanishes and `out` is untouched. A replaced `out` was checked
-    with `check_replaceable` by the caller; here it is checked once more just before removal.
+    On error the temporary folder vanishes, `out` is untouched and parent folders created for
+    it are removed. A replaced `out` was checked with `check_replaceable` by the caller; here it
+    is checked once more just before removal.
     """
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    _check_folder_target(out)
+    created = _make_parents(out.parent)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     _share(tmp, folder=True)
     try:
@@ -194,6 +322,7 @@ def atomic_folder(out: Path, kind: str = "run") -> Iterator[Path]:
         write_manifest(tmp, kind)
         for path in tmp.rglob("*"):  # libraries create some files private (0600); share them like the rest
             _share(path, folder=path.is_dir())
+        _check_folder_target(out)
         if out.exists():
             if any(out.iterdir()) and groupcoop_kind(out) is None:
                 raise UserError(f"{out} changed while groupcoop was working and now holds other files; "
@@ -204,9 +333,11 @@ def atomic_folder(out: Path, kind: str = "run") -> Iterator[Path]:
             shutil.rmtree(old)
         else:
             tmp.rename(out)
-    finally:
+    except BaseException:
         if tmp.exists():
             shutil.rmtree(tmp)
+        _remove_empty(created)
+        raise
 
 
 # --- one writer per output folder ------------------------------------------------------------------
@@ -230,15 +361,14 @@ def output_lock(out: Path) -> Iterator[None]:
     out = Path(out).expanduser().absolute()
     lock = out.parent / f".{out.name}.lock"
     me = {"pid": os.getpid(), "host": socket.gethostname()}
-    created = [p for p in (lock.parent, *lock.parent.parents) if not p.exists()]  # removed again if left empty
-    lock.parent.mkdir(parents=True, exist_ok=True)
+    created = _make_parents(lock.parent)  # removed again if left empty
     for _ in range(2):
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
         except FileExistsError:
             try:
-                holder = json.loads(lock.read_text())
-            except (OSError, ValueError):
+                holder = json.loads(read_text(lock, "lock file"))
+            except (UserError, ValueError):
                 holder = {}
             if holder.get("host") == me["host"] and isinstance(holder.get("pid"), int) and not _alive(holder["pid"]):
                 lock.unlink(missing_ok=True)  # stale: its process is gone
@@ -252,8 +382,4 @@ def output_lock(out: Path) -> Iterator[None]:
         yield
     finally:
         lock.unlink(missing_ok=True)
-        for folder in created:  # deepest first: a refused or failed run leaves no empty parents behind
-            try:
-                folder.rmdir()
-            except OSError:
-                break
+        _remove_empty(created)  # a refused or failed run leaves no empty parents behind

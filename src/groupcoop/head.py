@@ -4,6 +4,11 @@ Rows are prompts (one per class, or one per (class, group), class-major) or lear
 vectors. Logits = scale * feats @ weight.T (+ bias); a class's score aggregates its rows'
 logits (max, logsumexp or mean); probabilities are the softmax over class scores. Prompt
 methods use their normalised text features as rows and CLIP's logit scale as the scale.
+
+`check_head` is the one validator of a head, whether it was just read from a file (a run
+folder's head.safetensors, an export) or built from saved prompts: finite weights, bias and
+scale, shapes that fit the class count, and class and row names that are lists of distinct,
+non-empty strings of the right lengths.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .errors import UserError
+from .methods import AGGREGATES
 
 FORMAT = "groupcoop-head/1"
 
@@ -102,11 +108,63 @@ class Head:
         save_file(tensors, str(path), metadata={"groupcoop": json.dumps(self.metadata())})
 
 
+def check_names(value, what: str, count: int, where) -> list[str]:
+    """`value` as a list of `count` distinct, non-empty strings, or one UserError line."""
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise UserError(f"{where}: {what} must be a list of non-empty names, not {_shown(value)}; "
+                        "the file is damaged, export or train it again")
+    if len(value) != count:
+        raise UserError(f"{where}: {len(value)} {what} for {count}; the file is damaged, export or train it again")
+    seen = set()
+    for name in value:
+        if name in seen:
+            raise UserError(f"{where}: {what} names {name!r} twice; the file is damaged, export or train it again")
+        seen.add(name)
+    return list(value)
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) < 60 else type(value).__name__
+
+
+def check_head(head: Head, where) -> Head:
+    """Refuse (one line naming `where`) a head that cannot classify: see the module docstring."""
+    damaged = "the file is damaged, export or train it again"
+    weight = head.weight
+    if not isinstance(weight, torch.Tensor) or weight.ndim != 2 or 0 in weight.shape:
+        raise UserError(f"{where}: weight of shape {tuple(getattr(weight, 'shape', ()))} is not a (rows, features) "
+                        f"matrix; {damaged}")
+    if isinstance(head.n_classes, bool) or not isinstance(head.n_classes, int) or head.n_classes < 1 \
+            or weight.shape[0] % head.n_classes:
+        raise UserError(f"{where}: weight of shape {tuple(weight.shape)} does not fit {head.n_classes!r} classes; "
+                        f"{damaged}")
+    if not torch.isfinite(weight).all():
+        raise UserError(f"{where}: the weight holds NaN or infinite values; {damaged}")
+    if head.bias is not None:
+        if tuple(head.bias.shape) != (weight.shape[0],):
+            raise UserError(f"{where}: bias of shape {tuple(head.bias.shape)} does not fit {weight.shape[0]} rows; "
+                            f"{damaged}")
+        if not torch.isfinite(head.bias).all():
+            raise UserError(f"{where}: the bias holds NaN or infinite values; {damaged}")
+    if isinstance(head.scale, bool) or not isinstance(head.scale, (int, float)) or not np.isfinite(head.scale) \
+            or head.scale <= 0:
+        raise UserError(f"{where}: scale {head.scale!r} is not a finite number > 0; {damaged}")
+    if head.aggregate not in AGGREGATES:
+        raise UserError(f"{where}: aggregate rule {head.aggregate!r} is not one of {', '.join(AGGREGATES)}; {damaged}")
+    check_names(head.class_names, "class names", head.n_classes, where)
+    check_names(head.row_names, "row (group) names", weight.shape[0], where)
+    head.scale = float(head.scale)
+    return head
+
+
 def load_head(path: Path) -> Head:
-    """A head written by `Head.save` (a run folder's head.safetensors or `groupcoop export`)."""
+    """A head written by `Head.save` (a run folder's head.safetensors or `groupcoop export`), checked
+    by `check_head`."""
+    from .files import open_regular
+
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path} not found; give a head file from `groupcoop export` or a run folder")
+    open_regular(path, "head file", "give a head file from `groupcoop export` or a run folder").close()
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = json.loads((fh.metadata() or {}).get("groupcoop", "null"))
@@ -117,16 +175,11 @@ def load_head(path: Path) -> Head:
                         "export it again") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise UserError(f"{path} is not a groupcoop head file; export one with `groupcoop export`")
-    try:
-        info = {k: v for k, v in meta.items() if k not in ("format", "scale", "n_classes", "aggregate",
-                                                           "class_names", "row_names")}
-        head = Head(weight.float(), float(meta["scale"]), int(meta["n_classes"]), str(meta["aggregate"]), bias,
-                    list(meta["class_names"]), list(meta["row_names"]), info)
-    except (KeyError, TypeError, ValueError) as err:
-        raise UserError(f"{path}: its metadata lacks {err}; export it again") from None
-    if head.weight.ndim != 2 or head.weight.shape[0] % max(head.n_classes, 1) or head.n_classes < 1:
-        raise UserError(f"{path}: weight of shape {tuple(head.weight.shape)} does not fit {head.n_classes} classes")
-    if head.bias is not None and tuple(head.bias.shape) != (head.weight.shape[0],):
-        raise UserError(f"{path}: bias of shape {tuple(head.bias.shape)} does not fit {head.weight.shape[0]} rows; "
-                        "the file is damaged, export or train it again")
-    return head
+    missing = [k for k in ("scale", "n_classes", "aggregate", "class_names", "row_names") if k not in meta]
+    if missing:
+        raise UserError(f"{path}: its metadata lacks {', '.join(missing)}; export it again")
+    info = {k: v for k, v in meta.items() if k not in ("format", "scale", "n_classes", "aggregate",
+                                                       "class_names", "row_names")}
+    head = Head(weight.float(), meta["scale"], meta["n_classes"], meta["aggregate"],
+                None if bias is None else bias.float(), meta["class_names"], meta["row_names"], info)
+    return check_head(head, path)

@@ -22,6 +22,7 @@ from . import labelers
 from .backbone import Backbone, check_device, load_backbone
 from .data.base import GroupDataset, GroupSpec
 from .errors import UserError
+from .csv_safe import csv_text
 from .features import Features, extract_features
 from .files import atomic_folder, atomic_text, check_replaceable, output_lock
 from .head import Head
@@ -401,11 +402,9 @@ def _prompt_names(recipe, hp, spec: GroupSpec) -> list[str]:
 
 def same_run(out: Path, settings: RunSettings) -> bool:
     """Whether `out` already holds a finished run of exactly these settings."""
-    try:
-        previous = yaml.safe_load((Path(out) / "config.yaml").read_text(encoding="utf-8"))
-        return previous == settings.dump() and (Path(out) / "metrics.json").is_file()
-    except (OSError, yaml.YAMLError):
-        return False
+    from .predict import read_run_config
+
+    return read_run_config(out) == settings.dump() and (Path(out) / "metrics.json").is_file()
 
 
 def fill_run_folder(folder: Path, run: Run) -> None:
@@ -453,7 +452,7 @@ def write_groups(prep: Prepared, out: Path, options: GroupingOptions, seed: int 
         table["true_group"] = ds.groups[rows]
     quality = plan.quality or {"note": "the dataset has no bias labels to compare with"}
     with atomic_folder(Path(out), kind="groups") as tmp:
-        atomic_text(tmp / "groups.csv", table.to_csv(index=False))
+        atomic_text(tmp / "groups.csv", csv_text(table.to_dict("records")))
         atomic_text(tmp / "quality.json", json.dumps(quality, indent=1) + "\n")
     method = options.source
     if plan.quality:

@@ -9,6 +9,7 @@ loading that file with `--config` reproduces the run. This module imports no tor
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -272,17 +273,14 @@ def read_yaml_mapping(path: str | Path, what: str) -> dict:
     """A YAML file holding a mapping, or one UserError line saying what is wrong with it."""
     import yaml
 
+    from .files import read_text
+
     p = Path(path).expanduser()
     if p.is_dir():
         raise UserError(f"{what} {p} is a folder; give a YAML file")
-    if not p.is_file():
+    if not os.path.lexists(p):
         raise UserError(f"{what} not found: {p}")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise UserError(f"{what} {p} is not UTF-8 text; give a YAML file") from None
-    except OSError as err:
-        raise UserError(f"cannot read {what} {p}: {err.strerror}") from None
+    text = read_text(p, what, "give a YAML file")
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:

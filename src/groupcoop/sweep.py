@@ -503,20 +503,15 @@ def focus_table(rows: list[dict], focus: str, split: str = "test") -> str:
 
 def write_summary(specs: list[RunSpec], out: Path, grid: Grid) -> tuple[str, int]:
     """runs.csv, table.md and report.html from the finished runs; returns (table text, finished runs)."""
-    import csv
-    import io
     import json
 
+    from .csv_safe import csv_text
     from .files import atomic_text
 
     rows = collect(specs, out)
     if not rows:
         return "no finished runs yet", 0
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(k for r in rows for k in r)), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_text(out / "runs.csv", buffer.getvalue())
+    atomic_text(out / "runs.csv", csv_text(rows))
     text = table_md(rows)
     datasets = {r["dataset"] for r in rows}
     aggregate = None
@@ -541,7 +536,7 @@ def write_summary(specs: list[RunSpec], out: Path, grid: Grid) -> tuple[str, int
 
 # Image-encoder GFLOPs per image (open_clip's model profile table), dataset sizes (all images,
 # training images), and two stated assumptions about one GPU, for --dry-run. No GPU was
-# available to measure these here; configs/paper/README.md says how to replace them.
+# available to measure these here; presets/paper/README.md says how to replace them.
 IMAGE_GFLOPS = {"RN50": 9.2, "RN101": 12.8, "ViT-B-32": 4.4, "ViT-B-16": 17.6, "ViT-L-14": 81.1,
                 "groupcoop-tiny": 0.03}
 DATASET_IMAGES = {"waterbirds": (11_788, 4_795), "celeba": (202_599, 162_770), "multiceleba": (107_000, 67_000),
@@ -570,7 +565,7 @@ def estimate(specs: list[RunSpec]) -> str:
     lines = [f"{len(specs)} runs over {len({s.data_key for s in specs})} (dataset, backbone) pairs",
              f"estimated on one GPU: feature extraction {extraction / 3600:.2f} h, training at most "
              f"{training / 3600:.2f} h ({EPOCHS_RUN} epochs; early stopping ends most runs sooner). These are "
-             "assumptions, not measurements: see configs/paper/README.md"]
+             "assumptions, not measurements: see presets/paper/README.md"]
     if unknown:
         lines.append(f"no size or FLOPs known for: {', '.join(sorted(unknown))} (not in the estimate)")
     return "\n".join(lines)

@@ -44,16 +44,11 @@ MAX_PIXELS_ENV = "GROUPCOOP_MAX_IMAGE_PIXELS"
 
 def _pixel_limit() -> int | None:
     """Pillow's decompression-bomb limit, raised by $GROUPCOOP_MAX_IMAGE_PIXELS (0: no limit)."""
-    value = os.environ.get(MAX_PIXELS_ENV)
-    if value is None:
+    from ..environment import value
+
+    if not os.environ.get(MAX_PIXELS_ENV, "").strip():
         return Image.MAX_IMAGE_PIXELS
-    try:
-        limit = int(value)
-    except ValueError:
-        limit = -1
-    if limit < 0:
-        raise UserError(f"${MAX_PIXELS_ENV}={value!r} is not a pixel count; give a whole number >= 0 (0: no limit)")
-    return limit or None
+    return value(MAX_PIXELS_ENV)
 
 
 @dataclass(frozen=True)
@@ -95,16 +90,22 @@ class PathImages:
                 self._resolved(i)
 
     def load(self, i: int) -> Image.Image:
+        from ..files import open_regular
+
         path = self._resolved(i)
         shown = self.root / self.paths[i]
         if path.is_dir():
             raise UserError(f"image {shown} is a folder, not an image file; fix its row in the metadata")
         limit = Image.MAX_IMAGE_PIXELS = _pixel_limit()
+        if not path.exists():
+            raise UserError(f"image {shown} not found; restore it or remove its row from the metadata")
         try:
             with warnings.catch_warnings():
                 # Pillow only warns between its limit and twice the limit: make the limit the limit
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
-                with Image.open(path) as img:
+                # a regular file only: a FIFO or a device among the images never blocks the read
+                with open_regular(path, "image", "replace it with an image file or remove its row",
+                                  name=shown) as fh, Image.open(fh) as img:
                     return img.convert("RGB")
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
             size = re.search(r"\((\d+) pixels\)", str(err))
@@ -131,6 +132,8 @@ class PathImages:
         (`cp -p`, `mv`, `rsync -t` keep the mtime); nothing but the content hash catches an edit
         that also resets the change time, which needs root.
         """
+        from ..files import open_regular
+
         digest = hashlib.sha256()
         for p in self.paths[start:stop]:
             path = self.root / p
@@ -138,10 +141,10 @@ class PathImages:
                 st = path.stat()
                 digest.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0{st.st_ino}\0".encode())
                 if verify:
-                    with open(path, "rb") as fh:
+                    with open_regular(path, "image") as fh:
                         for chunk in iter(lambda: fh.read(1 << 20), b""):
                             digest.update(chunk)
-            except OSError:
+            except (OSError, UserError):
                 digest.update(f"{p}\0missing\0".encode())
         return digest.hexdigest()[:24]
 

@@ -35,18 +35,27 @@ from .base import SPLITS, GroupDataset, PathImages
 
 
 def require_file(path: Path, fix: str) -> Path:
+    from ..files import not_regular
+
     if path.is_dir():
         raise UserError(f"{path} is a folder, not a file; {fix}")
+    if not_regular(path):
+        raise UserError(f"{path} is {not_regular(path)}, not a regular file; {fix}")
     if not path.is_file():
         raise UserError(f"{path} not found; {fix}")
     return path
 
 
 def read_table(path: Path, **read_csv_options) -> pd.DataFrame:
-    """pandas.read_csv with parse errors turned into one-line UserErrors."""
+    """pandas.read_csv of a regular file (never a FIFO or a device), parse errors as one-line UserErrors."""
+    from ..files import open_regular
+
     try:
-        frame = pd.read_csv(path, encoding="utf-8-sig", **read_csv_options)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError, OSError) as err:
+        with open_regular(path, "table", "give the CSV file itself") as fh:
+            frame = pd.read_csv(fh, encoding="utf-8-sig", **read_csv_options)
+    except UnicodeDecodeError as err:
+        raise UserError(f"cannot parse {path}: it is not UTF-8 text (byte {err.start}); save it as UTF-8") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError, OSError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"cannot parse {path}: {reason}; check that it is an unmodified copy of the file") from None
     frame.columns = [str(c).strip() for c in frame.columns]
@@ -115,7 +124,7 @@ def split_codes(
     return codes.to_numpy(dtype=np.int64)
 
 
-def _inside(base: str, base_real: str, raw: str) -> str | None:
+def inside_root(base: str, base_real: str, raw: str) -> str | None:
     """`raw` as a normalised path relative to base, or None when it leaves base.
 
     Absolute paths are accepted only when they lie inside base: SubpopBench writes absolute
@@ -160,7 +169,7 @@ def checked_image_paths(
     for raw, line in zip(paths, lines):
         if not isinstance(raw, str) or not raw.strip():
             raise UserError(f"{source}, line {line}: empty image path in column {column}; fill it in or remove the row")
-        rel = _inside(base_abs, base_real, raw)
+        rel = inside_root(base_abs, base_real, raw)
         if rel is None:
             raise UserError(
                 f"{source}, line {line}: image path {raw!r} in column {column} points outside {base}; "
