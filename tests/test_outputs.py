@@ -11,7 +11,7 @@
 - one head validator (`head.check_head`);
 - one check of the GROUPCOOP_* variables; torchrun's variables without torchrun.
 
-Everything runs on the 12-image CSV dataset of test_hostile.py and its zero-shot run.
+Everything runs on the 12-image CSV dataset of test_hostile.py and its zero-shot run (`zeroshot_run`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import os
 import shutil
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -35,21 +34,10 @@ from groupcoop.csv_safe import FORMULA_STARTS, csv_text, neutralise
 from groupcoop.errors import UserError
 
 from test_cli import assert_one_line_error
-from test_hostile import ENV, PYTHON, TINY, csv_args, make_csv_root, snapshot, train_args, write_png
+from test_hostile import (ENV, PYTHON, TINY, csv_args, make_csv_root, snapshot, train_args, write_png,
+                          zeroshot_run)  # noqa: F401 (zeroshot_run: a fixture)
 
 PROPERTY = settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
-
-
-@pytest.fixture(scope="module")
-def zs(tmp_path_factory) -> tuple[Path, Path]:
-    """(dataset folder, zero-shot run folder) on the tiny CSV dataset."""
-    from groupcoop.cli import main
-
-    base = tmp_path_factory.mktemp("zs-out")
-    root = make_csv_root(base / "data")
-    run = base / "run"
-    assert main([str(a) for a in train_args(root, run, "--workers", "0", "--cache-dir", base / "cache")]) == 0
-    return root, run
 
 
 def predict(cli, run, *args):
@@ -79,14 +67,14 @@ def _special(tmp_path: Path, kind: str) -> Path:
 
 @pytest.mark.parametrize("kind", ["fifo", "device", "symlink"])
 @pytest.mark.parametrize("command", ["predict", "export", "train", "grid"])
-def test_an_output_path_holding_a_special_file_is_never_replaced(kind, command, zs, tmp_path, cli):
-    root, run = zs
+def test_an_output_path_holding_a_special_file_is_never_replaced(kind, command, zeroshot_run, tmp_path, cli):
+    root, run = zeroshot_run
     target = _special(tmp_path, kind)
     before = os.lstat(target)
     argv = {"predict": ["predict", run, "--images", root / "img" / "0.png", "--out", target, "--quiet"],
             "export": ["export", run, "--out", target],
             "train": train_args(root, target),
-            "grid": ["datasets", "check", *csv_args(root)[2:], "--grid", target]}[command]
+            "grid": ["datasets", "check", "csv", *csv_args(root)[2:], "--grid", target]}[command]
     assert_one_line_error(cli(*argv, "--overwrite"), str(target))
     after = os.lstat(target)
     assert (after.st_mode, after.st_ino, after.st_rdev) == (before.st_mode, before.st_ino, before.st_rdev)
@@ -94,8 +82,8 @@ def test_an_output_path_holding_a_special_file_is_never_replaced(kind, command, 
         assert (tmp_path / "elsewhere.csv").read_text() == "mine"
 
 
-def test_dev_null_as_out_is_refused_and_left_alone(zs, cli, tmp_path):
-    root, run = zs
+def test_dev_null_as_out_is_refused_and_left_alone(zeroshot_run, cli, tmp_path):
+    root, run = zeroshot_run
     before = os.lstat("/dev/null")
     assert_one_line_error(predict(cli, run, "--images", root / "img" / "0.png", "--out", "/dev/null", "--overwrite"),
                           "/dev/null", "character device")
@@ -133,8 +121,8 @@ def test_a_failed_write_leaves_no_folders_behind(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_predict_and_export_into_folders_that_do_not_exist_yet(zs, cli, tmp_path):
-    root, run = zs
+def test_predict_and_export_into_folders_that_do_not_exist_yet(zeroshot_run, cli, tmp_path):
+    root, run = zeroshot_run
     out = tmp_path / "new" / "deeper" / "preds.csv"
     result = predict(cli, run, "--images", root / "img", "--out", out)
     assert result.code == 0, result.err
@@ -145,8 +133,8 @@ def test_predict_and_export_into_folders_that_do_not_exist_yet(zs, cli, tmp_path
     assert (exported / "head.safetensors").is_file() and (exported / "open_clip_model.safetensors").is_file()
 
 
-def test_strict_predict_into_a_new_folder_leaves_nothing(zs, cli, tmp_path):
-    root, run = zs
+def test_strict_predict_into_a_new_folder_leaves_nothing(zeroshot_run, cli, tmp_path):
+    root, run = zeroshot_run
     images = tmp_path / "images"
     shutil.copytree(root / "img", images)
     (images / "broken.png").write_bytes(b"not an image")
@@ -164,8 +152,8 @@ def _run_cli(args, cwd, timeout=180, env=None) -> subprocess.CompletedProcess:
                           timeout=timeout, cwd=cwd, env=env or ENV)
 
 
-def test_a_fifo_among_the_images_of_a_csv_is_an_error_row_not_a_hang(zs, tmp_path):
-    root, run = zs
+def test_a_fifo_among_the_images_of_a_csv_is_an_error_row_not_a_hang(zeroshot_run, tmp_path):
+    root, run = zeroshot_run
     data = tmp_path / "data"
     shutil.copytree(root, data)
     os.mkfifo(data / "img" / "fifo.png")
@@ -177,8 +165,8 @@ def test_a_fifo_among_the_images_of_a_csv_is_an_error_row_not_a_hang(zs, tmp_pat
     assert rows["0.png"]["class"] and "FIFO" in rows["fifo.png"]["error"]
 
 
-def test_a_fifo_in_an_images_folder_is_passed_over_and_one_named_is_refused(zs, tmp_path):
-    root, run = zs
+def test_a_fifo_in_an_images_folder_is_passed_over_and_one_named_is_refused(zeroshot_run, tmp_path):
+    root, run = zeroshot_run
     images = tmp_path / "images"
     shutil.copytree(root / "img", images)
     os.mkfifo(images / "fifo.png")
@@ -191,8 +179,8 @@ def test_a_fifo_in_an_images_folder_is_passed_over_and_one_named_is_refused(zs, 
 
 
 @pytest.mark.parametrize("where", ["config.yaml", "head.safetensors", "--config", "meta.csv", "--csv", "metrics.json"])
-def test_a_fifo_where_a_file_is_read_is_one_line(where, zs, tmp_path):
-    root, run = zs
+def test_a_fifo_where_a_file_is_read_is_one_line(where, zeroshot_run, tmp_path):
+    root, run = zeroshot_run
     copy, data = tmp_path / "run", tmp_path / "data"
     shutil.copytree(run, copy)
     shutil.copytree(root, data)
@@ -210,7 +198,7 @@ def test_a_fifo_where_a_file_is_read_is_one_line(where, zs, tmp_path):
             "head.safetensors": ["predict", copy, "--images", data / "img" / "0.png"],
             "--csv": ["predict", copy, "--csv", fifo, "--root", data],
             "--config": ["train", "--config", fifo],
-            "meta.csv": ["datasets", "check", *csv_args(data)[2:]]}[where]
+            "meta.csv": ["datasets", "check", "csv", *csv_args(data)[2:]]}[where]
     if where != "meta.csv":
         args += ["--out", tmp_path / "out", "--quiet"]
     proc = _run_cli(args, tmp_path)
@@ -220,8 +208,8 @@ def test_a_fifo_where_a_file_is_read_is_one_line(where, zs, tmp_path):
 
 # --- 3. path confinement: predict --csv --root like train ------------------------------------------------
 
-def test_predict_csv_refuses_a_symlink_out_of_the_root(zs, cli, tmp_path):
-    root, run = zs
+def test_predict_csv_refuses_a_symlink_out_of_the_root(zeroshot_run, cli, tmp_path):
+    root, run = zeroshot_run
     data = tmp_path / "data"
     shutil.copytree(root, data)
     write_png(tmp_path / "outside" / "secret.png", 77)
@@ -237,8 +225,8 @@ def test_predict_csv_refuses_a_symlink_out_of_the_root(zs, cli, tmp_path):
 
 # --- 4. CSV cells a spreadsheet cannot run ------------------------------------------------------------------
 
-def test_predict_neutralises_formula_file_names_and_class_names(zs, cli, tmp_path):
-    root, run = zs
+def test_predict_neutralises_formula_file_names_and_class_names(zeroshot_run, cli, tmp_path):
+    root, run = zeroshot_run
     images = tmp_path / "images"
     images.mkdir()
     names = ["=HYPERLINK(x).png", "+1.png", "-2+3.png", "@SUM.png", "ok.png"]
@@ -298,8 +286,8 @@ def test_file_names_in_any_encoding_become_valid_utf8_cells(raw):
         assert cell in (name, "'" + name)
 
 
-def test_a_non_utf8_file_name_is_predicted_with_an_escaped_path(zs, cli, tmp_path):
-    root, run = zs
+def test_a_non_utf8_file_name_is_predicted_with_an_escaped_path(zeroshot_run, cli, tmp_path):
+    root, run = zeroshot_run
     images = tmp_path / "images"
     images.mkdir()
     shutil.copy(root / "img" / "0.png", os.path.join(os.fsencode(images), b"caf\xe9.png"))
@@ -309,8 +297,8 @@ def test_a_non_utf8_file_name_is_predicted_with_an_escaped_path(zs, cli, tmp_pat
     assert row["path"].endswith("caf\\xe9.png") and row["class"] and row["error"] == ""
 
 
-def test_a_csv_that_is_not_utf8_is_one_line(zs, cli, tmp_path):
-    root, run = zs
+def test_a_csv_that_is_not_utf8_is_one_line(zeroshot_run, cli, tmp_path):
+    root, run = zeroshot_run
     (tmp_path / "list.csv").write_bytes(b"path\nimg/caf\xe9.png\n")
     assert_one_line_error(predict(cli, run, "--csv", tmp_path / "list.csv", "--root", root, "--out", tmp_path / "p.csv"),
                           "list.csv", "UTF-8")
@@ -349,8 +337,8 @@ DAMAGED_HEADS = {
 
 
 @pytest.mark.parametrize("case", list(DAMAGED_HEADS))
-def test_a_damaged_head_is_refused_by_every_loader(case, zs, tmp_path, cli):
-    root, run = zs
+def test_a_damaged_head_is_refused_by_every_loader(case, zeroshot_run, tmp_path, cli):
+    root, run = zeroshot_run
     changes, fragment = DAMAGED_HEADS[case]
     copy = tmp_path / "run"
     _rewrite_head(run, copy, **changes)
@@ -391,8 +379,8 @@ def test_names_are_accepted_exactly_when_they_are_distinct_non_empty_strings(nam
     ("GROUPCOOP_CACHE", "FILE", "not a folder"),
     ("GROUPCOOP_CACH", "/tmp", "GROUPCOOP_CACHE"),
 ])
-def test_a_bad_environment_value_is_one_line_before_any_work(name, value, fragment, zs, tmp_path, monkeypatch, cli):
-    root, run = zs
+def test_a_bad_environment_value_is_one_line_before_any_work(name, value, fragment, zeroshot_run, tmp_path, monkeypatch, cli):
+    root, run = zeroshot_run
     (tmp_path / "afile").write_text("x")
     monkeypatch.setenv(name, str(tmp_path / "afile") if value == "FILE" else value)
     before = snapshot(tmp_path)
@@ -402,8 +390,8 @@ def test_a_bad_environment_value_is_one_line_before_any_work(name, value, fragme
     assert snapshot(tmp_path) == before
 
 
-def test_world_size_without_torchrun_is_one_line(zs, tmp_path, monkeypatch, cli):
-    root, _ = zs
+def test_world_size_without_torchrun_is_one_line(zeroshot_run, tmp_path, monkeypatch, cli):
+    root, _ = zeroshot_run
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.delenv("MASTER_ADDR", raising=False)
     result = cli("extract", *csv_args(root), *TINY, "--cache-dir", tmp_path / "cache", "--quiet")
@@ -429,10 +417,10 @@ def test_any_pixel_limit_text_parses_or_is_one_line(text):
 # --- 7. the Python API ---------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def classifier(zs):
+def classifier(zeroshot_run):
     from groupcoop.predict import GroupCoOpClassifier
 
-    return GroupCoOpClassifier.from_run(zs[1])
+    return GroupCoOpClassifier.from_run(zeroshot_run[1])
 
 
 @pytest.mark.parametrize("call, fragment", [
@@ -453,7 +441,7 @@ def test_api_bad_input_is_a_user_error(call, fragment, classifier):
     assert "\n" not in str(err.value)
 
 
-def test_api_predict_features_still_predicts(classifier, zs):
+def test_api_predict_features_still_predicts(classifier, zeroshot_run):
     pred = classifier.predict_features(torch.randn(3, 128))
     assert pred.classes.shape == (3,) and np.allclose(pred.probabilities.sum(1), 1, atol=1e-6)
 

@@ -158,11 +158,10 @@ def atomic_write(target: Path, write: Callable[[str], None], flag: str = "output
         check_replaceable_file(target, flag)
         os.replace(tmp, target)
     except BaseException:
-        _remove_empty(created)
-        raise
-    finally:
         if tmp is not None and os.path.lexists(tmp):
             os.unlink(tmp)
+        _remove_empty(created)
+        raise
 
 
 def atomic_text(target: Path, text: str, flag: str = "output") -> None:
