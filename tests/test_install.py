@@ -3,6 +3,7 @@ constraints.txt for `make`, a LICENSE, and a wheel that carries the presets and 
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -56,3 +57,14 @@ def test_the_wheel_holds_the_presets_the_tiny_model_and_the_license(tmp_path):
     metadata = next(zipfile.ZipFile(wheel).read(n).decode() for n in names if n.endswith(".dist-info/METADATA"))
     requires = [line for line in metadata.splitlines() if line.startswith("Requires-Dist: torch")]
     assert requires and all("==" not in line for line in requires), requires
+    # installed from the wheel alone, a preset resolves by name in a folder that is no checkout
+    site, elsewhere = tmp_path / "site", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    code = "import groupcoop, sys; from groupcoop.cli import main; print(groupcoop.__file__); sys.exit(main())"
+    proc = subprocess.run([sys.executable, "-c", code, "sweep", "report", "--dry-run"], capture_output=True, text=True,
+                          cwd=elsewhere, env={**os.environ, "PYTHONPATH": str(site)}, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(str(site)) and "todo  runs/synth-random_1000/" in proc.stdout
