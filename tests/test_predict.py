@@ -175,6 +175,10 @@ def test_an_export_folder_predicts_like_its_run_and_its_checksum_is_checked(expo
 
     a, b = GroupCoOpClassifier.from_run(run_folder).predict(images), GroupCoOpClassifier.from_run(exported).predict(images)
     assert (a.classes == b.classes).all() and np.abs(a.probabilities - b.probabilities).max() <= 1e-5
+    copied = tmp_path / "copied"  # copied without its hidden manifest: still an export
+    shutil.copytree(exported, copied, ignore=shutil.ignore_patterns(".groupcoop.json"))
+    c = GroupCoOpClassifier.from_run(copied).predict(images)
+    assert np.abs(c.probabilities - b.probabilities).max() == 0
     tampered = tmp_path / "tampered"
     shutil.copytree(exported, tampered)
     weights = tampered / "open_clip_model.safetensors"
@@ -198,6 +202,8 @@ def test_export_refuses_to_overwrite(run_folder, cli, tmp_path):
     again = cli("export", run_folder, "--out", tmp_path / "exp")
     assert again.code == 2 and "--overwrite" in again.err
     assert cli("export", run_folder, "--out", tmp_path / "exp", "--overwrite").code == 0
+    itself = cli("export", run_folder, "--out", run_folder, "--overwrite")
+    assert itself.code == 2 and "not an export" in itself.err and (run_folder / "config.yaml").is_file()
     single = cli("export", run_folder, "--out", tmp_path / "head.safetensors")
     assert single.code == 2 and "folder" in single.err and not (tmp_path / "head.safetensors").exists()
 

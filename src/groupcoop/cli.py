@@ -283,7 +283,7 @@ def cmd_predict(args) -> None:
 
 
 def cmd_export(args) -> None:
-    from .files import check_replaceable, ensure_writable_dir, output_lock
+    from .files import check_replaceable, ensure_writable_dir, groupcoop_kind, output_lock
     from .predict import export_head
 
     out = Path(args.out).expanduser()
@@ -291,6 +291,9 @@ def cmd_export(args) -> None:
         raise UserError(f"--out {out}: export writes a folder (head.safetensors, and the model open_clip needs "
                         f"beside it); give a folder name, e.g. --out {out.with_suffix('')}")
     check_replaceable(out, args.overwrite)
+    kind = groupcoop_kind(out) if out.is_dir() and any(out.iterdir()) else None
+    if kind not in (None, "export"):  # --overwrite replaces an earlier export, never a run (its own source)
+        raise UserError(f"--out {out} holds a groupcoop {kind}, not an export; choose another folder")
     ensure_writable_dir(out.parent, "--out")
     with output_lock(out):
         head = export_head(Path(args.run), out, pretrained=args.pretrained)

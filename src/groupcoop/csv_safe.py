@@ -5,8 +5,9 @@ starts with `=`, `+`, `-` or `@` as a formula. Following the OWASP advice on CSV
 a text cell that starts with one of `= + - @`, a tab, a carriage return or their full-width
 forms gets a leading `'` (the spreadsheet shows the text instead of running it), and every text
 cell is quoted, so a `;` inside a cell cannot start a new cell in a spreadsheet that splits on
-semicolons. A text cell that is a plain number (`-0.5`) cannot be a formula and is kept as it is;
-numbers (int, float) are written unquoted.
+semicolons. A text cell that is a plain number (`-0.5`) or that one character alone (`-`, the
+sweep's "no groups") cannot be a formula and is kept as it is; numbers (int, float) are written
+unquoted.
 
 Text that is not valid UTF-8 (a file name in another encoding, which Python holds as lone
 surrogates) is written with `\\xNN` escapes for the bytes that are not, so the file stays UTF-8.
@@ -20,7 +21,7 @@ import re
 from collections.abc import Iterable, Sequence
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20")
-_PLAIN_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+_PLAIN_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?", re.ASCII)
 
 
 def utf8_text(text: str) -> str:
@@ -41,7 +42,7 @@ def _only_escapes(text: str) -> bool:
 def neutralise(cell: str) -> str:
     """A text cell a spreadsheet shows as text (see the module docstring)."""
     cell = utf8_text(cell)
-    if cell.startswith(FORMULA_STARTS) and not _PLAIN_NUMBER.fullmatch(cell):
+    if len(cell) > 1 and cell.startswith(FORMULA_STARTS) and not _PLAIN_NUMBER.fullmatch(cell):
         return "'" + cell
     return cell
 

@@ -114,7 +114,8 @@ def check_names(value, what: str, count: int, where) -> list[str]:
         raise UserError(f"{where}: {what} must be a list of non-empty names, not {_shown(value)}; "
                         "the file is damaged, export or train it again")
     if len(value) != count:
-        raise UserError(f"{where}: {len(value)} {what} for {count}; the file is damaged, export or train it again")
+        raise UserError(f"{where}: {what} has {len(value)} entries, expected {count}; the file is damaged, export or "
+                        "train it again")
     seen = set()
     for name in value:
         if name in seen:

@@ -43,11 +43,16 @@ def read_run_config(folder: Path) -> dict:
 
 
 def is_export(folder: Path) -> bool:
-    """Whether `folder` was written by `groupcoop export` (a head and no run config)."""
+    """Whether `folder` was written by `groupcoop export`: its manifest says so or, when the manifest
+    was lost in a copy, a head with export metadata and no run config."""
     from .files import read_manifest
 
     manifest = read_manifest(folder)
-    return bool(manifest) and manifest.get("kind") == "export"
+    if manifest is not None:
+        return manifest.get("kind") == "export"
+    if os.path.lexists(folder / "config.yaml") or not os.path.lexists(folder / HEAD_FILE):
+        return False
+    return "trained_with" in load_head(folder / HEAD_FILE).info
 
 
 def load_run_head(folder: Path, backbone: str | None = None, pretrained: str | None = None, device: str = "cpu",
