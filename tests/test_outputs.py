@@ -119,6 +119,10 @@ def test_a_failed_write_leaves_no_folders_behind(tmp_path):
     with pytest.raises(RuntimeError):
         atomic_write(tmp_path / "a" / "b" / "out.csv", fail)
     assert list(tmp_path.iterdir()) == []
+    (tmp_path / "afile").write_text("mine")
+    with pytest.raises(UserError, match="cannot create folder"):  # a file among the parents: one line
+        atomic_write(tmp_path / "afile" / "b" / "out.csv", lambda tmp: None)
+    assert [p.name for p in tmp_path.iterdir()] == ["afile"] and (tmp_path / "afile").read_text() == "mine"
 
 
 def test_predict_and_export_into_folders_that_do_not_exist_yet(zeroshot_run, cli, tmp_path):

@@ -51,8 +51,8 @@ def _share(path: Path | str, folder: bool = False) -> None:
 # --- reading a user's file -------------------------------------------------------------------------
 
 def _kind(mode: int) -> str:
-    """What a non-regular file is, in words."""
-    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    """What a file's mode says it is, in words ("a FIFO (named pipe)", ...)."""
+    for test, name in ((stat.S_ISREG, "a file"), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
                        (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
                        (stat.S_ISSOCK, "a socket"), (stat.S_ISLNK, "a symbolic link")):
         if test(mode):
@@ -118,7 +118,7 @@ def check_replaceable_file(path: Path, flag: str = "output") -> None:
     """Refuse an output path that holds something other than a regular file (never followed as a link)."""
     try:
         mode = os.lstat(path).st_mode
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # nothing there (a file among its parents is named later)
         return
     if not stat.S_ISREG(mode):
         raise UserError(f"{flag} {path} is {_kind(mode)}; groupcoop only writes regular files and never replaces "
@@ -128,12 +128,18 @@ def check_replaceable_file(path: Path, flag: str = "output") -> None:
 def _make_parents(folder: Path) -> list[Path]:
     """Create `folder` and its missing parents; return the ones created, deepest first."""
     created = [p for p in (folder, *folder.parents) if not os.path.lexists(p)]
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        _remove_empty(created)
+        raise UserError(f"cannot create folder {folder}: {err.strerror or err}; choose another path") from None
     return created
 
 
 def _remove_empty(folders: list[Path]) -> None:
     for folder in folders:  # deepest first; stops at the first that is not empty
+        if not os.path.lexists(folder):
+            continue
         try:
             folder.rmdir()
         except OSError:
@@ -239,9 +245,7 @@ def check_replaceable(out: Path, overwrite: bool, what: str = "run") -> None:
     if not os.path.lexists(out):
         return
     if not out.is_dir() or out.is_symlink():
-        mode = os.lstat(out).st_mode
-        what = "a file" if stat.S_ISREG(mode) else _kind(mode)
-        raise UserError(f"--out {out} exists and is {what}, not a folder; choose a new folder")
+        raise UserError(f"--out {out} exists and is {_kind(os.lstat(out).st_mode)}, not a folder; choose a new folder")
     if _is_cwd_or_parent(out):  # even when empty: the output replaces the folder as a whole
         raise UserError(f"--out {out} is the current folder or one of its parents; choose a new folder")
     if not any(out.iterdir()):
