@@ -222,6 +222,18 @@ def cmd_groups(args) -> None:
         print(write_groups(prep, out, options, seed=args.seed))
 
 
+def cmd_world(args) -> None:
+    from .world import format_card, world_card
+
+    card = world_card()
+    if args.json:
+        print(json.dumps(card, indent=1))
+        return
+    print(f"The built-in synthetic world, and how well {card['backbone']} names each attribute zero-shot "
+          f"({card['heldout_images']} held-out renders):\n")
+    print(format_card(card))
+
+
 def cmd_backbones(args) -> None:
     from .backbone import describe_models
 
@@ -496,6 +508,14 @@ def build_parser() -> argparse.ArgumentParser:
     gr.add_argument("--overwrite", action="store_true", help="replace an --out folder holding earlier groups output")
     _add_common(gr)
     gr.set_defaults(func=cmd_groups)
+
+    wo = sub.add_parser("world", help="the synthetic world's card: attributes, caption rates, zero-shot accuracy",
+                        description="For each attribute of the built-in synthetic world: its values, how often "
+                        "pretraining captions name it, and the bundled groupcoop-tiny's zero-shot accuracy on "
+                        "held-out renders (deterministic).")
+    wo.add_argument("--json", action="store_true",
+                    help='print {"attributes": {NAME: {"values", "caption_rate", "zeroshot_accuracy", "chance"}}}')
+    wo.set_defaults(func=cmd_world)
 
     bb = sub.add_parser("backbones", help="list the architectures and pretrained tags",
                         description="List the open_clip architectures, their pretrained tags and the bundled model.")
