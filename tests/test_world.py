@@ -121,4 +121,6 @@ def test_world_card_is_deterministic_and_calibrated(cli, tiny_backbone):
     assert all(accuracy[a] >= 0.90 for a in ("background", "colour", "size"))  # named well
     assert 0.70 <= accuracy["pattern"] <= 0.85  # named partly
     assert accuracy["mark"] <= 0.65  # hardly at all: near chance
+    probe = {name: entry["probe_accuracy"] for name, entry in attrs.items()}
+    assert probe["mark"] >= 0.9 and probe["pattern"] >= 0.9  # yet the image features hold them
     assert zero_shot_accuracy(tiny_backbone, n=200) == zero_shot_accuracy(tiny_backbone, n=200)

@@ -511,10 +511,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     wo = sub.add_parser("world", help="the synthetic world's card: attributes, caption rates, zero-shot accuracy",
                         description="For each attribute of the built-in synthetic world: its values, how often "
-                        "pretraining captions name it, and the bundled groupcoop-tiny's zero-shot accuracy on "
+                        "pretraining captions name it, the bundled groupcoop-tiny's zero-shot accuracy and a linear probe's accuracy on "
                         "held-out renders (deterministic).")
     wo.add_argument("--json", action="store_true",
-                    help='print {"attributes": {NAME: {"values", "caption_rate", "zeroshot_accuracy", "chance"}}}')
+                    help='print {"attributes": {NAME: {"values", "caption_rate", "zeroshot_accuracy", "probe_accuracy", "chance"}}}')
     wo.set_defaults(func=cmd_world)
 
     bb = sub.add_parser("backbones", help="list the architectures and pretrained tags",

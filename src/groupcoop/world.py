@@ -1,8 +1,9 @@
 """The world card: what the built-in synthetic world holds and how well the bundled CLIP names it.
 
 For each attribute: its values, how often pretraining captions name it (measured on the
-captions), and the bundled tiny CLIP's zero-shot accuracy on held-out renders (the attribute's
-value prompts, template-ensembled over shape nouns, through the model's own preprocessing).
+captions), the bundled tiny CLIP's zero-shot accuracy on held-out renders (the attribute's
+value prompts, template-ensembled over shape nouns, through the model's own preprocessing), and
+how well its image features encode the attribute (a linear probe on held-out renders).
 The card is what makes the world a fair stand-in for real CLIP data: some bias attributes named
 well, one partly, one not at all (docs/world.md).
 """
@@ -26,12 +27,12 @@ def _heldout_features(backbone, n: int):
     return feats, labels
 
 
-def zero_shot_accuracy(backbone, n: int = HELDOUT_IMAGES) -> dict[str, float]:
+def zero_shot_accuracy(backbone, n: int = HELDOUT_IMAGES, heldout=None) -> dict[str, float]:
     """Held-out zero-shot accuracy per world attribute (argmax over the attribute's value prompts)."""
     import torch
     import torch.nn.functional as F
 
-    feats, labels = _heldout_features(backbone, n)
+    feats, labels = heldout or _heldout_features(backbone, n)
     accuracy = {}
     for attribute in synthetic.ATTRIBUTES:
         prompts = synthetic.attribute_prompts(attribute)
@@ -41,13 +42,13 @@ def zero_shot_accuracy(backbone, n: int = HELDOUT_IMAGES) -> dict[str, float]:
     return accuracy
 
 
-def probe_accuracy(backbone, n: int = HELDOUT_IMAGES) -> dict[str, float]:
+def probe_accuracy(backbone, n: int = HELDOUT_IMAGES, heldout=None) -> dict[str, float]:
     """How well the image features encode each attribute: a logistic regression trained on the
     first three quarters of the held-out renders, accuracy on the last quarter."""
     from sklearn.linear_model import LogisticRegression
 
-    feats, labels = _heldout_features(backbone, n)
-    x, cut = feats.cpu().double().numpy(), 3 * n // 4
+    feats, labels = heldout or _heldout_features(backbone, n)
+    x, cut = feats.cpu().double().numpy(), 3 * len(feats) // 4
     return {a: float(LogisticRegression(max_iter=3000).fit(x[:cut], y[:cut]).score(x[cut:], y[cut:]))
             for a, y in labels.items()}
 
@@ -60,21 +61,24 @@ def world_card(backbone=None) -> dict:
 
         backbone = load_backbone(TINY)
     rates = synthetic.caption_rates()
-    accuracy = zero_shot_accuracy(backbone)
+    heldout = _heldout_features(backbone, HELDOUT_IMAGES)
+    accuracy, probe = zero_shot_accuracy(backbone, heldout=heldout), probe_accuracy(backbone, heldout=heldout)
     return {
         "backbone": backbone.identity,
         "heldout_images": HELDOUT_IMAGES,
         "attributes": {a: {"values": list(values), "caption_rate": round(rates[a], 4),
-                           "zeroshot_accuracy": round(accuracy[a], 4), "chance": round(1 / len(values), 4)}
+                           "zeroshot_accuracy": round(accuracy[a], 4), "probe_accuracy": round(probe[a], 4),
+                           "chance": round(1 / len(values), 4)}
                        for a, values in synthetic.ATTRIBUTES.items()},
     }
 
 
 def format_card(card: dict) -> str:
     """The card as a Markdown table (the README's world table is this output)."""
-    lines = ["| attribute | values | captions naming it | zero-shot accuracy (held-out) | chance |",
-             "|---|---|---|---|---|"]
+    lines = ["| attribute | values | captions naming it | zero-shot accuracy | linear probe | chance |",
+             "|---|---|---|---|---|---|"]
     for name, a in card["attributes"].items():
         lines.append(f"| {name} | {', '.join(a['values'])} | {100 * a['caption_rate']:.1f}% | "
-                     f"{100 * a['zeroshot_accuracy']:.1f}% | {100 * a['chance']:.1f}% |")
+                     f"{100 * a['zeroshot_accuracy']:.1f}% | {100 * a['probe_accuracy']:.1f}% | "
+                     f"{100 * a['chance']:.1f}% |")
     return "\n".join(lines)
