@@ -74,7 +74,7 @@ def metrics_for(prep, runs: list[dict]) -> dict[str, dict]:
 
     out = {}
     for run in runs:
-        _, settings, _ = check_run(make_settings(settings_values(run), "pin"), backbone=prep.backbone)
+        _, settings, _ = check_run(make_settings(settings_values(run), "pin"), prep.dataset, prep.backbone)
         metrics = run_method(prep, settings, log=lambda s: None).metrics
         out[run_id(run)] = json.loads(json.dumps(metrics))
     return out

@@ -8,7 +8,7 @@ from groupcoop.backbone import load_backbone
 from groupcoop.data.base import GroupDataset
 from groupcoop.errors import UserError
 from groupcoop.methods import GroupCoOpParams
-from groupcoop.pipeline import Prepared, run_method
+from groupcoop.pipeline import Prepared, check_run, run_method
 from groupcoop.prompts import PromptLearner, load_prompts
 from groupcoop.settings import make_settings
 
@@ -21,7 +21,7 @@ def vit_b16():
 
 
 def width(backbone) -> int:
-    return backbone.text.token_embedding.weight.shape[1]
+    return backbone.token_width
 
 
 @pytest.mark.parametrize("name", ["round shape", "angular shape on water"])
@@ -83,7 +83,7 @@ def test_groupcoop_on_vit_b16_reports_32768_trainable_params(vit_b16):
     prep = Prepared(ds, vit_b16, feats)
     settings = make_settings({"dataset": "tiny-groups", "backbone": "ViT-B-16", "method": "groupcoop",
                               "hyperparameters": {"epochs": 1, "batch_size": 64}})
-    run = run_method(prep, settings, log=lambda s: None)
+    run = run_method(prep, check_run(settings, ds, vit_b16)[1], log=lambda s: None)
     metrics, learner = run.metrics, run.learner
     m = GroupCoOpParams().n_ctx  # the default number of context vectors
     assert metrics["trainable_params"] == 2 * 2 * m * 512
