@@ -128,3 +128,19 @@ def test_loading_for_another_class_list_is_refused(tiny_backbone, tmp_path):
 def test_loading_from_a_folder_without_prompts_is_refused(tiny_backbone, tmp_path):
     with pytest.raises(UserError, match="no learned prompts"):
         load_prompts(tmp_path, tiny_backbone)
+
+
+def test_fit_on_a_loaded_dataset_refuses_a_bad_context_before_extraction(monkeypatch):
+    """groupcoop.fit goes through check_run for a GroupDataset too: prompt checks come before any image."""
+    import groupcoop
+    from groupcoop import pipeline
+
+    def no_extraction(*args, **kwargs):
+        raise AssertionError("features were extracted before the refusal")
+
+    monkeypatch.setattr(pipeline, "extract_features", no_extraction)
+    dataset = groupcoop.load_dataset("synth-waterbirds")
+    with pytest.raises(UserError, match="ctx_init 'a photo of a' has 4 tokens but n_ctx is 2"):
+        groupcoop.fit(dataset, method="coop", config={"hyperparameters": {"n_ctx": 2}})
+    with pytest.raises(UserError, match="kmeans clusters have no names"):
+        groupcoop.fit(dataset, method="zeroshot_groups", groups="kmeans")

@@ -18,5 +18,4 @@ DEVICE_PATTERN = r"cpu|cuda(:\d+)?|mps"  # the torch devices a run may name (che
 
 FEATURE_DTYPES: tuple[str, ...] = get_args(FeatureDtype)
 PRECISIONS: tuple[str, ...] = get_args(Precision)
-SAMPLERS: tuple[str, ...] = get_args(Sampler)
 AGGREGATES: tuple[str, ...] = get_args(Aggregate)

@@ -399,6 +399,7 @@ def _add_grouping_flags(p) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from .choices import FEATURE_DTYPES, PRECISIONS
+    from .data.base import SPLITS
     from .labelers import GROUP_SOURCES
     from .methods import METHODS
 
@@ -473,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--prompts", required=True, metavar="RUN", help="run folder written by `groupcoop train`")
     _add_dataset_flags(ev)
     _add_backbone_flags(ev, required=False)
-    ev.add_argument("--split", default="test", choices=["train", "val", "test"], help="split to evaluate (default test)")
+    ev.add_argument("--split", default="test", choices=list(SPLITS), help="split to evaluate (default test)")
     ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
     _add_common(ev)
     ev.set_defaults(func=cmd_evaluate)

@@ -39,7 +39,7 @@ def resolve_grouping(ds: GroupDataset, options: GroupingOptions) -> GroupingOpti
         raise UserError(f"--groups gt needs bias labels, but {ds.name} has none for its training split; "
                         "use --groups pseudo, zeroshot or kmeans")
     spec = labeler_spec(ds, options)
-    if options.source in ("zeroshot", "pseudo") and spec.phrases is None:
+    if labelers.LABELERS[options.source].needs_scores and spec.phrases is None:
         raise UserError(f"--groups {options.source} needs attribute phrases, and {ds.name} has none; pass "
                         '--bias-prompts "on land,on water" (one phrase per value) or use --groups kmeans')
     return options
@@ -56,12 +56,12 @@ def resolve_method_grouping(recipe, ds: GroupDataset, options: GroupingOptions) 
         val_rows = ds.split_indices("val")
         if not len(val_rows) or not ds.labelled(val_rows):
             raise UserError(f"--method {recipe.name} trains on the true group labels of the validation split, and "
-                            f"{ds.name} has none there; use a method that takes --groups pseudo (groupcoop, "
-                            "linear_probe_balanced, group_linear) or one without groups (coop, jtt, linear_probe)")
+                            f"{ds.name} has none there; use a method that takes --groups pseudo or one that needs no "
+                            "groups (`groupcoop methods` lists the labels each method needs)")
         if options.source not in (None, "gt"):
             raise UserError(f"--method {recipe.name} trains on the validation split's true groups, so --groups "
-                            f"{options.source} does not apply to it; drop --groups (or use groupcoop, which trains "
-                            "on pseudo-groups)")
+                            f"{options.source} does not apply to it; drop --groups, or use a method that trains on "
+                            "pseudo-groups (`groupcoop methods`)")
         return options.model_copy(update={"source": "gt"})
     return resolve_grouping(ds, options)
 

@@ -35,9 +35,18 @@ from .jtt import JTT, JTTParams
 from .linear_probe import LINEAR_PROBE, LINEAR_PROBE_BALANCED, LinearProbeBalancedParams, LinearProbeParams
 from .zeroshot import ZEROSHOT, ZEROSHOT_GROUPS, ZeroShotGroupsParams, ZeroShotParams
 
-METHODS: dict[str, Recipe] = {r.name: r for r in (
-    ZEROSHOT, COOP, GROUPCOOP, ZEROSHOT_GROUPS, LINEAR_PROBE, LINEAR_PROBE_BALANCED, GROUP_LINEAR, DFR,
-    COOP_BALANCED, COOP_GROUPDRO, JTT,
+METHODS: dict[str, Recipe] = {recipe.name: recipe for recipe in (  # in the order `groupcoop methods` lists them
+    ZEROSHOT,
+    COOP,
+    GROUPCOOP,
+    ZEROSHOT_GROUPS,
+    LINEAR_PROBE,
+    LINEAR_PROBE_BALANCED,
+    GROUP_LINEAR,
+    DFR,
+    COOP_BALANCED,
+    COOP_GROUPDRO,
+    JTT,
 )}
 
 

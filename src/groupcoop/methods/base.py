@@ -3,10 +3,10 @@
 A `Recipe` names a method and carries its hyper-parameter schema and its trainer: `fit`
 (a classifier in one go: hand-written prompts, logistic regressions) or `start` (a run of the
 training loop with explicit steps, `train.LoopRun`, that a driver advances; `drive` is the
-driver of one run). `check` refuses,
-before any image is read, what the method cannot train on. A trainer reads a `FitTask` (the
-prepared features, the group plan, the seed) and returns `Fitted` (the classifier head, its
-trainable parameter count, what it adds to metrics.json, the learned prompts if any).
+driver of one run). `check` refuses, before any image is read, what the method cannot train
+on. A trainer reads a `FitTask` (the dataset, backbone and cached features, the group plan,
+the seed) and returns `Fitted` (the classifier head, its trainable parameter count, what it
+adds to metrics.json, the learned prompts if any).
 
 The rules every method shares live here once: how the validation split selects a model
 (`selection_score`) and what group-balanced weights are (`balanced_weights`).
@@ -16,7 +16,7 @@ This module imports no torch (see the package docstring).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated, Any, Callable, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Literal, get_args
 
 import numpy as np
 from pydantic import Field
@@ -34,7 +34,7 @@ if TYPE_CHECKING:  # type hints only: importing these would import torch
     from ..prompts import PromptLearner
 
 Needs = Literal["none", "train", "val"]
-NEEDS: tuple[str, ...] = ("none", "train", "val")
+NEEDS: tuple[str, ...] = get_args(Needs)
 
 
 # --- the rules every method shares ----------------------------------------------------------------
