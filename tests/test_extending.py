@@ -33,18 +33,23 @@ def block(marker: str) -> str:
     return match.group(1)
 
 
-def as_module(name: str, code: str, scope: dict | None = None) -> types.ModuleType:
-    """The code run as module `name` (relative imports resolve inside groupcoop)."""
-    module = types.ModuleType(name)
-    module.__package__ = name.rsplit(".", 1)[0]
-    module.__dict__.update(scope or {})
-    exec(compile(code, f"docs/extending.md ({name})", "exec"), module.__dict__)
-    return module
+@pytest.fixture
+def as_module(monkeypatch):
+    """Run code as module `name` (relative imports resolve inside groupcoop; gone after the test)."""
+    def make(name: str, code: str, scope: dict | None = None) -> types.ModuleType:
+        module = types.ModuleType(name)
+        module.__package__ = name.rsplit(".", 1)[0]
+        module.__dict__.update(scope or {})
+        monkeypatch.setitem(sys.modules, name, module)  # pydantic resolves the schema's annotations there
+        exec(compile(code, f"docs/extending.md ({name})", "exec", dont_inherit=True), module.__dict__)
+        return module
+
+    return make
 
 
 # --- a dataset --------------------------------------------------------------------------------------
 
-def test_the_dataset_example_loads_and_is_checked(tmp_path, monkeypatch, cli):
+def test_the_dataset_example_loads_and_is_checked(tmp_path, monkeypatch, cli, as_module):
     folders = as_module("groupcoop.data.folders", block("dataset"))
     entry = eval("{" + block("dataset-entry") + "}", {**vars(registry), **vars(folders)})
     monkeypatch.setitem(registry.LOADERS, "folders", entry["folders"])
@@ -100,7 +105,7 @@ def test_the_method_example_touches_two_files_and_trains(tmp_path, waterbirds_pr
 
 # --- a labeler --------------------------------------------------------------------------------------
 
-def test_the_labeler_example_labels_every_class(waterbirds_prep, monkeypatch):
+def test_the_labeler_example_labels_every_class(waterbirds_prep, monkeypatch, as_module):
     from groupcoop.groups import attribute_scores, labeler_spec, plan_groups
     from groupcoop.labelers import GroupingOptions
 
@@ -123,7 +128,7 @@ def test_the_labeler_example_labels_every_class(waterbirds_prep, monkeypatch):
 
 # --- a backbone family ------------------------------------------------------------------------------
 
-def test_the_backbone_example_is_a_backbone_that_trains(tmp_path):
+def test_the_backbone_example_is_a_backbone_that_trains(tmp_path, as_module):
     from groupcoop.backbone_protocol import Backbone
     from groupcoop.data.registry import load_dataset
     from groupcoop.pipeline import check_run, prepare, run_method
