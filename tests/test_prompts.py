@@ -144,3 +144,17 @@ def test_fit_on_a_loaded_dataset_refuses_a_bad_context_before_extraction(monkeyp
         groupcoop.fit(dataset, method="coop", config={"hyperparameters": {"n_ctx": 2}})
     with pytest.raises(UserError, match="kmeans clusters have no names"):
         groupcoop.fit(dataset, method="zeroshot_groups", groups="kmeans")
+
+
+def test_several_learners_share_one_text_encoder_call(tiny_backbone):
+    """What a driver of many runs does: concatenate the learners' prompt embeddings (padded to one
+    length; a causal encoder ignores positions after each pooled token), encode once, split."""
+    a = PromptLearner(tiny_backbone, ["round shape"], n_ctx=4, generator=torch.Generator().manual_seed(0))
+    b = PromptLearner(tiny_backbone, ["angular shape on water", "x"], n_ctx=6, generator=torch.Generator().manual_seed(1))
+    (xa, pa), (xb, pb) = a.prompt_embeddings(), b.prompt_embeddings()
+    length = max(xa.shape[1], xb.shape[1])
+    pad = lambda x: torch.nn.functional.pad(x, (0, 0, 0, length - x.shape[1]))  # noqa: E731
+    with torch.no_grad():
+        together = tiny_backbone.encode_text_embeddings(torch.cat([pad(xa), pad(xb)]), torch.cat([pa, pb]))
+        torch.testing.assert_close(together[:1], a(), atol=1e-5, rtol=0)
+        torch.testing.assert_close(together[1:], b(), atol=1e-5, rtol=0)
