@@ -365,8 +365,9 @@ def _add_backbone_flags(p, required: bool = True) -> None:
     p.add_argument("--backbone", required=required,
                    help="open_clip architecture (ViT-B-16, RN50, ...), an hf-hub: id, groupcoop-tiny, or "
                    "transformers:<hub id or folder> for a Hugging Face CLIPModel or SiglipModel")
-    p.add_argument("--pretrained", help="weights: a pretrained tag (openai, ...), a checkpoint file "
-                   "(.safetensors preferred), or 'random'; groupcoop-tiny uses its bundled weights by default")
+    p.add_argument("--pretrained", help="open_clip weights: a pretrained tag (openai, ...), a checkpoint file "
+                   "(.safetensors preferred), or 'random'; groupcoop-tiny uses its bundled weights by default "
+                   "(transformers: backbones take none)")
     p.add_argument("--device", default=None, help="torch device: cpu (default), cuda, cuda:N or mps (extract under torchrun: cuda = cuda:LOCAL_RANK)")
 
 

@@ -4,7 +4,8 @@ A method is one module here: its hyper-parameter schema (a frozen settings class
 fields are the hyper-parameters, their types, ranges and defaults; the defaults live there and
 nowhere else), its trainer, and its `Recipe` (`base.py`) naming both. A run's config may
 override any default and is validated against the schema before any work starts. Adding a
-method is its module plus one line in `METHODS` below (docs/extending.md).
+method is its module plus two lines here, its import and its entry in `METHODS`
+(docs/extending.md).
 
 Method modules import no torch at module level: this table is read by `--help` and by the
 settings check, which refuse bad input before anything heavy loads. Trainers import the
