@@ -123,7 +123,7 @@ def test_bad_predict_input_is_one_line_and_writes_nothing(case, run_folder, cli,
 def test_exported_head_with_plain_open_clip_equals_predict(run_folder, test_images, cli, tmp_path, monkeypatch):
     import open_clip
 
-    from groupcoop.backbone import _asset
+    from groupcoop.backbone_openclip import _asset
     from groupcoop.predict import GroupCoOpClassifier
 
     folder, rows = test_images

@@ -21,9 +21,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from .backbone import Backbone, load_backbone
+from .choices import AGGREGATES
 from .errors import UserError
 from .head import Head, Prediction, load_head
-from .methods import AGGREGATES
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -151,7 +151,7 @@ def images_from_csv(csv_path: Path, root: Path, path_col: str) -> list[Path]:
     """Image paths listed in a CSV column, relative to `root` (they must stay inside it)."""
     import os
 
-    from .data.csv_dataset import read_table, require_columns
+    from .data.metadata import read_table, require_columns
 
     csv_path = Path(csv_path).expanduser()
     if not csv_path.is_file():
