@@ -96,7 +96,7 @@ def measure(n: int, cache_dir: Path, batch_size: int, baseline: bool, groups: st
     """In this process: train one epoch on the cache (or stop before, for the baseline)."""
     import torch
 
-    from groupcoop.pipeline import prepare, run_method
+    from groupcoop.pipeline import check_run, prepare, run_method
     from groupcoop.settings import make_settings
 
     torch.set_num_threads(1)
@@ -108,7 +108,7 @@ def measure(n: int, cache_dir: Path, batch_size: int, baseline: bool, groups: st
         settings = make_settings({"dataset": ds.name, "backbone": MODEL, "pretrained": "random", "method": "groupcoop",
                                   "groups": groups, "feature_dtype": "float16",
                                   "hyperparameters": {"epochs": 1, "batch_size": batch_size, "n_ctx": 4}})
-        run = run_method(prep, settings, log=lambda s: None)
+        run = run_method(prep, check_run(settings, ds, bb)[1], log=lambda s: None)
         out.update(seconds=time.perf_counter() - start, steps=-(-int((ds.split == 0).sum()) // batch_size),
                    test_avg_acc=run.metrics["splits"]["test"]["avg_acc"])
     out["peak_rss"] = peak_rss()

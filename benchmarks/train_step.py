@@ -195,15 +195,16 @@ def waterbirds_like(bb, seed: int = 0):
 
 
 def bench_whole(bb, args) -> None:
-    import groupcoop.backbone as backbone_module
+    import groupcoop.backbone_openclip as backbone_module
     from groupcoop.demo import run_demo
-    from groupcoop.pipeline import run_method
+    from groupcoop.pipeline import check_run, run_method
     from groupcoop.settings import make_settings
 
     prep = waterbirds_like(bb)
     settings = make_settings({"dataset": "waterbirds-size", "backbone": "ViT-B-16", "pretrained": "random",
                               "method": "groupcoop", "groups": "gt",
                               "hyperparameters": {"epochs": args.epochs}})
+    settings = check_run(settings, prep.dataset, bb)[1]
     fusable = backbone_module._fusable
     cache = Path(tempfile.mkdtemp(prefix="groupcoop-bench-demo-"))
 

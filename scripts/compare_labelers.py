@@ -19,12 +19,13 @@ import torch
 
 from groupcoop.backbone import TINY, load_backbone
 from groupcoop.data.registry import load_dataset
-from groupcoop.pipeline import plan_groups, prepare
+from groupcoop.groups import plan_groups, resolve_grouping
+from groupcoop.labelers import PSEUDO_VARIANTS, GroupingOptions
+from groupcoop.pipeline import prepare
 from groupcoop.presets import resolve
-from groupcoop.settings import GroupingOptions, PSEUDO_VARIANT_NAMES
 from groupcoop.sweep import load_grid
 
-DEFAULT_LABELERS = ["zeroshot", "kmeans"] + [f"pseudo:{v}" for v in PSEUDO_VARIANT_NAMES]
+DEFAULT_LABELERS = ["zeroshot", "kmeans"] + [f"pseudo:{v}" for v in PSEUDO_VARIANTS]
 
 
 def main() -> None:
@@ -45,7 +46,7 @@ def main() -> None:
         for lab in labelers:
             source, _, variant = lab.partition(":")
             options = GroupingOptions(source=source, **({"variant": variant} if variant else {}))
-            q = plan_groups(prep, options, args.seed).quality
+            q = plan_groups(prep, resolve_grouping(prep.dataset, options), args.seed).quality
             results[lab].append((q["accuracy"], q["min_recall"]))
             cells.append(f"{lab} {100 * q['accuracy']:.1f}/{100 * q['min_recall']:.0f}")
         print(f"{task}: " + "  ".join(cells), flush=True)

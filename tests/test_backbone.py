@@ -135,7 +135,7 @@ def test_checkpoint_of_another_architecture_is_refused(tmp_path):
 
 def test_sequence_first_text_blocks_keep_open_clips_numbers():
     """The backbone runs text blocks sequence-first for speed; an untouched open_clip model agrees."""
-    from groupcoop.backbone import tiny_weights_path
+    from groupcoop.backbone_openclip import tiny_weights_path
 
     bb = load_backbone(TINY)
     untouched = open_clip.create_model(TINY, pretrained=str(tiny_weights_path())).eval()

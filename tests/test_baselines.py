@@ -16,10 +16,11 @@ import pytest
 import torch
 from PIL import Image
 
-from groupcoop import linear, pipeline, train
+from groupcoop import groups, linear, train
 from groupcoop.cli import main
 from groupcoop.methods import METHODS, NEEDS
-from groupcoop.pipeline import Prepared, run_method, text_features
+from groupcoop.methods.base import balanced_weights
+from groupcoop.pipeline import Prepared, check_run, run_method
 from groupcoop.settings import make_settings
 
 BASE = ["train", "--dataset", "synth-waterbirds", "--backbone", "groupcoop-tiny", "--quiet"]
@@ -37,6 +38,11 @@ TRAIN_COUNTS = [3498, 184, 56, 1057]
 def settings(method: str, **hp):
     return make_settings({"dataset": "synth-waterbirds", "backbone": "groupcoop-tiny", "method": method,
                           "hyperparameters": hp})
+
+
+def run(prep, method: str, **hp):
+    """run_method on prepared features, with the settings check_run resolves for them."""
+    return run_method(prep, check_run(settings(method, **hp), prep.dataset, prep.backbone)[1], log=lambda _: None)
 
 
 def train_cli(cli, out: Path, method: str, *extra: str, sets: list[str] | None = None):
@@ -131,10 +137,10 @@ def test_train_group_recipes_fall_back_to_pseudo_groups(tmp_path):
     ds = make_task_dataset("synth-waterbirds")
     unlabelled = dataclasses.replace(ds, attrs=np.full_like(ds.attrs, -1))
     for name in ("linear_probe_balanced", "coop_groupdro"):
-        options = pipeline.resolve_method_grouping(METHODS[name], unlabelled, settings(name).groups)
+        options = groups.resolve_method_grouping(METHODS[name], unlabelled, settings(name).groups)
         assert options.source == "pseudo"
     with pytest.raises(Exception, match="true group labels of the validation split"):
-        pipeline.resolve_method_grouping(METHODS["dfr"], unlabelled, settings("dfr").groups)
+        groups.resolve_method_grouping(METHODS["dfr"], unlabelled, settings("dfr").groups)
 
 
 # --- every baseline through `groupcoop train` ------------------------------------------------------
@@ -159,7 +165,7 @@ def test_train_cli_writes_a_run_folder(cli, tmp_path, check_metrics, waterbirds_
     dim = waterbirds_prep.feats.dim
     expected = {"zeroshot_groups": 0, "linear_probe": dim + 1, "linear_probe_balanced": dim + 1,
                 "group_linear": 2 * 2 * dim, "dfr": dim + 1,
-                "coop_balanced": 16 * waterbirds_prep.backbone.text.token_embedding.weight.shape[1]}
+                "coop_balanced": 16 * waterbirds_prep.backbone.token_width}
     assert metrics["trainable_params"] == expected[method]
     if method == "dfr":
         assert "val was used for training" in metrics["note"]
@@ -170,8 +176,8 @@ def test_train_cli_writes_a_run_folder(cli, tmp_path, check_metrics, waterbirds_
 
 def test_dfr_never_reads_the_training_split_labels(waterbirds_prep):
     ds = waterbirds_prep.dataset
-    s = settings("dfr", tune_repeats=2, repeats=4)
-    run = run_method(waterbirds_prep, s, log=lambda _: None)
+    s = check_run(settings("dfr", tune_repeats=2, repeats=4), ds, waterbirds_prep.backbone)[1]
+    result = run_method(waterbirds_prep, s, log=lambda _: None)
     tr = ds.split_indices("train")
     rng = np.random.default_rng(1)
 
@@ -181,18 +187,18 @@ def test_dfr_never_reads_the_training_split_labels(waterbirds_prep):
     y[tr], attrs[tr] = ds.y[perm], ds.attrs[perm]
     shuffled = run_method(Prepared(dataclasses.replace(ds, y=y, attrs=attrs), waterbirds_prep.backbone,
                                    waterbirds_prep.feats), s, log=lambda _: None)
-    assert shuffled.metrics == run.metrics
+    assert shuffled.metrics == result.metrics
     # 2. random classes and no bias labels at all on the training rows: the same classifier
     y[tr] = rng.integers(0, 2, len(tr))
     attrs[tr] = -1
     poisoned = run_method(Prepared(dataclasses.replace(ds, y=y, attrs=attrs), waterbirds_prep.backbone,
                                    waterbirds_prep.feats), s, log=lambda _: None)
-    assert torch.equal(poisoned.head.weight, run.head.weight) and torch.equal(poisoned.head.bias, run.head.bias)
+    assert torch.equal(poisoned.head.weight, result.head.weight) and torch.equal(poisoned.head.bias, result.head.bias)
     for split in ("val", "test"):
-        a, b = run.metrics["splits"][split], poisoned.metrics["splits"][split]
+        a, b = result.metrics["splits"][split], poisoned.metrics["splits"][split]
         assert {k: v for k, v in a.items() if k != "train_weighted_acc"} == b
-    assert run.metrics["dfr"] == poisoned.metrics["dfr"]
-    assert run.metrics["val_used_for_training"] is True and run.metrics["needs_groups"] == "val"
+    assert result.metrics["dfr"] == poisoned.metrics["dfr"]
+    assert result.metrics["val_used_for_training"] is True and result.metrics["needs_groups"] == "val"
 
 
 def test_dfr_subsamples_are_group_balanced(monkeypatch, waterbirds_prep):
@@ -204,23 +210,24 @@ def test_dfr_subsamples_are_group_balanced(monkeypatch, waterbirds_prep):
         return fit(x, y, n_classes, C, l1, *args, **kw)
 
     monkeypatch.setattr(linear, "fit_logreg", spy)
-    run = run_method(waterbirds_prep, settings("dfr", c_values=[0.3, 1.0], tune_repeats=2, repeats=3),
-                     log=lambda _: None)
+    result = run(waterbirds_prep, "dfr", c_values=[0.3, 1.0], tune_repeats=2, repeats=3)
     val_counts = np.bincount(waterbirds_prep.dataset.groups[waterbirds_prep.dataset.split_indices("val")])
     assert all(l1 for _, l1, _ in seen)
     assert len(seen) == 2 * 2 + 3  # tune_repeats x c_values, then repeats
     assert all(n % 4 == 0 for n, _, _ in seen)  # 4 groups, equally many of each
     assert [n for n, _, _ in seen[-3:]] == [4 * val_counts.min()] * 3  # the final fits use all of val
     assert all(n < 4 * val_counts.min() for n, _, _ in seen[:-3])  # tuning fits use half of it
-    assert run.metrics["dfr"]["selection"]["C"] in (0.3, 1.0)
-    assert {c for _, _, c in seen[-3:]} == {run.metrics["dfr"]["selection"]["C"]}
+    assert result.metrics["dfr"]["selection"]["C"] in (0.3, 1.0)
+    assert {c for _, _, c in seen[-3:]} == {result.metrics["dfr"]["selection"]["C"]}
 
 
 # --- linear probes and group_linear ------------------------------------------------------------------
 
 def test_group_balanced_weights_are_inverse_group_frequency():
     groups = np.array([0] * 6 + [1] * 3 + [3] * 1)  # group 2 absent
-    w = linear.group_balanced_weights(groups)
+    per_group = balanced_weights(groups)
+    assert np.allclose(per_group, [10 / (3 * 6), 10 / (3 * 3), 0.0, 10 / 3])
+    w = per_group[groups]
     assert np.allclose(w, [10 / (3 * 6)] * 6 + [10 / (3 * 3)] * 3 + [10 / 3])
     assert np.allclose(np.bincount(groups, weights=w)[[0, 1, 3]], 10 / 3)  # every present group weighs the same
 
@@ -234,14 +241,14 @@ def test_linear_probe_balanced_weights_groups_inversely(monkeypatch, waterbirds_
         return fit(x, y, n_classes, C, l1, seed, max_iter, sample_weight=sample_weight)
 
     monkeypatch.setattr(linear, "fit_logreg", spy)
-    run = run_method(waterbirds_prep, settings("linear_probe_balanced", c_values=[1.0]), log=lambda _: None)
+    result = run(waterbirds_prep, "linear_probe_balanced", c_values=[1.0])
     groups = waterbirds_prep.dataset.groups[waterbirds_prep.dataset.split_indices("train")]
     assert seen["n"] == sum(TRAIN_COUNTS)
     per_group = np.bincount(groups, weights=seen["w"])
     assert np.allclose(per_group, sum(TRAIN_COUNTS) / 4)  # each group carries a quarter of the loss
     assert np.allclose(seen["w"], sum(TRAIN_COUNTS) / (4 * np.array(TRAIN_COUNTS)[groups]))
-    assert np.allclose(run.metrics["linear_probe"]["group_weights"], sum(TRAIN_COUNTS) / (4 * np.array(TRAIN_COUNTS)))
-    run_method(waterbirds_prep, settings("linear_probe", c_values=[1.0]), log=lambda _: None)
+    assert np.allclose(result.metrics["linear_probe"]["group_weights"], sum(TRAIN_COUNTS) / (4 * np.array(TRAIN_COUNTS)))
+    run(waterbirds_prep, "linear_probe", c_values=[1.0])
     assert seen["w"] is None  # the ERM probe weighs every example alike
 
 
@@ -260,9 +267,9 @@ def test_logreg_head_matches_sklearn(waterbirds_prep):
 
 
 def test_group_linear_rows_are_c_x_g_x_d():
-    rows = linear.LinearRows(2 * 2, 128, bias=False)
+    rows = train.LinearRows(2 * 2, 128, bias=False)
     assert rows.trainable_parameters() == 2 * 2 * 128 and rows.parameters == [rows.weight]
-    with_bias = linear.LinearRows(2 * 3, 64, bias=True)
+    with_bias = train.LinearRows(2 * 3, 64, bias=True)
     assert with_bias.trainable_parameters() == 2 * 3 * 64 + 2 * 3
     head = with_bias.head(2, "max")
     assert head.weight.shape == (6, 64) and head.bias.shape == (6,) and head.scale == 1.0
@@ -274,19 +281,18 @@ def test_zeroshot_groups_trains_nothing_and_takes_the_max(monkeypatch, waterbird
     def no_training(*args, **kwargs):
         raise AssertionError("zeroshot_groups must not train")
 
-    monkeypatch.setattr(train, "train_rows", no_training)
-    monkeypatch.setattr(pipeline, "train_prompts", no_training)
-    run = run_method(waterbirds_prep, settings("zeroshot_groups"), log=lambda _: None)
+    monkeypatch.setattr(train.LoopRun, "start", no_training)
+    result = run(waterbirds_prep, "zeroshot_groups")
     bb, ds = waterbirds_prep.backbone, waterbirds_prep.dataset
-    assert run.metrics["trainable_params"] == 0 and "history" not in run.metrics and run.learner is None
+    assert result.metrics["trainable_params"] == 0 and "history" not in result.metrics and result.learner is None
     spec = ds.group_spec
     assert spec.prompt_texts()[3] == "round shape on water"
-    expected = text_features(bb, spec.prompt_texts(), ["a photo of a {}.", "a {}."])
-    assert torch.allclose(run.head.weight, torch.nn.functional.normalize(expected, dim=-1))
-    assert run.head.aggregate == "max" and run.head.row_names == spec.names()
+    expected = bb.text_features(spec.prompt_texts(), ["a photo of a {}.", "a {}."])
+    assert torch.allclose(result.head.weight, torch.nn.functional.normalize(expected, dim=-1))
+    assert result.head.aggregate == "max" and result.head.row_names == spec.names()
     feats = waterbirds_prep.feats.rows(ds.split_indices("test")[:300])
-    logits = run.head.logits(feats).view(len(feats), 2, 2)
-    assert np.array_equal(run.head.predict_classes(feats), logits.max(dim=2).values.argmax(dim=1).numpy())
+    logits = result.head.logits(feats).view(len(feats), 2, 2)
+    assert np.array_equal(result.head.predict_classes(feats), logits.max(dim=2).values.argmax(dim=1).numpy())
 
 
 # --- coop_groupdro -----------------------------------------------------------------------------------
@@ -325,12 +331,12 @@ def test_coop_groupdro_weights_move_toward_the_worst_group(cli, tmp_path, check_
 
 def test_jtt_upweights_exactly_the_first_runs_errors(cli, tmp_path, check_metrics, monkeypatch, waterbirds_prep):
     calls, orders = [], []
-    real_train, real_order = pipeline.train_prompts, train.epoch_order
+    real_result, real_order = train.LoopRun.result, train.epoch_order
 
-    def spy_train(recipe, hp, learner, tr, val, n_classes, seed, log=print, repeats=None, keep="best"):
-        result = real_train(recipe, hp, learner, tr, val, n_classes, seed, log=log, repeats=repeats, keep=keep)
-        calls.append({"epochs": hp.epochs, "keep": keep, "repeats": repeats, "train": tr,
-                      "pred": result.model.head(n_classes, "max").predict_classes(tr.feats)})
+    def spy_result(run):  # each stage of JTT is one run of the loop
+        result = real_result(run)
+        calls.append({"epochs": run.hp.epochs, "keep": run.keep, "repeats": run.repeats, "train": run.train,
+                      "pred": result.model.head(run.n_classes, "max").predict_classes(run.train.feats)})
         return result
 
     def spy_order(sampler, groups, generator, repeats=None):
@@ -338,7 +344,7 @@ def test_jtt_upweights_exactly_the_first_runs_errors(cli, tmp_path, check_metric
         orders.append((sampler, repeats, order))
         return order
 
-    monkeypatch.setattr(pipeline, "train_prompts", spy_train)
+    monkeypatch.setattr(train.LoopRun, "result", spy_result)
     monkeypatch.setattr(train, "epoch_order", spy_order)
     metrics = train_cli(cli, tmp_path / "jtt", "jtt")
     check_metrics(metrics, n_groups=4)

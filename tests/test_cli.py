@@ -94,7 +94,7 @@ def test_train_writes_a_complete_run_folder(trained_run, check_metrics, tiny_bac
     assert metrics["dataset"] == "synth-waterbirds"
     assert metrics["backbone"] == tiny_backbone.identity and metrics["backbone"].startswith("groupcoop-tiny")
     assert metrics["groups_source"] == "gt"
-    width = tiny_backbone.text.token_embedding.weight.shape[1]
+    width = tiny_backbone.token_width
     from groupcoop.methods import GroupCoOpParams
 
     assert metrics["trainable_params"] == 4 * GroupCoOpParams().n_ctx * width  # 2 classes x 2 groups x M vectors

@@ -25,12 +25,13 @@ def test_groups_command_writes_assignments_and_quality(tmp_path, capsys, waterbi
 
 def test_pseudo_groups_keep_groupcoop_close_to_ground_truth(waterbirds_prep):
     """The paper's practical claim on the one-bias task: pseudo-groups within 5 points of true groups."""
-    from groupcoop.pipeline import run_method
+    from groupcoop.pipeline import check_run, run_method
     from groupcoop.settings import make_settings
 
     def run(groups):
         settings = make_settings({"dataset": "synth-waterbirds", "backbone": "groupcoop-tiny", "method": "groupcoop",
                                   "groups": groups})
+        settings = check_run(settings, waterbirds_prep.dataset, waterbirds_prep.backbone)[1]
         return run_method(waterbirds_prep, settings, log=lambda s: None).metrics
 
     gt, pseudo = run("gt"), run("pseudo")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -208,6 +209,21 @@ def test_a_fifo_where_a_file_is_read_is_one_line(where, zeroshot_run, tmp_path):
     proc = _run_cli(args, tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "FIFO" in proc.stderr, proc.stderr
+
+
+def test_train_into_a_run_folder_whose_config_is_a_fifo_never_waits_on_it(zeroshot_run, tmp_path):
+    """`train` (and `sweep`) ask whether --out already holds this run: a FIFO config.yaml is not one."""
+    from groupcoop.runs import holds_run
+
+    root, run = zeroshot_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    (copy / "config.yaml").unlink()
+    os.mkfifo(copy / "config.yaml")
+    assert not holds_run(copy, {})
+    proc = _run_cli(train_args(root, copy, "--workers", "0", "--cache-dir", tmp_path / "cache"), tmp_path)
+    assert proc.returncode == 2 and "already holds" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and stat.S_ISFIFO(os.lstat(copy / "config.yaml").st_mode)
 
 
 # --- 3. path confinement: predict --csv --root like train ------------------------------------------------
@@ -401,6 +417,18 @@ def test_a_bad_environment_value_is_one_line_before_any_work(name, value, fragme
                                                       tmp_path / "p.csv"], ["methods"]):
         assert_one_line_error(cli(*argv), name, fragment)
     assert snapshot(tmp_path) == before
+
+
+def test_every_groupcoop_variable_the_project_reads_is_known():
+    """A GROUPCOOP_* name used anywhere in the project but missing from the table would be refused
+    as misspelt by every command."""
+    from groupcoop.environment import VARIABLES
+
+    project = Path(__file__).resolve().parents[1]
+    used = {name for folder in ("src", "tests", "scripts", "benchmarks") for path in (project / folder).rglob("*.py")
+            for name in re.findall(r"GROUPCOOP_[A-Z][A-Z_]*[A-Z]", path.read_text(encoding="utf-8"))}
+    used -= {"GROUPCOOP_CACH"}  # the misspelling a test above sets on purpose
+    assert used and used <= set(VARIABLES), sorted(used - set(VARIABLES))
 
 
 def test_world_size_without_torchrun_is_one_line(zeroshot_run, tmp_path, monkeypatch, cli):

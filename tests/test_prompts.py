@@ -8,7 +8,7 @@ from groupcoop.backbone import load_backbone
 from groupcoop.data.base import GroupDataset
 from groupcoop.errors import UserError
 from groupcoop.methods import GroupCoOpParams
-from groupcoop.pipeline import Prepared, run_method
+from groupcoop.pipeline import Prepared, check_run, run_method
 from groupcoop.prompts import PromptLearner, load_prompts
 from groupcoop.settings import make_settings
 
@@ -21,7 +21,7 @@ def vit_b16():
 
 
 def width(backbone) -> int:
-    return backbone.text.token_embedding.weight.shape[1]
+    return backbone.token_width
 
 
 @pytest.mark.parametrize("name", ["round shape", "angular shape on water"])
@@ -83,7 +83,7 @@ def test_groupcoop_on_vit_b16_reports_32768_trainable_params(vit_b16):
     prep = Prepared(ds, vit_b16, feats)
     settings = make_settings({"dataset": "tiny-groups", "backbone": "ViT-B-16", "method": "groupcoop",
                               "hyperparameters": {"epochs": 1, "batch_size": 64}})
-    run = run_method(prep, settings, log=lambda s: None)
+    run = run_method(prep, check_run(settings, ds, vit_b16)[1], log=lambda s: None)
     metrics, learner = run.metrics, run.learner
     m = GroupCoOpParams().n_ctx  # the default number of context vectors
     assert metrics["trainable_params"] == 2 * 2 * m * 512
@@ -128,3 +128,33 @@ def test_loading_for_another_class_list_is_refused(tiny_backbone, tmp_path):
 def test_loading_from_a_folder_without_prompts_is_refused(tiny_backbone, tmp_path):
     with pytest.raises(UserError, match="no learned prompts"):
         load_prompts(tmp_path, tiny_backbone)
+
+
+def test_fit_on_a_loaded_dataset_refuses_a_bad_context_before_extraction(monkeypatch):
+    """groupcoop.fit goes through check_run for a GroupDataset too: prompt checks come before any image."""
+    import groupcoop
+    from groupcoop import pipeline
+
+    def no_extraction(*args, **kwargs):
+        raise AssertionError("features were extracted before the refusal")
+
+    monkeypatch.setattr(pipeline, "extract_features", no_extraction)
+    dataset = groupcoop.load_dataset("synth-waterbirds")
+    with pytest.raises(UserError, match="ctx_init 'a photo of a' has 4 tokens but n_ctx is 2"):
+        groupcoop.fit(dataset, method="coop", config={"hyperparameters": {"n_ctx": 2}})
+    with pytest.raises(UserError, match="kmeans clusters have no names"):
+        groupcoop.fit(dataset, method="zeroshot_groups", groups="kmeans")
+
+
+def test_several_learners_share_one_text_encoder_call(tiny_backbone):
+    """What a driver of many runs does: concatenate the learners' prompt embeddings (padded to one
+    length; a causal encoder ignores positions after each pooled token), encode once, split."""
+    a = PromptLearner(tiny_backbone, ["round shape"], n_ctx=4, generator=torch.Generator().manual_seed(0))
+    b = PromptLearner(tiny_backbone, ["angular shape on water", "x"], n_ctx=6, generator=torch.Generator().manual_seed(1))
+    (xa, pa), (xb, pb) = a.prompt_embeddings(), b.prompt_embeddings()
+    length = max(xa.shape[1], xb.shape[1])
+    pad = lambda x: torch.nn.functional.pad(x, (0, 0, 0, length - x.shape[1]))  # noqa: E731
+    with torch.no_grad():
+        together = tiny_backbone.encode_text_embeddings(torch.cat([pad(xa), pad(xb)]), torch.cat([pa, pb]))
+        torch.testing.assert_close(together[:1], a(), atol=1e-5, rtol=0)
+        torch.testing.assert_close(together[1:], b(), atol=1e-5, rtol=0)

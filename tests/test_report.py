@@ -221,7 +221,7 @@ def test_token_text(tiny_backbone):
 def mini_run(tiny_backbone):
     """groupcoop with pseudo groups, 1 epoch, on a 400-image slice of synth-waterbirds."""
     from groupcoop.data.synthetic import SyntheticImages, make_task_dataset
-    from groupcoop.pipeline import prepare, run_method
+    from groupcoop.pipeline import check_run, prepare, run_method
 
     full = make_task_dataset("synth-waterbirds")
     keep = []
@@ -237,7 +237,7 @@ def mini_run(tiny_backbone):
     prep = prepare(mini, tiny_backbone, progress=False)
     settings = make_settings({"dataset": "synth-mini", "backbone": "groupcoop-tiny", "method": "groupcoop",
                               "groups": "pseudo", "hyperparameters": {"epochs": 1}})
-    run = run_method(prep, settings, log=lambda s: None)
+    run = run_method(prep, check_run(settings, mini, tiny_backbone)[1], log=lambda s: None)
     return run.metrics, run.learner
 
 

@@ -3,8 +3,6 @@
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from PIL import Image
 
 from groupcoop.backbone import TINY, load_backbone
 from groupcoop.data import synthetic
@@ -42,23 +40,10 @@ def test_task_images_show_their_attributes():
     ds = make_task_dataset("synth-multiceleba")
     table = ds.images.table
     for i in range(0, len(table), 997):
-        shape, colour, background = table[i][:3]
-        assert synthetic.family_of(shape) + " shape" == ds.class_names[ds.y[i]]
-        assert background == ds.attribute_values[0][ds.attrs[i, 0]]
-        assert colour == ds.attribute_values[1][ds.attrs[i, 1]]
-
-
-def test_tiny_clip_knows_the_world_zero_shot():
-    """Held-out renders, through the model's own preprocessing: >= 90% for each attribute name."""
-    bb = load_backbone(TINY)
-    images, labels = synthetic.heldout_renders(600)
-    batch = torch.stack([bb.preprocess(Image.fromarray(im)) for im in images])
-    feats = bb.encode_images(batch, normalize=True)
-    for attribute in ("shape", "colour", "background"):
-        prompts = synthetic.attribute_prompts(attribute)
-        text = torch.stack([F.normalize(bb.encode_text(p, normalize=True).mean(0), dim=-1) for p in prompts.values()])
-        accuracy = float(((feats @ text.T).argmax(1).numpy() == labels[attribute]).mean())
-        assert accuracy >= 0.90, f"{attribute}: {accuracy:.3f}"
+        scene = table[i]
+        assert synthetic.family_of(scene.shape) + " shape" == ds.class_names[ds.y[i]]
+        assert scene.background == ds.attribute_values[0][ds.attrs[i, 0]]
+        assert scene.colour == ds.attribute_values[1][ds.attrs[i, 1]]
 
 
 def test_class_names_are_weak_zero_shot_but_background_is_easy():

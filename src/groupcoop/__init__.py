@@ -17,10 +17,10 @@ __version__ = "0.2.0"
 
 _API = {
     "fit": "api",
-    "Run": "pipeline",
+    "Run": "runs",
     "load_run": "api",
     "RunSettings": "settings",
-    "GroupingOptions": "settings",
+    "GroupingOptions": "labelers",
     "GroupCoOpClassifier": "predict",
     "Prediction": "head",
     "load_dataset": "data.registry",

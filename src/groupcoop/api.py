@@ -11,8 +11,8 @@ from pathlib import Path
 
 from .data.base import GroupDataset
 from .errors import UserError
-from .pipeline import Run, check_run, prepare, run_method
-from .predict import read_run_config
+from .pipeline import check_run, prepare, run_method
+from .runs import Run, read_run_config
 from .settings import RunSettings, make_settings
 
 
@@ -34,18 +34,7 @@ def fit(dataset: str | GroupDataset, backbone: str = "groupcoop-tiny", pretraine
         if value is not None:
             values.setdefault(key, value)
     settings = make_settings(values, "fit()")
-    if loaded is not None:
-        from .backbone import load_backbone
-        from .methods import get_method
-        from .pipeline import check_device, resolve_method_grouping
-
-        check_device(settings.device)
-        bb = load_backbone(settings.backbone, settings.pretrained, device=settings.device)
-        grouping = resolve_method_grouping(get_method(settings.method), loaded, settings.groups)
-        settings = settings.replace(groups=grouping.model_dump())
-        ds = loaded
-    else:
-        ds, settings, bb = check_run(settings)
+    ds, settings, bb = check_run(settings, dataset=loaded)
     prep = prepare(ds, bb, cache_dir=cache_dir, feature_dtype=settings.feature_dtype, workers=workers,
                    progress=progress)
     return run_method(prep, settings, log=log or (lambda s: None))

@@ -16,8 +16,6 @@ from . import __version__
 from .errors import UserError
 
 EPILOG = "Docs: README.md. Bad input exits with status 2 and one line on stderr."
-METHOD_NAMES = ("zeroshot, coop, groupcoop, zeroshot_groups, linear_probe, linear_probe_balanced, group_linear, dfr, "
-                "coop_balanced, coop_groupdro, jtt")  # for --help only; `groupcoop methods` has the table
 
 
 class _Parser(argparse.ArgumentParser):
@@ -83,12 +81,13 @@ def cmd_train(args) -> None:
     out = Path(args.out).expanduser()
     ensure_writable_dir(out.parent, "--out")
     from .features import check_cache_dir
-    from .pipeline import check_run, prepare, run_method, run_report, same_run, write_run
+    from .pipeline import check_run, prepare, run_method
+    from .runs import holds_run, run_report, write_run
 
     cache_dir = check_cache_dir(args.cache_dir)
     check_outside(cache_dir, "--cache-dir", out, "--out")
     dataset, settings, backbone = check_run(settings, allow_symlinks_outside=args.allow_symlinks_outside)
-    check_replaceable(out, args.overwrite or same_run(out, settings))  # an identical run may be redone in place
+    check_replaceable(out, args.overwrite or holds_run(out, settings.dump()))  # an identical run may be redone in place
     with output_lock(out):
         prep = prepare(dataset, backbone, cache_dir=cache_dir, feature_dtype=settings.feature_dtype,
                        workers=args.workers, progress=not args.quiet, verify_cache=args.verify_cache)
@@ -101,11 +100,10 @@ def cmd_train(args) -> None:
 # --- extract ---------------------------------------------------------------------------------
 
 def cmd_extract(args) -> None:
-    from .backbone import load_backbone
+    from .backbone import check_device, load_backbone
     from .data.registry import load_dataset
     from .distributed import Ranks, extract_cache, process_group, summary_lines
     from .features import check_cache_dir, resolve_precision
-    from .pipeline import check_device
     from .settings import key_values
 
     ranks = Ranks.from_env()
@@ -130,7 +128,8 @@ def cmd_evaluate(args) -> None:
     from .data.registry import load_dataset
     from .features import check_cache_dir
     from .metrics import format_group_table
-    from .pipeline import check_device, evaluate_split, prepare
+    from .backbone import check_device
+    from .pipeline import evaluate_split, prepare
     from .predict import load_run_head
     from .settings import key_values
 
@@ -200,9 +199,12 @@ def cmd_groups(args) -> None:
     from .data.registry import load_dataset
     from .features import check_cache_dir
     from .files import check_outside, check_replaceable, ensure_writable_dir, output_lock
-    from .pipeline import check_device, prepare, resolve_grouping, write_groups
-    from .backbone import load_backbone
-    from .settings import GroupingOptions, build, key_values
+    from .backbone import check_device, load_backbone
+    from .groups import resolve_grouping, write_groups
+    from .labelers import GroupingOptions
+    from .pipeline import prepare
+    from .schema import build
+    from .settings import key_values
 
     options = build(GroupingOptions, {k: v for k, v in {
         "source": args.labeler, "bias_prompts": args.bias_prompts, "clusters": args.clusters,
@@ -222,16 +224,30 @@ def cmd_groups(args) -> None:
         print(write_groups(prep, out, options, seed=args.seed))
 
 
+def cmd_world(args) -> None:
+    from .world import format_card, world_card
+
+    card = world_card()
+    if args.json:
+        print(json.dumps(card, indent=1))
+        return
+    print(f"The built-in synthetic world, and how well {card['backbone']} names each attribute zero-shot "
+          f"({card['heldout_images']} held-out renders):\n")
+    print(format_card(card))
+
+
 def cmd_backbones(args) -> None:
-    from .backbone import describe_models
+    from .backbone import TINY, TRANSFORMERS_PREFIX, describe_models
 
     info = describe_models()
     tags: dict[str, list[str]] = {}
     for name, tag in info.pretrained:
         tags.setdefault(name, []).append(tag)
     for name in info.models:
-        extra = "bundled weights" if name == "groupcoop-tiny" else (", ".join(tags.get(name, [])) or "-")
+        extra = "bundled weights" if name == TINY else (", ".join(tags.get(name, [])) or "-")
         print(f"{name:<36} {extra}")
+    print(f"\n{TRANSFORMERS_PREFIX}<hub id or folder>   a Hugging Face CLIPModel or SiglipModel "
+          "(pip install groupcoop[transformers])")
     if info.unusable:
         print(f"\nnot usable here (need `pip install {' '.join(sorted(set(info.unusable.values())))}`): "
               f"{', '.join(sorted(info.unusable))}", file=sys.stderr)
@@ -258,8 +274,8 @@ def cmd_methods(args) -> None:
 
 
 def cmd_predict(args) -> None:
+    from .backbone import check_device
     from .files import atomic_text, check_output_file
-    from .pipeline import check_device
     from .predict import GroupCoOpClassifier, find_images, images_from_csv, predict_files, rows_to_csv
 
     if bool(args.images) == bool(args.csv):
@@ -288,8 +304,8 @@ def cmd_export(args) -> None:
 
     out = Path(args.out).expanduser()
     if out.suffix == ".safetensors" and not out.is_dir():
-        raise UserError(f"--out {out}: export writes a folder (head.safetensors, and the model open_clip needs "
-                        f"beside it); give a folder name, e.g. --out {out.with_suffix('')}")
+        raise UserError(f"--out {out}: export writes a folder (head.safetensors, and the model files beside it); "
+                        f"give a folder name, e.g. --out {out.with_suffix('')}")
     check_replaceable(out, args.overwrite)
     kind = groupcoop_kind(out) if out.is_dir() and any(out.iterdir()) else None
     if kind not in (None, "export"):  # --overwrite replaces an earlier export, never a run (its own source)
@@ -297,7 +313,7 @@ def cmd_export(args) -> None:
     ensure_writable_dir(out.parent, "--out")
     with output_lock(out):
         head = export_head(Path(args.run), out, pretrained=args.pretrained)
-    carried = f"the model in {out}/{head.info['weights']}" if head.info.get("weights") else \
+    carried = f"the {head.info['library']} model in {out}/{head.info['weights']}" if head.info.get("weights") else \
         f"open_clip's {head.info.get('model')}" + (f" ({head.info['pretrained']})" if head.info.get("pretrained") else "")
     print(f"wrote {out}/head.safetensors: {head.weight.shape[0]} rows x {head.weight.shape[1]} dims, classes "
           f"{', '.join(head.class_names)}, aggregate {head.aggregate}; backbone: {carried}")
@@ -337,7 +353,7 @@ def cmd_sweep(args) -> None:
         print_runs(mine, out)
         print(estimate(mine))
         return
-    from .pipeline import check_device
+    from .backbone import check_device
     from .sweep import check_roots
 
     check_device(grid.device)
@@ -388,9 +404,11 @@ def print_presets() -> None:
 
 def _add_backbone_flags(p, required: bool = True) -> None:
     p.add_argument("--backbone", required=required,
-                   help="open_clip architecture (ViT-B-16, RN50, ...), an hf-hub: id, or groupcoop-tiny")
-    p.add_argument("--pretrained", help="weights: a pretrained tag (openai, ...), a checkpoint file "
-                   "(.safetensors preferred), or 'random'; groupcoop-tiny uses its bundled weights by default")
+                   help="open_clip architecture (ViT-B-16, RN50, ...), an hf-hub: id, groupcoop-tiny, or "
+                   "transformers:<hub id or folder> for a Hugging Face CLIPModel or SiglipModel")
+    p.add_argument("--pretrained", help="open_clip weights: a pretrained tag (openai, ...), a checkpoint file "
+                   "(.safetensors preferred), or 'random'; groupcoop-tiny uses its bundled weights by default "
+                   "(transformers: backbones take none)")
     p.add_argument("--device", default=None, help="torch device: cpu (default), cuda, cuda:N or mps (extract under torchrun: cuda = cuda:LOCAL_RANK)")
 
 
@@ -415,13 +433,18 @@ def _add_grouping_flags(p) -> None:
     p.add_argument("--bias-prompts", help="attribute value phrases for zeroshot/pseudo groups: "
                    "'on land,on water' (';' between attributes)")
     p.add_argument("--clusters", type=_count(2), help="clusters per class for kmeans groups (default: attribute size)")
-    from .settings import DEFAULT_PSEUDO_VARIANT, PSEUDO_VARIANT_NAMES
+    from .labelers import DEFAULT_PSEUDO_VARIANT, PSEUDO_VARIANTS
 
-    p.add_argument("--variant", choices=PSEUDO_VARIANT_NAMES,
+    p.add_argument("--variant", choices=list(PSEUDO_VARIANTS),
                    help=f"pseudo-labeler variant (default {DEFAULT_PSEUDO_VARIANT}; see docs/defaults.md)")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .choices import FEATURE_DTYPES, PRECISIONS
+    from .data.base import SPLITS
+    from .labelers import GROUP_SOURCES
+    from .methods import METHODS
+
     parser = _Parser(prog="groupcoop", description="Group-robust prompt tuning of frozen CLIP models (GroupCoOp).",
                      epilog=EPILOG)
     parser.add_argument("--version", action="version", version=f"groupcoop {__version__}",
@@ -447,8 +470,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "report.txt. Flags override --config.")
     _add_dataset_flags(train, required=False)
     _add_backbone_flags(train, required=False)
-    train.add_argument("--method", help=f"one of: {METHOD_NAMES} (`groupcoop methods` lists them all)")
-    train.add_argument("--groups", help="where training groups come from: gt, zeroshot, kmeans, pseudo "
+    train.add_argument("--method", help=f"one of: {', '.join(METHODS)} (`groupcoop methods` lists them all)")
+    train.add_argument("--groups", help=f"where training groups come from: {', '.join(GROUP_SOURCES)} "
                        "(default gt when the dataset has bias labels, else pseudo)")
     _add_grouping_flags(train)
     train.add_argument("--out", required=True, help="run folder to write")
@@ -459,7 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="method hyper-parameter, repeatable (e.g. epochs=30, lr=0.001, aggregate=logsumexp; "
                        "`groupcoop methods -v` lists them)")
-    train.add_argument("--feature-dtype", choices=["float32", "float16"], default=None, help="feature cache dtype")
+    train.add_argument("--feature-dtype", choices=FEATURE_DTYPES, default=None, help="feature cache dtype")
     train.add_argument("--overwrite", action="store_true",
                        help="replace an --out folder that holds another groupcoop run (never anything else)")
     train.add_argument("--verify-cache", action="store_true",
@@ -476,9 +499,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "features in the cache.")
     _add_dataset_flags(ex)
     _add_backbone_flags(ex)
-    ex.add_argument("--feature-dtype", choices=["float32", "float16"], default="float32",
+    ex.add_argument("--feature-dtype", choices=FEATURE_DTYPES, default="float32",
                     help="feature cache dtype (default float32, as for train)")
-    ex.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+    ex.add_argument("--precision", choices=PRECISIONS, default="auto",
                     help="autocast while encoding: auto = fp16 on CUDA, fp32 elsewhere; CPU allows fp32 and bf16")
     ex.add_argument("--batch-size", type=_count(1), default=256, help="images per encoder batch (default 256)")
     ex.add_argument("--shard-size", type=_count(1), default=None,
@@ -494,7 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--prompts", required=True, metavar="RUN", help="run folder written by `groupcoop train`")
     _add_dataset_flags(ev)
     _add_backbone_flags(ev, required=False)
-    ev.add_argument("--split", default="test", choices=["train", "val", "test"], help="split to evaluate (default test)")
+    ev.add_argument("--split", default="test", choices=list(SPLITS), help="split to evaluate (default test)")
     ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
     _add_common(ev)
     ev.set_defaults(func=cmd_evaluate)
@@ -518,7 +541,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "OUT/quality.json (accuracy under best matching, NMI, ARI, per-group precision/recall).")
     _add_dataset_flags(gr)
     _add_backbone_flags(gr)
-    gr.add_argument("--labeler", "--method", dest="labeler", required=True, choices=["zeroshot", "kmeans", "pseudo"],
+    gr.add_argument("--labeler", "--method", dest="labeler", required=True,
+                    choices=[s for s in GROUP_SOURCES if s != "gt"],
                     help="the group labeler (--method is the older name)")
     _add_grouping_flags(gr)
     gr.add_argument("--seed", type=_count(0), default=0, help="random seed (default 0)")
@@ -527,8 +551,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(gr)
     gr.set_defaults(func=cmd_groups)
 
+    wo = sub.add_parser("world", help="the synthetic world's card: attributes, caption rates, zero-shot accuracy",
+                        description="For each attribute of the built-in synthetic world: its values, how often "
+                        "pretraining captions name it, the bundled groupcoop-tiny's zero-shot accuracy and a linear probe's accuracy on "
+                        "held-out renders (deterministic).")
+    wo.add_argument("--json", action="store_true",
+                    help='print {"attributes": {NAME: {"values", "caption_rate", "zeroshot_accuracy", "probe_accuracy", "chance"}}}')
+    wo.set_defaults(func=cmd_world)
+
     bb = sub.add_parser("backbones", help="list the architectures and pretrained tags",
-                        description="List the open_clip architectures, their pretrained tags and the bundled model.")
+                        description="List the open_clip architectures, their pretrained tags and the bundled model, "
+                        "and how to name a Hugging Face transformers checkpoint.")
     bb.set_defaults(func=cmd_backbones)
 
     pr = sub.add_parser("predict", help="classify new images with a trained run",
@@ -553,13 +586,16 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--quiet", action="store_true", help="no progress bar")
     pr.set_defaults(func=cmd_predict)
 
-    ex = sub.add_parser("export", help="write a run's classifier as a folder usable with plain open_clip",
+    ex = sub.add_parser("export", help="write a run's classifier as a folder usable with plain open_clip "
+                        "(or transformers)",
                         description="Write OUT/head.safetensors (normalised text features per class x group, logit "
-                        "scale, class and group names, aggregate rule, the backbone's open_clip name and pretrained "
-                        "tag) and, when open_clip cannot fetch the backbone by name (the bundled groupcoop-tiny, a "
-                        "weights file, random weights), OUT/open_clip_config.json + OUT/open_clip_model.safetensors "
-                        "(with its sha256), which open_clip loads as `local-dir:OUT`; README shows how to use it "
-                        "without groupcoop. `groupcoop predict OUT` uses it too.")
+                        "scale and bias, class and group names, aggregate rule, the backbone's library, name and "
+                        "pretrained tag) and, when open_clip cannot fetch the backbone by name (the bundled "
+                        "groupcoop-tiny, a weights file, random weights), OUT/open_clip_config.json + "
+                        "OUT/open_clip_model.safetensors (with its sha256), which open_clip loads as `local-dir:OUT`. "
+                        "A transformers: backbone is written with save_pretrained (OUT/config.json, "
+                        "OUT/model.safetensors, tokenizer and image processor files), which AutoModel.from_pretrained "
+                        "loads. README shows how to use either without groupcoop. `groupcoop predict OUT` uses it too.")
     ex.add_argument("run", help="run folder written by `groupcoop train`")
     ex.add_argument("--out", required=True, help="folder to write (created, with its parents)")
     ex.add_argument("--overwrite", action="store_true", help="replace an --out folder that holds an earlier export")
@@ -577,7 +613,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--out", help="sweep folder (default runs/<grid name>)")
     sw.add_argument("--datasets", help="comma-separated datasets, replacing the grid's (ranges: synth-random:0..29)")
     sw.add_argument("--methods", help="comma-separated methods, replacing the grid's")
-    sw.add_argument("--groups", help="comma-separated group sources (gt, pseudo, zeroshot, kmeans), replacing the grid's")
+    sw.add_argument("--groups", help=f"comma-separated group sources ({', '.join(GROUP_SOURCES)}), replacing the grid's")
     sw.add_argument("--seeds", help="seeds, replacing the grid's: 0,1,2 or 0..2")
     sw.add_argument("--backbones", help="comma-separated backbones, replacing the grid's")
     sw.add_argument("--root", action="append", metavar="DATASET=FOLDER", help="a dataset's folder, repeatable")

@@ -3,7 +3,7 @@
 Features are extracted once (and cached); each method and seed is a normal run folder under
 OUT/<method>/seed-<k>/. OUT/summary.json maps each method to its metrics.json content (seed 0)
 with an `over_seeds` block of means and standard deviations; OUT/report.txt holds the table
-that is printed, and OUT/report.png a per-group bar chart.
+that is printed, OUT/report.png the per-group bar chart of report.html (test split).
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import numpy as np
 from .backbone import TINY
 from .errors import UserError
 from .files import atomic_folder, output_lock
-from .report import demo_report_html
+from .metrics import HEADLINE
+from .report import demo_groups_png, demo_report_html
 
 METHODS = ("zeroshot", "coop", "groupcoop")
-HEADLINE = ("avg_acc", "worst_group_acc", "unbiased_acc")
 
 
 def _mean_std(values: list[float]) -> dict:
@@ -63,34 +63,11 @@ def comparison_table(summary: dict, split: str = "test") -> str:
     return f"{split} split, accuracy in % ({seeds}):\n" + "\n".join(out)
 
 
-def _plot(summary: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    methods = list(summary)
-    groups = [g["name"] for g in summary[methods[0]]["over_seeds"]["test"]["groups"]]
-    fig, ax = plt.subplots(figsize=(8, 3.5))
-    width = 0.8 / len(methods)
-    for i, m in enumerate(methods):
-        accs = [100 * g["acc"]["mean"] for g in summary[m]["over_seeds"]["test"]["groups"]]
-        errs = [100 * g["acc"]["std"] for g in summary[m]["over_seeds"]["test"]["groups"]]
-        ax.bar(np.arange(len(groups)) + i * width, accs, width, yerr=errs, label=m)
-    ax.set_xticks(np.arange(len(groups)) + width * (len(methods) - 1) / 2, groups, fontsize=8)
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.legend(loc="lower right", fontsize=8)
-    ax.set_title("per-group test accuracy")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 def run_demo(out: Path, seeds: int = 1, task: str = "synth-waterbirds", cache_dir=None, workers=None,
              progress: bool = True, log=print) -> dict:
     """Run every demo method and seed into `out` (replaced whole when done; nothing is written on failure)."""
-    from .pipeline import check_run, fill_run_folder, prepare, run_method
+    from .pipeline import check_run, prepare, run_method
+    from .runs import fill_run_folder
     from .settings import make_settings
 
     base = make_settings({"dataset": task, "backbone": TINY, "method": METHODS[0]}, "demo")
@@ -103,7 +80,8 @@ def run_demo(out: Path, seeds: int = 1, task: str = "synth-waterbirds", cache_di
         runs: dict[str, list[dict]] = {}
         for method in METHODS:
             for seed in range(seeds):
-                run = run_method(prep, base.replace(method=method, seed=seed, hyperparameters={}), log=lambda s: None)
+                _, settings, _ = check_run(base.replace(method=method, seed=seed, hyperparameters={}), dataset, backbone)
+                run = run_method(prep, settings, log=lambda s: None)
                 fill_run_folder(tmp / method / f"seed-{seed}", run)
                 runs.setdefault(method, []).append(run.metrics)
                 test = run.metrics["splits"]["test"]
@@ -113,7 +91,7 @@ def run_demo(out: Path, seeds: int = 1, task: str = "synth-waterbirds", cache_di
         table = comparison_table(summary)
         (tmp / "summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
         (tmp / "report.txt").write_text(table + "\n", encoding="utf-8")
-        _plot(summary, tmp / "report.png")
+        (tmp / "report.png").write_bytes(demo_groups_png(summary))
         (tmp / "report.html").write_text(demo_report_html(summary), encoding="utf-8")
     log("")
     log(table)

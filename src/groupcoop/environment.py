@@ -66,6 +66,7 @@ VARIABLES = {
     "GROUPCOOP_MAX_IMAGE_PIXELS": Variable(_pixels, "Pillow's decompression-bomb limit in pixels"),
     "GROUPCOOP_DIST_TIMEOUT": Variable(_seconds, "seconds torchrun ranks wait for each other (default 7200)"),
     "GROUPCOOP_DEBUG": Variable(_flag, "1: show tracebacks of internal errors"),
+    "GROUPCOOP_PIN_ALL": Variable(_flag, "1: the test suite checks the pinned metrics of every built-in task"),
 }
 
 

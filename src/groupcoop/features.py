@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from tqdm import tqdm
 
+from .choices import FEATURE_DTYPES, PRECISIONS
 from .errors import UserError
 from .files import atomic_write, ensure_writable_dir
 
@@ -370,9 +371,6 @@ class FeatureRows:
 
 # --- extraction ---------------------------------------------------------------------------------
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
-
 def resolve_precision(device, precision: str = "auto") -> str:
     """fp32, bf16 or fp16: `auto` is fp16 autocast on CUDA, fp32 elsewhere; CPU allows fp32 and bf16."""
     kind = torch.device(device).type
@@ -393,9 +391,9 @@ def _autocast(device: torch.device, precision: str):
 
 
 def _ready_for_gpu(backbone) -> None:
-    """cuDNN autotuning for the fixed batch shape, and channels-last convolution weights."""
+    """cuDNN autotuning for the fixed batch shape, and the backbone's own GPU layout (channels-last weights)."""
     torch.backends.cudnn.benchmark = True
-    backbone.model.visual.to(memory_format=torch.channels_last)
+    backbone.tune_for_gpu()
 
 
 def encode_shards(backbone, images, shards: list[tuple[int, int]], batch_size: int, workers: int,
@@ -429,16 +427,10 @@ def encode_shards(backbone, images, shards: list[tuple[int, int]], batch_size: i
             chunks = []
 
 
-def encode_shard(backbone, images, start: int, stop: int, batch_size: int, workers: int,
-                 precision: str = "auto", bar=None) -> torch.Tensor:
-    """Features (stop - start, d) float32 of one shard."""
-    return next(encode_shards(backbone, images, [(start, stop)], batch_size, workers, precision, bar))[1]
-
-
 def open_cache(backbone, images, cache_dir: Path | None, dtype: str, shard_size: int | None = None):
     """(the cache, its shard ranges) for these inputs."""
-    if dtype not in ("float32", "float16"):
-        raise ValueError("dtype must be float32 or float16")
+    if dtype not in FEATURE_DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(FEATURE_DTYPES)}")
     cache = FeatureCache.for_inputs(backbone, images, cache_dir or default_cache_dir(), dtype)
     cache = replace(cache, shard_size=cache.layout(shard_size))
     return cache, shard_ranges(len(images), cache.shard_size)
@@ -481,26 +473,21 @@ def extract_features(
     stop_after_shards: int | None = None,
     verify: bool = False,
     precision: str = "auto",
-    rank: int = 0,
-    world_size: int = 1,
-) -> Features | None:
+) -> Features:
     """Features of every image of `images` (an ImageSource), through the cache.
 
     `dtype` 'float16' halves the cache on disk. `verify` adds a content hash of every file to
     the shard stamps. `precision` is the autocast dtype (`resolve_precision`). `shard_size`
-    defaults to what the cache folder already uses, else DEFAULT_SHARD. With `world_size` > 1
-    this process fills only the stale shards k with k % world_size == rank and returns None
-    (`distributed.extract_cache` waits for the others and checks the result).
+    defaults to what the cache folder already uses, else DEFAULT_SHARD (several processes fill
+    one cache with `distributed.extract_cache`).
     `stop_after_shards` ends the run early after writing that many new shards (to test resuming).
     """
     started = time.time()
     cache, shards = open_cache(backbone, images, cache_dir, dtype, shard_size)
     written = fill_shards(backbone, images, cache, shards, batch_size, workers, verify, precision, progress,
-                          rank, world_size, stop_after_shards)
+                          stop_after_shards=stop_after_shards)
     if stop_after_shards is not None and written == stop_after_shards and stale_shards(cache, images, shards, verify):
         raise InterruptedError(f"stopped after {written} shards")
-    if world_size > 1:
-        return None
     cache.remove_abandoned(started)
     cache.mark_complete()
     return cache.open(shards)

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from .choices import AGGREGATES
 from .errors import UserError
-from .methods import AGGREGATES
 
 FORMAT = "groupcoop-head/1"
 

@@ -34,25 +34,25 @@ classes.
 A class with fewer images than clusters cannot be clustered: `pseudo` falls back to
 zero-shot there and `kmeans` gives each image its own cluster. Everything is deterministic
 for a given seed (estimators get `random_state=seed`; no global RNG is touched).
+
+The names of the group sources (`LABELERS`) and of the pseudo variants (`PSEUDO_VARIANTS`)
+are said here and nowhere else; `GroupingOptions` validates with them. Importing this module
+imports no scikit-learn (settings are checked before anything heavy loads): the labelers
+import it when they run.
 """
 
 from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Mapping, NamedTuple, Sequence
+from typing import Annotated, Callable, Literal, Mapping, NamedTuple, Sequence
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
-from sklearn.cluster import KMeans
-from sklearn.linear_model import LogisticRegression
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
-from sklearn.mixture import GaussianMixture
+from pydantic import Field, model_validator
 
 from .data.base import group_index
 from .errors import UserError, close_matches
-from .settings import DEFAULT_PSEUDO_VARIANT
+from .schema import Frozen, Int, PhraseLists
 
 KMEANS_N_INIT = 10  # restarts for plain `kmeans` (fixed so results do not depend on sklearn's default)
 SELFTRAIN_DROP = 0.3  # share of least-confident zero-shot assignments left out of the seeds
@@ -87,7 +87,6 @@ class Labeler:
     needs_truth: bool = False
     needs_feats: bool = False
     joint: bool = False  # True: label all attributes at once (unnamed clusters: kmeans)
-    doc: str = ""
 
 
 # ---------------------------------------------------------------- per-class labelers
@@ -120,6 +119,9 @@ def _zeroshot_centroids(x: np.ndarray, scores: np.ndarray) -> np.ndarray:
 
 
 def _fit_kmeans(x: np.ndarray, k: int, init, n_init: int, seed: int) -> np.ndarray:
+    from sklearn.cluster import KMeans
+    from sklearn.exceptions import ConvergenceWarning
+
     with warnings.catch_warnings():  # duplicate points / empty clusters are not errors here
         warnings.simplefilter("ignore", ConvergenceWarning)
         model = KMeans(n_clusters=k, init=init, n_init=n_init, random_state=seed)
@@ -134,6 +136,9 @@ def _pseudo_kmeans(x: np.ndarray, scores: np.ndarray, seed: int) -> np.ndarray:
 def _pseudo_gmm(x: np.ndarray, scores: np.ndarray, seed: int) -> np.ndarray:
     """Diagonal Gaussian mixture whose means, weights and variances start from the zero-shot
     assignment (component v = value v)."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.mixture import GaussianMixture
+
     k = scores.shape[1]
     assigned = np.argmax(scores, axis=1)
     counts = np.bincount(assigned, minlength=k)
@@ -182,6 +187,8 @@ def _selftrain(x: np.ndarray, scores: np.ndarray, seed: int, balanced: bool) -> 
     than two confident seeds cannot be learned; then K-means started at the zero-shot
     centroids is used.
     """
+    from sklearn.linear_model import LogisticRegression
+
     assigned, confident = _confident_seeds(scores)
     if np.bincount(assigned[confident], minlength=scores.shape[1]).min() < 2:
         return _pseudo_kmeans(x, scores, seed)
@@ -231,18 +238,37 @@ def _pseudo(part: ClassPart) -> np.ndarray:
     return PSEUDO_VARIANTS[part.variant](part.feats, part.scores, part.seed)
 
 
-LABELERS: dict[str, Labeler] = {
-    "gt": Labeler("gt", _gt, needs_truth=True, doc="the dataset's own bias labels"),
-    "zeroshot": Labeler("zeroshot", _zeroshot, needs_scores=True, doc="argmax of zero-shot scores"),
-    "kmeans": Labeler(
-        "kmeans", _kmeans, needs_feats=True, joint=True,
-        doc="per-class K-means on image features; raw cluster ids (unnamed)",
-    ),
-    "pseudo": Labeler(
-        "pseudo", _pseudo, needs_scores=True, needs_feats=True,
-        doc="zero-shot-seeded clustering of image features (see PSEUDO_VARIANTS)",
-    ),
+LABELERS: dict[str, Labeler] = {  # the group sources: --groups takes these names
+    "gt": Labeler("gt", _gt, needs_truth=True),
+    "zeroshot": Labeler("zeroshot", _zeroshot, needs_scores=True),
+    "kmeans": Labeler("kmeans", _kmeans, needs_feats=True, joint=True),
+    "pseudo": Labeler("pseudo", _pseudo, needs_scores=True, needs_feats=True),
 }
+GROUP_SOURCES: tuple[str, ...] = tuple(LABELERS)
+DEFAULT_PSEUDO_VARIANT = "recall"  # chosen on the dev suite (docs/defaults.md)
+
+
+class GroupingOptions(Frozen):
+    """Where training groups come from (a labeler of `LABELERS`), and the labelers' knobs.
+
+    `source` None means "gt when the data has bias labels, else pseudo" and is resolved once,
+    when the dataset is known (`groups.resolve_grouping`).
+    """
+
+    source: Literal[GROUP_SOURCES] | None = None
+    bias_prompts: PhraseLists | None = None  # value phrases per attribute, for zeroshot/pseudo
+    clusters: Annotated[Int, Field(ge=2, le=1000)] | None = None  # kmeans clusters per attribute
+    variant: Literal[tuple(PSEUDO_VARIANTS)] = DEFAULT_PSEUDO_VARIANT  # the pseudo labeler's variant
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value):
+        return {"source": value} if isinstance(value, str) else value
+
+    def resolved(self, has_group_labels: bool) -> "GroupingOptions":
+        if self.source is not None:
+            return self
+        return self.model_copy(update={"source": "gt" if has_group_labels else "pseudo"})
 
 
 # ---------------------------------------------------------------- the one interface
@@ -383,6 +409,9 @@ def quality(
     `confusion` holds the counts: `matrix[i][j]` images of true group `true[i]` that got
     predicted group `pred[j]` (ids in increasing order, only ids that occur).
     """
+    from scipy.optimize import linear_sum_assignment
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
     t = np.asarray(true_groups, dtype=np.int64)
     p = np.asarray(pred_groups, dtype=np.int64)
     if t.shape != p.shape:

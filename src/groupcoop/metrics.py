@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
+# the headline numbers of a split, in the order tables show them, with their names in words
+HEADLINE = {"avg_acc": "average", "worst_group_acc": "worst-group", "unbiased_acc": "unbiased"}
+
 
 def group_accuracies(pred: np.ndarray, y: np.ndarray, groups: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
     """(accuracy per group, count per group); accuracy is NaN for an empty group."""

@@ -3,7 +3,8 @@
 `GroupCoOpClassifier` pairs a run's head with its frozen backbone and classifies PIL images,
 image files or preprocessed tensors. `predict_files` is what `groupcoop predict` runs: batched,
 decoded in DataLoader workers, one row per image, failures recorded per image. `export_head`
-writes the head with everything needed to use it with plain open_clip. A run folder and an
+writes the head with everything needed to use it with plain open_clip (or plain transformers,
+for a `transformers:` backbone). A run folder and an
 exported classifier folder load the same way (`load_run_head`).
 """
 
@@ -15,31 +16,17 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import yaml
 from PIL import Image
 from tqdm import tqdm
 
-from .backbone import Backbone, load_backbone
+from .backbone import Backbone, load_backbone, load_export_backbone
 from .data.base import PathImages
 from .errors import UserError
 from .head import Head, Prediction, check_head, load_head
+from .runs import read_run_config
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 HEAD_FILE = "head.safetensors"
-
-
-def read_run_config(folder: Path) -> dict:
-    """A run folder's config.yaml as a dict ({} when absent or not a YAML mapping).
-
-    Anything but a regular file there (a FIFO, a device) is one error line, never a hang."""
-    from .files import read_if_present
-
-    text = read_if_present(Path(folder) / "config.yaml", "run config")
-    try:
-        config = yaml.safe_load(text) if text is not None else None
-    except yaml.YAMLError:
-        return {}
-    return config if isinstance(config, dict) else {}
 
 
 def is_export(folder: Path) -> bool:
@@ -109,22 +96,10 @@ def _load_run(folder: Path, backbone: str | None, pretrained: str | None, device
 
 def _load_export(folder: Path, device: str) -> tuple[Head, Backbone]:
     """An exported classifier: the head, and the backbone it names or carries (checksum checked)."""
-    from .backbone import OPEN_CLIP_WEIGHTS, weights_checksum
-
     head = load_head(folder / HEAD_FILE)
-    weights, recorded = head.info.get("weights"), head.info.get("weights_sha256")
-    if weights is None:
+    if head.info.get("weights") is None:  # a model open_clip fetches by its name and tag
         return head, load_backbone(head.info.get("model"), head.info.get("pretrained"), device=device)
-    if weights != OPEN_CLIP_WEIGHTS or not isinstance(recorded, str):
-        raise UserError(f"{folder / HEAD_FILE}: the weights file or its checksum is missing from the metadata; "
-                        "export the run again")
-    from .files import open_regular
-
-    open_regular(folder / weights, "exported weights", "export the run again").close()
-    if weights_checksum(folder / weights) != recorded:
-        raise UserError(f"{folder / weights} does not match the sha256 recorded when it was exported ({recorded[:16]}...); "
-                        "the file was changed or damaged; export the run again")
-    bb = load_backbone(f"local-dir:{folder}", device=device)
+    bb = load_export_backbone(folder, head.info, device=device)
     head.info["backbone"] = bb.identity  # the same weights, checked by their checksum
     return head, bb
 
@@ -224,7 +199,7 @@ def find_images(paths: list[str]) -> PathImages:
 def images_from_csv(csv_path: Path, root: Path, path_col: str, allow_symlinks_outside: bool = False) -> PathImages:
     """Image paths listed in a CSV column, relative to `root`; they, and the files their symlinks
     lead to, must stay inside it (as for a dataset) unless `allow_symlinks_outside`."""
-    from .data.csv_dataset import inside_root, read_table, require_columns
+    from .data.metadata import inside_root, read_table, require_columns
 
     root = Path(root).expanduser()
     if not root.is_dir():
@@ -292,18 +267,15 @@ def rows_to_csv(rows: list[dict]) -> str:
 # --- groupcoop export ----------------------------------------------------------------------------
 
 def export_head(folder: Path, out: Path, pretrained: str | None = None) -> Head:
-    """Write a run's classifier into the folder `out`: head.safetensors (the head, with the model's
-    open_clip name, pretrained tag and, when open_clip cannot fetch the model, the
-    open_clip_config.json + open_clip_model.safetensors beside it, with their sha256)."""
-    from .backbone import weights_checksum, write_open_clip_model
+    """Write a run's classifier into the folder `out`: head.safetensors (the head, with what the
+    backbone's own library needs as JSON metadata: `Backbone.export_model`) and, when that
+    library cannot fetch the model by name, the model's files beside it (their sha256 recorded)."""
     from .files import atomic_folder
 
     folder = Path(folder).expanduser()
     head, bb = load_run_head(folder, pretrained=pretrained)
     with atomic_folder(Path(out), kind="export") as tmp:
-        model = write_open_clip_model(bb, tmp)
-        head.info.update({**model, "trained_with": {"backbone": bb.name, "pretrained": bb.pretrained},
-                          "weights_sha256": weights_checksum(tmp / model["weights"]) if model["weights"] else None})
+        head.info.update({**bb.export_model(tmp), "trained_with": {"backbone": bb.name, "pretrained": bb.pretrained}})
         head.weight = head.weight.cpu()
         head.bias = None if head.bias is None else head.bias.cpu()
         head.save(tmp / HEAD_FILE)

@@ -4,8 +4,10 @@ One prompt per class (CoOp) or per (class, group) (GroupCoOp). The context is ei
 by all prompts or one per prompt. Initialisation from a phrase places the phrase's token
 embeddings in the last slots (random N(0, 0.02) before them when M is longer than the
 phrase). The name part stays frozen text, so a group prompt can carry its attribute words
-("round shape on water"). Text features come through the backbone's embedding path, cut
-after the last [EOS].
+("round shape on water"). Text features come through the backbone's embedding path
+(`backbone.encode_text_embeddings`), cut after the last pooled token where the encoder is
+causal. The learner knows the prompt layout only through the backbone protocol (special
+tokens before the text, where it ends and pools), so it works for every backbone family.
 """
 
 from __future__ import annotations
@@ -31,16 +33,23 @@ def check_prompts_fit(backbone, names: list[str], n_ctx: int, init: str | None) 
     """
     placeholder = " ".join(["X"] * n_ctx)
     ids = backbone.tokenize([f"{placeholder} {name}." for name in names])
-    pool_at = backbone.pool_positions(ids)
-    if int(pool_at.max()) >= ids.shape[1] - 1 and backbone.text.pool_type != "last":
+    if int(backbone.eos_positions(ids).max()) >= ids.shape[1] - 1:
         raise UserError(f"prompts with n_ctx={n_ctx} context vectors do not fit the text encoder's {ids.shape[1]} "
                         "tokens; use a smaller --set n_ctx=... or shorter class and group names")
+    if _content_tokens(backbone, placeholder) != n_ctx:
+        raise UserError(f"backbone {backbone.name}: its tokenizer does not read the context placeholder 'X' as one "
+                        "token per word; prompt learning cannot place context vectors with it")
     if init:
-        k = int(backbone.pool_positions(backbone.tokenize([init]))[0]) - 1  # tokens between [SOS] and [EOS]
+        k = _content_tokens(backbone, init)
         if k > n_ctx:
             raise UserError(f"ctx_init '{init}' has {k} tokens but n_ctx is {n_ctx}; raise --set n_ctx=... "
                             "or shorten --set ctx_init=...")
-    return ids, pool_at
+    return ids, backbone.pool_positions(ids)
+
+
+def _content_tokens(backbone, text: str) -> int:
+    """How many tokens `text` takes between the special tokens."""
+    return int(backbone.eos_positions(backbone.tokenize([text]))[0]) - backbone.prefix_length
 
 
 class PromptLearner(nn.Module):
@@ -53,28 +62,33 @@ class PromptLearner(nn.Module):
         self.init = init
         self.shared = shared
         self.info: dict = {}  # what else the saved prompts should say (classes, groups, aggregate)
-        width = backbone.text.token_embedding.weight.shape[1]
         ids, pool_at = check_prompts_fit(backbone, names, n_ctx, init)
         with torch.no_grad():
             embedded = backbone.token_embeddings(ids)
-        length = int(pool_at.max()) + 1 if backbone.text.pool_type in ("argmax", "eos") else ids.shape[1]
-        self.register_buffer("prefix", embedded[:, :1].clone(), persistent=False)
-        self.register_buffer("suffix", embedded[:, 1 + n_ctx:length].clone(), persistent=False)
+        start = backbone.prefix_length  # the context follows the special tokens before the text
+        length = backbone.text_length(pool_at, ids.shape[1])
+        self.register_buffer("prefix", embedded[:, :start].clone(), persistent=False)
+        self.register_buffer("suffix", embedded[:, start + n_ctx:length].clone(), persistent=False)
         self.register_buffer("pool_at", pool_at, persistent=False)
-        ctx = torch.empty(1 if shared else len(names), n_ctx, width, device=self.prefix.device)
+        ctx = torch.empty(1 if shared else len(names), n_ctx, backbone.token_width, device=self.prefix.device)
         nn.init.normal_(ctx, std=0.02, generator=generator)
         if init:
             phrase = backbone.tokenize([init])
-            k = int(backbone.pool_positions(phrase)[0]) - 1  # tokens between [SOS] and [EOS]
+            k = _content_tokens(backbone, init)
             with torch.no_grad():
-                ctx[:, n_ctx - k:] = backbone.token_embeddings(phrase)[0, 1:1 + k]
+                ctx[:, n_ctx - k:] = backbone.token_embeddings(phrase)[0, start:start + k]
         self.ctx = nn.Parameter(ctx)
+
+    def prompt_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The prompts' token embeddings (P, L, W), context included, and their pooled positions (P,):
+        what the text encoder reads, so that a driver can encode several learners' prompts at once."""
+        ctx = self.ctx.expand(len(self.names), -1, -1)
+        return torch.cat([self.prefix, ctx, self.suffix], dim=1), self.pool_at
 
     def forward(self) -> torch.Tensor:
         """Text features (P, D), not normalised."""
-        ctx = self.ctx.expand(len(self.names), -1, -1)
-        x = torch.cat([self.prefix, ctx, self.suffix], dim=1)
-        return self.backbone.encode_text_embeddings(x, self.pool_at, cut=True)
+        x, pool_at = self.prompt_embeddings()
+        return self.backbone.encode_text_embeddings(x, pool_at, cut=True)
 
     def trainable_parameters(self) -> int:
         return self.ctx.numel()
@@ -104,7 +118,7 @@ def nearest_tokens(learner: PromptLearner, k: int = 3) -> list[dict]:
         raise ValueError("k must be at least 1")
     bb = learner.backbone
     with torch.no_grad():
-        vocab = bb.text.token_embedding.weight.detach().float()
+        vocab = bb.vocabulary().detach().float()
         ctx = learner.ctx.detach().to(vocab.device).float()  # (P or 1, M, W)
         dist = torch.cdist(ctx.reshape(-1, ctx.shape[-1]), vocab)  # (P*M, V)
         top = torch.topk(dist, min(k, vocab.shape[0]), dim=1, largest=False)

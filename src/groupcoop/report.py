@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from .files import atomic_text
+from .metrics import HEADLINE
 
-HEADLINE = {"avg_acc": "average", "worst_group_acc": "worst-group", "unbiased_acc": "unbiased",
-            "gap": "gap (average − worst)", "train_weighted_acc": "train-weighted"}
+LABELS = {**HEADLINE, "gap": "gap (average − worst)", "train_weighted_acc": "train-weighted"}
 SPLIT_COLOURS = {"val": "#9ecae1", "test": "#2171b5"}
 METHOD_COLOURS = ["#969696", "#fd8d3c", "#2171b5", "#31a354", "#756bb1", "#e6550d", "#636363"]
 
@@ -161,8 +161,7 @@ def _section(sid: str, title: str, body: str) -> str:
 
 
 def _headline_keys(splits: dict) -> list[str]:
-    keys = [k for k in ("avg_acc", "worst_group_acc", "unbiased_acc", "gap")
-            if any(k in block for block in splits.values())]
+    keys = [k for k in (*HEADLINE, "gap") if any(k in block for block in splits.values())]
     for block in splits.values():
         for k, v in block.items():
             if k not in keys and _number(v) is not None:
@@ -196,7 +195,7 @@ def _summary_section(metrics: dict) -> str:
     splits = metrics.get("splits") or {}
     if splits:
         keys = _headline_keys(splits)
-        header = ["split"] + [_e(HEADLINE.get(k, k)) for k in keys]
+        header = ["split"] + [_e(LABELS.get(k, k)) for k in keys]
         rows = [[_e(s)] + [_pct(block.get(k)) for k in keys] for s, block in splits.items()]
         parts.append("<h3>Accuracy (%)</h3>" + _table(header, rows, numeric=set(range(1, len(header)))))
         for s, block in splits.items():
@@ -519,12 +518,12 @@ def demo_report_html(summary: dict) -> str:
         rows = []
         for m in methods:
             o = summary[m]["over_seeds"][split]
-            rows.append([_e(m)] + [fmt(o[k]) for k in ("avg_acc", "worst_group_acc", "unbiased_acc")])
+            rows.append([_e(m)] + [fmt(o[k]) for k in HEADLINE])
         best = max(range(len(methods)),
                    key=lambda i: summary[methods[i]]["over_seeds"][split]["worst_group_acc"].get("mean") or 0)
         rows[best][2] = (rows[best][2], "best")
         parts.append(f"<h3>{_e(split)} split</h3>"
-                     + _table(["method", "average", "worst-group", "unbiased"], rows, numeric={1, 2, 3}))
+                     + _table(["method", *HEADLINE.values()], rows, numeric={1, 2, 3}))
     seeds = f"{n_seeds} seeds ({', '.join(str(s) for s in first['over_seeds'].get('seeds', []))}), mean ± std" \
         if multi else "1 seed"
     details = [[_e(m), _e(summary[m].get("groups_source", "–")), _e(summary[m].get("selection_groups", "–")),
@@ -578,6 +577,11 @@ def _markdown_tables(text: str) -> str:
     return "\n".join(out)
 
 
+def method_label(row: dict) -> str:
+    """How a sweep's tables name a run's method: with its group source when it trains on groups."""
+    return row["method"] if row["groups"] == "-" else f"{row['method']} [{row['groups']}]"
+
+
 def _sweep_chart(rows: list[dict]) -> bytes | None:
     """Test worst-group accuracy per task (mean over seeds), one column of dots per method."""
     by: dict[str, dict[str, list[float]]] = {}
@@ -585,8 +589,7 @@ def _sweep_chart(rows: list[dict]) -> bytes | None:
         value = r.get("test_worst_group_acc")
         if value is None:
             continue
-        label = r["method"] if r["groups"] == "-" else f"{r['method']} [{r['groups']}]"
-        by.setdefault(label, {}).setdefault(r["dataset"], []).append(100 * value)
+        by.setdefault(method_label(r), {}).setdefault(r["dataset"], []).append(100 * value)
     if not by:
         return None
     methods = list(by)

@@ -22,9 +22,10 @@ from typing import Annotated, Any
 from pydantic import Field, field_validator
 
 from .errors import UserError
-from .settings import Frozen, Int, build, make_settings, read_yaml_mapping
-
-HEADLINE = ("worst_group_acc", "avg_acc", "unbiased_acc")
+from .metrics import HEADLINE
+from .report import method_label
+from .schema import Frozen, Int, build
+from .settings import make_settings, read_yaml_mapping
 
 
 # --- the grid file ----------------------------------------------------------------------------
@@ -273,11 +274,12 @@ def extract_one(spec: RunSpec, cache_dir, workers) -> str:
 
 def run_one(spec: RunSpec, out: Path, cache_dir, workers) -> tuple[str, float]:
     """Train one run into its folder (atomically); returns (folder, seconds)."""
-    from .pipeline import run_method, write_run
+    from .pipeline import check_run, run_method
+    from .runs import write_run
 
     start = time.perf_counter()
-    settings = make_settings(spec.settings)
     prep = _prepared(spec, cache_dir, workers)
+    _, settings, _ = check_run(make_settings(spec.settings), prep.dataset, prep.backbone)
     run = run_method(prep, settings, log=lambda s: None)
     write_run(out / spec.folder, run)
     return str(spec.folder), time.perf_counter() - start
@@ -285,17 +287,9 @@ def run_one(spec: RunSpec, out: Path, cache_dir, workers) -> tuple[str, float]:
 
 def finished(spec: RunSpec, out: Path) -> bool:
     """Whether the run's folder holds a finished run of exactly these settings."""
-    import yaml
+    from .runs import holds_run
 
-    folder = out / spec.folder
-    try:
-        done = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
-        return False
-    wanted = dict(spec.settings)
-    if wanted["groups"]["source"] is None and isinstance(done, dict) and isinstance(done.get("groups"), dict):
-        wanted["groups"] = {**wanted["groups"], "source": done["groups"].get("source")}  # resolved from the data
-    return done == wanted and (folder / "metrics.json").is_file()
+    return holds_run(out / spec.folder, spec.settings)
 
 
 def check_roots(specs: list[RunSpec]) -> None:
@@ -375,10 +369,6 @@ def collect(specs: list[RunSpec], out: Path) -> list[dict]:
             row["group_min_recall"] = metrics["group_quality"].get("min_recall")
         rows.append(row)
     return rows
-
-
-def method_label(row: dict) -> str:
-    return row["method"] if row["groups"] == "-" else f"{row['method']} [{row['groups']}]"
 
 
 def _mean_std(values: list[float]) -> str:
@@ -544,7 +534,6 @@ DATASET_IMAGES = {"waterbirds": (11_788, 4_795), "celeba": (202_599, 162_770), "
 GPU_EFFECTIVE_TFLOPS = 50.0  # bf16 inference on an A100/H100-class GPU at a modest utilisation
 GPU_DECODE_IMAGES_PER_S = 2000.0  # JPEG decoding + resizing with ~16 CPU workers
 GPU_TEXT_STEP_S = {"RN50": 0.006, "RN101": 0.006, "ViT-B-32": 0.006, "ViT-B-16": 0.006, "ViT-L-14": 0.012}
-EPOCHS_RUN, BATCH = 20, 128  # default schedule (early stopping usually ends sooner)
 
 
 def estimate(specs: list[RunSpec]) -> str:
@@ -559,12 +548,12 @@ def estimate(specs: list[RunSpec]) -> str:
         n = DATASET_IMAGES[dataset][0]
         extraction += max(n * IMAGE_GFLOPS[backbone] * 1e9 / (GPU_EFFECTIVE_TFLOPS * 1e12), n / GPU_DECODE_IMAGES_PER_S)
     for s in specs:
-        dataset, backbone = s.data_key[0], s.data_key[3]
-        if dataset in DATASET_IMAGES and backbone in GPU_TEXT_STEP_S and s.settings["method"] != "zeroshot":
-            training += EPOCHS_RUN * DATASET_IMAGES[dataset][1] / BATCH * GPU_TEXT_STEP_S[backbone]
+        dataset, backbone, hp = s.data_key[0], s.data_key[3], s.settings["hyperparameters"]
+        if dataset in DATASET_IMAGES and backbone in GPU_TEXT_STEP_S and "epochs" in hp:  # the loop's methods
+            training += hp["epochs"] * DATASET_IMAGES[dataset][1] / hp["batch_size"] * GPU_TEXT_STEP_S[backbone]
     lines = [f"{len(specs)} runs over {len({s.data_key for s in specs})} (dataset, backbone) pairs",
              f"estimated on one GPU: feature extraction {extraction / 3600:.2f} h, training at most "
-             f"{training / 3600:.2f} h ({EPOCHS_RUN} epochs; early stopping ends most runs sooner). These are "
+             f"{training / 3600:.2f} h (each run's epochs; early stopping ends most runs sooner). These are "
              "assumptions, not measurements: see presets/paper/README.md"]
     if unknown:
         lines.append(f"no size or FLOPs known for: {', '.join(sorted(unknown))} (not in the estimate)")

@@ -25,13 +25,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import pandas as pd
+from pydantic import Field
 
 from ..errors import UserError, close_matches
+from ..schema import Frozen, Text, TextList
 from .base import GroupDataset, PathImages
-from .csv_dataset import (
+from .metadata import (
     check_split_coverage,
     checked_image_paths,
     header_lines,
@@ -40,6 +43,11 @@ from .csv_dataset import (
     require_file,
     split_codes,
 )
+
+class CelebAOptions(Frozen):
+    target: Text = "Blond_Hair"
+    biases: Annotated[TextList, Field(min_length=1)] = ["Male"]
+
 
 # (value names for 0 and 1, prompt phrases for 0 and 1) where the generic wording reads badly
 NICE_NAMES: dict[str, tuple[list[str], list[str]]] = {

@@ -23,9 +23,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from pydantic import StrictBool
 
+from ..schema import Frozen
 from .base import GroupDataset
 from .celeba import celeba_dataset, read_celeba
+
+
+class MultiCelebAOptions(Frozen):
+    mouth_slightly_open: StrictBool = False
+
 
 TARGET = "High_Cheekbones"
 BIASES = ("Young", "Male")

@@ -12,52 +12,25 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Annotated
-
-from pydantic import Field, StrictBool
 
 from ..errors import UserError, close_matches
-from ..settings import Frozen, Int, PhraseLists, TextList, build
+from ..schema import Frozen, NoOptions, Seed, build
 from .base import GroupDataset, PathImages
-
-Text = Annotated[str, Field(strict=True, min_length=1)]
-
-
-class NoOptions(Frozen):
-    pass
-
-
-class CelebAOptions(Frozen):
-    target: Text = "Blond_Hair"
-    biases: Annotated[TextList, Field(min_length=1)] = ["Male"]
-
-
-class MultiCelebAOptions(Frozen):
-    mouth_slightly_open: StrictBool = False
-
-
-class SubpopBenchOptions(Frozen):
-    name: Text | None = None
-    metadata: Text | None = None
-
-
-class KnownSubpopOptions(Frozen):
-    metadata: Text | None = None
-
-
-class CsvOptions(Frozen):
-    csv_path: Text
-    path_col: Text
-    label_col: Text
-    attr_cols: TextList = []
-    class_names: Annotated[TextList, Field(min_length=2)] | None = None
-    attr_values: PhraseLists | None = None
-    attr_phrases: PhraseLists | None = None
-    split_col: Text = "split"
+from .celeba import CelebAOptions, load_celeba
+from .csv_dataset import CsvOptions, load_csv
+from .multiceleba import MultiCelebAOptions, load_multiceleba
+from .subpopbench import KnownSubpopOptions, SubpopBenchOptions, load_subpopbench
+from .synthetic import RANDOM_TASK_PREFIX, TASKS, make_task_dataset, parse_random_task_name
+from .waterbirds import load_waterbirds
 
 
 class SyntheticOptions(Frozen):
-    seed: Annotated[Int, Field(ge=0, le=2**32 - 1)] = 0  # render seed of the images
+    seed: Seed = 0  # render seed of the images
+
+
+def load_synthetic(name: str, root=None, seed: int = 0) -> GroupDataset:
+    """A task of the built-in synthetic world (made in memory, no folder)."""
+    return make_task_dataset(name, seed=seed)
 
 
 @dataclass(frozen=True)
@@ -69,12 +42,6 @@ class LoaderSpec:
 
 
 def _loaders() -> dict[str, LoaderSpec]:
-    from .celeba import load_celeba
-    from .csv_dataset import load_csv
-    from .multiceleba import load_multiceleba
-    from .subpopbench import load_subpopbench
-    from .waterbirds import load_waterbirds
-
     table = {
         "waterbirds": LoaderSpec(
             load_waterbirds,
@@ -110,22 +77,14 @@ def _loaders() -> dict[str, LoaderSpec]:
             "attr_values=, attr_phrases=, split_col=", CsvOptions,
         ),
     }
-    from .synthetic import RANDOM_TASK_PREFIX, TASKS
-
     for name, task in TASKS.items():
-        table[name] = LoaderSpec(partial(_synthetic, name), f"built-in synthetic world, {task.description} (no --root)",
+        table[name] = LoaderSpec(partial(load_synthetic, name), f"built-in synthetic world, {task.description} (no --root)",
                                  SyntheticOptions, needs_root=False)
     table[f"{RANDOM_TASK_PREFIX}<seed>"] = LoaderSpec(
-        _synthetic, "a random task of the synthetic world drawn from <seed>: 1-3 biases among background, colour "
+        load_synthetic, "a random task of the synthetic world drawn from <seed>: 1-3 biases among background, colour "
         "and size, random value pairs and orientations, 1-20% conflicting per bias, 2k-10k train images (no --root)",
         NoOptions, needs_root=False)
     return table
-
-
-def _synthetic(name: str, root=None, seed: int = 0) -> GroupDataset:
-    from .synthetic import make_task_dataset
-
-    return make_task_dataset(name, seed=seed)
 
 
 LOADERS: dict[str, LoaderSpec] = _loaders()
@@ -133,13 +92,11 @@ LOADERS: dict[str, LoaderSpec] = _loaders()
 
 def loader_spec(name: str) -> tuple[LoaderSpec, Callable[..., GroupDataset]]:
     """The spec for a dataset name, and the loader to call as `loader(root, **options)`."""
-    from .synthetic import RANDOM_TASK_PREFIX, parse_random_task_name
-
     if not isinstance(name, str):
         raise UserError(f"dataset must be a name, not {type(name).__name__}")
     if parse_random_task_name(name) is not None:  # one clear line for a bad seed
         spec = LOADERS[f"{RANDOM_TASK_PREFIX}<seed>"]
-        return spec, partial(_synthetic, name)
+        return spec, partial(load_synthetic, name)
     spec = LOADERS.get(name)
     if spec is None or name.endswith(":<seed>"):
         raise UserError(f"unknown dataset {name!r}{close_matches(name, LOADERS)}; known: {', '.join(LOADERS)}")
@@ -148,8 +105,6 @@ def loader_spec(name: str) -> tuple[LoaderSpec, Callable[..., GroupDataset]]:
 
 def is_known(name: str) -> bool:
     """Whether `name` is a registered dataset (or a synth-random:<seed> name)."""
-    from .synthetic import RANDOM_TASK_PREFIX
-
     return name in LOADERS and not name.endswith("<seed>") or name.startswith(RANDOM_TASK_PREFIX)
 
 

@@ -31,8 +31,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from ..schema import Frozen, Text
 from .base import GroupDataset, PathImages
-from .csv_dataset import (
+from .metadata import (
     check_split_coverage,
     checked_image_paths,
     header_lines,
@@ -42,6 +43,17 @@ from .csv_dataset import (
     require_file,
     split_codes,
 )
+
+
+class SubpopBenchOptions(Frozen):
+    name: Text | None = None
+    metadata: Text | None = None
+
+
+class KnownSubpopOptions(Frozen):
+    """A named SubpopBench dataset (`metashift`, ...): its metadata file may be given."""
+
+    metadata: Text | None = None
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """The built-in synthetic world: small rendered scenes of one object on a textured background.
 
 Every image has independent attributes, each value with a name used in captions and prompts:
-shape (8, in two families: round and angular), colour (6), background (5) and size (2).
+shape (8, in two families: round and angular), colour (6), background (5), size (2), a surface
+pattern on the object (plain, striped, dotted) and a mark (none, or a small tag in a corner).
 Rendering is deterministic given (seed, stream, index), so a dataset is a table of
 attributes plus a seed, and any image can be rendered again, byte for byte, in any process.
 
@@ -14,6 +15,10 @@ Why the world is shaped like this (see shared/docs/method.md, "The built-in synt
   weakly grounded and inherit a background bias, as "waterbird" does in web-trained CLIP.
 - A tenth of the backgrounds are tinted towards another background's colour (their texture
   stays), so zero-shot recognition of the background is good but not perfect.
+- Bias attributes span real CLIP's range of zero-shot recognisability (docs/world.md): captions
+  name background, colour and size often, the pattern rarely and the mark never, so zero-shot
+  names the first three well, the pattern partly and the mark hardly at all, while the image
+  encoder sees all of them.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -39,12 +45,21 @@ BACKGROUNDS = {
     "brick": (0.62, 0.28, 0.2), "snow": (0.86, 0.9, 0.95),
 }
 SIZES = {"small": 5.0, "large": 8.0}
+PATTERNS = ["plain", "striped", "dotted"]  # drawn on the object's surface
+MARKS = ["none", "tag"]  # a small tag in a corner of the image, unrelated to the object
 ATTRIBUTES = {
     "shape": SHAPES,
     "colour": list(COLOURS),
     "background": list(BACKGROUNDS),
     "size": list(SIZES),
+    "pattern": PATTERNS,
+    "mark": MARKS,
 }
+# How often a pretraining caption names each attribute's value (shape: the shape word, which a
+# caption replaces by the family word now and then). Pattern is named rarely and the mark never,
+# like the hospital tokens of chest X-rays: zero-shot then knows background, colour and size well,
+# the pattern partly and the mark not at all (`groupcoop world` measures it).
+CAPTION_RATES = {"size": 0.4, "pattern": 0.02, "colour": 0.7, "background": 0.7, "mark": 0.0}
 # Captions name a family more often on its usual background (the world's "web bias").
 USUAL_BACKGROUND = {"round": "water", "angular": "grass"}
 TINT_PROBABILITY = 0.1
@@ -53,7 +68,7 @@ TINT_PROBABILITY = 0.1
 SHORE_PROBABILITY = 0.25
 IMAGE_SIZE = 32
 
-_STREAMS = {"pretrain": 0, "train": 1, "val": 2, "test": 3, "heldout": 4}
+_STREAMS = {"pretrain": 0, "train": 1, "val": 2, "test": 3, "heldout": 4, "caption": 5, "view": 6}
 
 
 def family_of(shape: str) -> str:
@@ -114,8 +129,47 @@ def _background(name: str, rng: np.random.Generator, yy: np.ndarray, xx: np.ndar
     return np.clip(base[None, None, :] + tex[:, :, None], 0, 1)
 
 
-def render(shape: str, colour: str, background: str, size: str, rng: np.random.Generator,
-           shore: str = "") -> np.ndarray:
+def _surface(colour_rgb: np.ndarray, pattern: str, rng: np.random.Generator, u: np.ndarray, v: np.ndarray,
+             radius: float, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+    """The object's surface colour per pixel: plain, or stripes / dots in a contrasting colour."""
+    n = IMAGE_SIZE
+    surface = np.broadcast_to(colour_rgb, (n, n, 3))
+    if pattern == "plain":
+        return surface
+    contrast = np.full(3, 0.97) if colour_rgb.mean() < 0.5 else np.full(3, 0.05)
+    if pattern == "striped":  # soft-edged stripes across the object, about 3 px apart
+        period, phase, angle = rng.uniform(2.8, 3.4), rng.uniform(0, 1), rng.uniform(0, np.pi)
+        along = (np.cos(angle) * u + np.sin(angle) * v) * radius / period + phase
+        weight = np.clip(2.5 * np.cos(2 * np.pi * along), 0, 1)
+    elif pattern == "dotted":  # a grid of round dots, about 3.5 px apart
+        period = rng.uniform(3.2, 3.8)
+        ox, oy = rng.uniform(0, period, size=2)
+        gx = np.mod(xx + 0.5 - ox, period) - period / 2
+        gy = np.mod(yy + 0.5 - oy, period) - period / 2
+        weight = np.clip(1.4 - np.hypot(gx, gy) * 1.6, 0, 1)
+    else:
+        raise ValueError(f"unknown pattern {pattern}")
+    weight = 0.6 * weight[:, :, None]
+    return surface * (1 - weight) + contrast * weight
+
+
+def _draw_mark(img: np.ndarray, mark: str, rng: np.random.Generator) -> np.ndarray:
+    """`tag`: a 5 x 5 px white tag with a dark frame in a random corner, drawn over everything."""
+    if mark == "none":
+        return img
+    if mark != "tag":
+        raise ValueError(f"unknown mark {mark}")
+    n, side, inset = IMAGE_SIZE, 5, 1
+    top = inset if rng.random() < 0.5 else n - inset - side
+    left = inset if rng.random() < 0.5 else n - inset - side
+    img = img.copy()
+    img[top:top + side, left:left + side] = 0.08
+    img[top + 1:top + side - 1, left + 1:left + side - 1] = 0.97
+    return img
+
+
+def render(shape: str, colour: str, background: str, size: str, pattern: str, mark: str,
+           rng: np.random.Generator, shore: str = "") -> np.ndarray:
     """One RGB image (IMAGE_SIZE x IMAGE_SIZE x 3, uint8) drawn with the given generator.
 
     `shore` names a second background that fills a band of 30-48% of the rows (a shoreline):
@@ -139,15 +193,18 @@ def render(shape: str, colour: str, background: str, size: str, rng: np.random.G
     fill = np.clip(0.5 - dist, 0, 1)[:, :, None]
     outline = np.clip(1.2 - np.abs(dist + 0.6), 0, 1)[:, :, None]
     colour_rgb = np.clip(np.array(COLOURS[colour]) + rng.normal(0, 0.04, 3), 0, 1)
-    img = img * (1 - fill) + colour_rgb * fill
+    img = img * (1 - fill) + _surface(colour_rgb, pattern, rng, u, v, radius, yy, xx) * fill
     img = img * (1 - 0.6 * outline)
+    img = _draw_mark(img, mark, rng)
     return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
 # --- captions for pretraining ---------------------------------------------------------
 
-def caption(shape: str, colour: str, background: str, size: str, rng: np.random.Generator) -> str:
-    """A short caption naming a random subset of the attributes; the family word sometimes."""
+def caption(shape: str, colour: str, background: str, size: str, pattern: str, mark: str,
+            rng: np.random.Generator, rates: dict[str, float] | None = None) -> str:
+    """A short caption naming a random subset of the attributes (CAPTION_RATES); the family
+    word sometimes instead of the shape; the pattern rarely; the mark never."""
     family = family_of(shape)
     if background == USUAL_BACKGROUND[family]:
         p_family = 0.3
@@ -156,45 +213,93 @@ def caption(shape: str, colour: str, background: str, size: str, rng: np.random.
     else:
         p_family = 0.12
     noun = f"{family} shape" if rng.random() < p_family else shape
-    words = []
-    if rng.random() < 0.4:
-        words.append(size)
-    if rng.random() < 0.7:
-        words.append(colour)
+    rates = {**CAPTION_RATES, **(rates or {})}
+    named = {a: rng.random() < rates[a] for a in CAPTION_RATES}  # one draw each, always
+    words = [value for a, value in (("size", size), ("pattern", pattern), ("colour", colour)) if named[a]]
     words.append(noun)
     text = " ".join(words)
-    if rng.random() < 0.7:
+    if named["background"]:
         text += f" on {background}"
     article = "an" if text[0] in "aeiou" else "a"
     return f"a photo of {article} {text}." if rng.random() < 0.3 else f"{article} {text}"
 
 
-def sample_pretraining_batch(seed: int, step: int, batch: int) -> tuple[np.ndarray, list[str]]:
+def pretraining_attributes(seed: int, index: int) -> tuple[list[str], np.random.Generator]:
+    """The attributes of pretraining image `index` (independent, uniform) and the generator that renders it."""
+    rng = _rng(seed, "pretrain", index)
+    return [str(rng.choice(values)) for values in ATTRIBUTES.values()], rng
+
+
+def pretraining_caption(seed: int, index: int, attrs: list[str], rates: dict[str, float] | None = None) -> str:
+    """The caption of pretraining image `index`, from its own stream (captions never need the renders).
+    `rates` overrides CAPTION_RATES (calibration runs of scripts/pretrain_tiny.py)."""
+    return caption(*attrs, _rng(seed, "caption", index), rates)
+
+
+def pretraining_views(seed: int, step: int, batch: int, views: int) -> np.ndarray:
+    """A second render of the first `views` scenes of a pretraining batch: the same attributes,
+    everything else (position, angle, texture, tint, noise) drawn anew from its own stream."""
+    out = []
+    for i in range(step * batch, step * batch + views):
+        attrs, _ = pretraining_attributes(seed, i)
+        out.append(render(*attrs, _rng(seed, "view", i)))
+    return np.stack(out) if out else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
+
+
+def sample_pretraining_batch(seed: int, step: int, batch: int,
+                             rates: dict[str, float] | None = None) -> tuple[np.ndarray, list[str]]:
     """Images (B, 32, 32, 3) uint8 and captions for one pretraining step; deterministic."""
     images, captions = [], []
-    for i in range(batch):
-        rng = _rng(seed, "pretrain", step * batch + i)
-        attrs = [rng.choice(values) for values in ATTRIBUTES.values()]
+    for i in range(step * batch, (step + 1) * batch):
+        attrs, rng = pretraining_attributes(seed, i)
         images.append(render(*attrs, rng))
-        captions.append(caption(*attrs, rng))
+        captions.append(pretraining_caption(seed, i, attrs, rates))
     return np.stack(images), captions
+
+
+def caption_rates(n: int = 20000, seed: int = 0, rates: dict[str, float] | None = None) -> dict[str, float]:
+    """Share of the first n pretraining captions that name each attribute's value (measured, not assumed)."""
+    named = {a: 0 for a in ATTRIBUTES}
+    for i in range(n):
+        attrs, _ = pretraining_attributes(seed, i)
+        words = set(re.findall(r"[a-z]+", pretraining_caption(seed, i, attrs, rates)))
+        for a, value in zip(ATTRIBUTES, attrs):
+            named[a] += value in words
+    return {a: count / n for a, count in named.items()}
 
 
 # --- downstream tasks ----------------------------------------------------------------
 
+class Scene(NamedTuple):
+    """One image of a synthetic dataset: its attribute values and where its random stream starts."""
+
+    shape: str
+    colour: str
+    background: str
+    size: str
+    pattern: str
+    mark: str
+    stream: str  # the split whose random stream renders it
+    index: int
+    shore: str = ""  # a second background shown as a shoreline, or ""
+
+    def render(self, seed: int) -> np.ndarray:
+        attrs = [getattr(self, a) for a in ATTRIBUTES]
+        return render(*attrs, _rng(seed, self.stream, self.index), self.shore)
+
+
 @dataclass(frozen=True)
 class SyntheticImages:
-    """Image source for a synthetic dataset: the attribute table plus the seed."""
+    """Image source for a synthetic dataset: the table of scenes plus the seed."""
 
-    table: tuple[tuple, ...]  # (shape, colour, background, size, stream, index, shore background or "")
+    table: tuple[Scene, ...]
     seed: int
 
     def __len__(self) -> int:
         return len(self.table)
 
     def array(self, i: int) -> np.ndarray:
-        shape, colour, background, size, stream, index, shore = self.table[i]
-        return render(shape, colour, background, size, _rng(self.seed, stream, index), shore)
+        return self.table[i].render(self.seed)
 
     def load(self, i: int) -> Image.Image:
         return Image.fromarray(self.array(i))
@@ -202,7 +307,7 @@ class SyntheticImages:
     def identity(self) -> str:
         import hashlib
 
-        digest = hashlib.sha256(repr((self.seed, IMAGE_SIZE, self.table)).encode())
+        digest = hashlib.sha256(repr((self.seed, IMAGE_SIZE, [tuple(row) for row in self.table])).encode())
         return "synthetic:" + digest.hexdigest()[:16]
 
     def stamp(self, start: int, stop: int, verify: bool = False) -> str:
@@ -212,13 +317,15 @@ class SyntheticImages:
 
 @dataclass(frozen=True)
 class SyntheticTask:
-    """A group-robustness task: class = shape family, bias attributes with two values each.
+    """A group-robustness task: class = shape family, bias attributes of the world.
 
     `counts[split][g]` is the exact number of images of group g (group index convention of
     data/base.py: the first bias attribute is the least significant digit).
     `render_seed` is None for the built-in tasks (the dataset seed renders the images); a
     random task carries its own, so different random tasks render different images.
     `drawn` holds a random task's drawn parameters (see `random_task`); empty otherwise.
+    A task whose attributes, values, classes or counts the world cannot produce is refused
+    when it is made, with one line (`check_task`).
     """
 
     name: str
@@ -226,9 +333,43 @@ class SyntheticTask:
     biases: tuple[tuple[str, tuple[str, ...]], ...]  # (attribute, values used)
     counts: dict[str, tuple[int, ...]]
     classes: tuple[str, ...] = ("angular", "round")
-    fixed: dict = field(default_factory=dict)
     render_seed: int | None = None
     drawn: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        check_task(self)
+
+
+def check_task(task: SyntheticTask) -> None:
+    """Every attribute a bias of the world (not the shape, which makes the class), values it has,
+    classes that are shape families, and one whole count per group of each split."""
+    where = f"synthetic task '{task.name}'"
+    bias_attributes = [a for a in ATTRIBUTES if a != "shape"]
+    if not task.biases:
+        raise UserError(f"{where} has no bias attribute; give at least one of: {', '.join(bias_attributes)}")
+    names = [attr for attr, _ in task.biases]
+    for attr, values in task.biases:
+        if attr not in bias_attributes:
+            why = "it makes the class" if attr == "shape" else "the world has no such attribute"
+            raise UserError(f"{where}: '{attr}' cannot be a bias attribute ({why}){close_matches(attr, bias_attributes)}; "
+                            f"choose from: {', '.join(bias_attributes)}")
+        known = ATTRIBUTES[attr]
+        for value in values:
+            if value not in known:
+                raise UserError(f"{where}: {attr} has no value '{value}'{close_matches(str(value), known)}; "
+                                f"its values are: {', '.join(known)}")
+        if len(values) < 2 or len(set(values)) != len(values):
+            raise UserError(f"{where}: {attr} needs two or more distinct values, got {list(values)}")
+    if len(set(names)) != len(names):
+        raise UserError(f"{where} names a bias attribute twice: {names}")
+    if len(task.classes) < 2 or len(set(task.classes)) != len(task.classes) or not set(task.classes) <= set(FAMILIES):
+        raise UserError(f"{where}: classes must be distinct shape families ({', '.join(FAMILIES)}), got {list(task.classes)}")
+    n_groups = len(task.classes) * math.prod(len(v) for _, v in task.biases)
+    for split, counts in task.counts.items():
+        if split not in _STREAMS or split in ("pretrain", "heldout", "caption"):
+            raise UserError(f"{where}: unknown split '{split}'; use train, val and test")
+        if len(counts) != n_groups or not all(isinstance(c, (int, np.integer)) and c >= 0 for c in counts):
+            raise UserError(f"{where}: {split} needs {n_groups} whole counts >= 0 (one per group), got {list(counts)}")
 
 
 def _multibias_counts(n_biases: int, aligned: int, ratio: float, minimum: int) -> tuple[int, ...]:
@@ -284,7 +425,7 @@ def _class_name(family: str) -> str:
 # --- random tasks --------------------------------------------------------------------
 
 RANDOM_TASK_PREFIX = "synth-random:"
-RANDOM_BIAS_ATTRIBUTES = ("background", "colour", "size")
+RANDOM_BIAS_ATTRIBUTES = ("background", "colour", "size", "pattern", "mark")
 _RANDOM_TASK_KEY = 7_170_331  # fixed second seed word: random tasks' draws are their own stream
 RANDOM_CONFLICT_RANGE = (0.01, 0.20)  # bias-conflicting share per bias, drawn log-uniformly
 RANDOM_MAJOR_CLASS_RANGE = (0.5, 0.75)  # share of the larger class
@@ -338,8 +479,8 @@ def _conflicts(g: int, n_biases: int, j: int) -> bool:
 def random_task(seed: int) -> SyntheticTask:
     """A random two-valued multi-bias task of the built-in world, deterministic in `seed`.
 
-    Draws 1-3 bias attributes (uniform count) without replacement from background, colour
-    and size, in random order; for each an ordered pair of two of its world values (value 0
+    Draws 1-3 bias attributes (uniform count) without replacement from background, colour,
+    size, pattern and mark, in random order; for each an ordered pair of two of its world values (value 0
     is the majority value of class 0, "angular shape", value 1 that of "round shape", so the
     order is a random majority orientation, with or against the captions' background bias);
     a bias-conflicting share p_j per bias, log-uniform in [0.01, 0.20]; the larger class's
@@ -449,17 +590,12 @@ def make_task_dataset(task_name: str | SyntheticTask, seed: int = 0):
             y, digits = order[k]
             value = {attr: values[a] for (attr, values), a in zip(task.biases, digits)}
             family = task.classes[y]
-            factors = {
-                "shape": rng.choice(FAMILIES[family]),
-                "colour": rng.choice(list(COLOURS)),
-                "background": rng.choice(list(BACKGROUNDS)),
-                "size": rng.choice(list(SIZES)),
-            }
+            factors = {a: str(rng.choice(FAMILIES[family] if a == "shape" else values)) for a, values in ATTRIBUTES.items()}
             factors.update(value)
             shore = ""
             if "background" in value and rng.random() < SHORE_PROBABILITY:
                 shore = str(rng.choice([b for b in dict(task.biases)["background"] if b != value["background"]]))
-            rows.append((*[str(factors[a]) for a in ATTRIBUTES], split, next_index[split], shore))
+            rows.append(Scene(**factors, stream=split, index=next_index[split], shore=shore))
             next_index[split] += 1
             ys.append(y)
             attrs.append(digits)
@@ -483,7 +619,11 @@ def make_task_dataset(task_name: str | SyntheticTask, seed: int = 0):
 
 def _phrase(attribute: str, value: str) -> str:
     """Prompt phrase for an attribute value; "{}" marks where the class name goes ("{} on water")."""
-    return f"{{}} on {value}" if attribute == "background" else f"{value} {{}}"
+    if attribute == "background":
+        return f"{{}} on {value}"
+    if attribute == "mark":
+        return "{} with a tag" if value == "tag" else "{} with no tag"
+    return f"{value} {{}}"
 
 
 def heldout_renders(n: int, seed: int = 12345) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -491,7 +631,7 @@ def heldout_renders(n: int, seed: int = 12345) -> tuple[np.ndarray, dict[str, np
     images, labels = [], {a: [] for a in ATTRIBUTES}
     for i in range(n):
         rng = _rng(seed, "heldout", i)
-        factors = [rng.choice(values) for values in ATTRIBUTES.values()]
+        factors = [str(rng.choice(values)) for values in ATTRIBUTES.values()]
         images.append(render(*factors, rng))
         for a, f in zip(ATTRIBUTES, factors):
             labels[a].append(ATTRIBUTES[a].index(f))
@@ -501,15 +641,12 @@ def heldout_renders(n: int, seed: int = 12345) -> tuple[np.ndarray, dict[str, np
 def attribute_prompts(attribute: str) -> dict[str, list[str]]:
     """Zero-shot prompt ensembles for each value of a world attribute, in caption style.
 
-    Colour and background prompts average over every shape noun, since captions always name
-    an object; the ensemble is the usual CLIP template trick, not a peek at the labels.
+    Every other attribute's prompts average over every shape noun, since captions always name
+    an object; the ensemble is the usual CLIP template trick, not a peek at the labels. The
+    phrases are the ones task prompts use ("a striped circle", "a circle with a tag").
     """
     if attribute == "shape":
         return {s: [f"a {s}", f"a photo of a {s}."] for s in SHAPES}
-    if attribute == "colour":
-        return {c: [f"a {c} {s}" for s in SHAPES] for c in COLOURS}
-    if attribute == "background":
-        return {b: [f"a {s} on {b}" for s in SHAPES] for b in BACKGROUNDS}
-    if attribute == "size":
-        return {z: [f"a {z} {s}" for s in SHAPES] for z in SIZES}
-    raise ValueError(f"unknown attribute {attribute}")
+    if attribute not in ATTRIBUTES:
+        raise ValueError(f"unknown attribute {attribute}")
+    return {v: [f"a {_phrase(attribute, v).format(s)}" for s in SHAPES] for v in ATTRIBUTES[attribute]}

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from .base import GroupDataset, PathImages
-from .csv_dataset import (
+from .metadata import (
     check_split_coverage,
     checked_image_paths,
     header_lines,

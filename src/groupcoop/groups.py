@@ -1,0 +1,183 @@
+"""Group planning: where a run's groups come from, resolved once, and the groups of every split.
+
+`resolve_method_grouping` decides the group source from the dataset and the method (no
+features needed; `pipeline.check_run` calls it once, before any image is read, and every later
+stage trusts its answer). `labeler_spec` says how those groups are numbered, named and put
+into prompts. `plan_groups` then labels the splits (with features, for the labelers that
+need them) into a `GroupPlan`: the training groups, the validation groups model selection
+uses, and the groups each split is reported by.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import labelers
+from .csv_safe import csv_text
+from .data.base import GroupDataset, GroupSpec, apply_phrase
+from .errors import UserError
+from .files import atomic_folder, atomic_text
+from .labelers import GroupingOptions
+
+
+# --- resolved once, before any image is read -------------------------------------------------
+
+def resolve_grouping(ds: GroupDataset, options: GroupingOptions) -> GroupingOptions:
+    """The options with the source decided, checked against what the dataset offers (no features needed)."""
+    train_rows = ds.split_indices("train")
+    if options.source is None and ds.attribute_names and not ds.has_group_labels and (ds.attrs >= 0).any():
+        missing = int((ds.attrs < 0).any(axis=1).sum())
+        columns = ", ".join(a for j, a in enumerate(ds.attribute_names) if (ds.attrs[:, j] < 0).any())
+        raise UserError(f"{ds.name}: {missing} rows have no value for bias attribute {columns} while others have "
+                        "one; fill them in, or pass --groups pseudo (or zeroshot, kmeans) to label every row "
+                        "with a labeler")
+    options = options.resolved(ds.has_group_labels)
+    if options.source == "gt" and not ds.labelled(train_rows):
+        raise UserError(f"--groups gt needs bias labels, but {ds.name} has none for its training split; "
+                        "use --groups pseudo, zeroshot or kmeans")
+    spec = labeler_spec(ds, options)
+    if labelers.LABELERS[options.source].needs_scores and spec.phrases is None:
+        raise UserError(f"--groups {options.source} needs attribute phrases, and {ds.name} has none; pass "
+                        '--bias-prompts "on land,on water" (one phrase per value) or use --groups kmeans')
+    return options
+
+
+def resolve_method_grouping(recipe, ds: GroupDataset, options: GroupingOptions) -> GroupingOptions:
+    """`resolve_grouping`, plus what the method needs of the data (no features needed).
+
+    A recipe that trains on the true groups of the validation split (DFR) is refused when
+    that split lacks them or when `--groups` names a labeler; it never looks at the training
+    split's labels.
+    """
+    if recipe.needs_groups == "val":
+        val_rows = ds.split_indices("val")
+        if not len(val_rows) or not ds.labelled(val_rows):
+            raise UserError(f"--method {recipe.name} trains on the true group labels of the validation split, and "
+                            f"{ds.name} has none there; use a method that takes --groups pseudo or one that needs no "
+                            "groups (`groupcoop methods` lists the labels each method needs)")
+        if options.source not in (None, "gt"):
+            raise UserError(f"--method {recipe.name} trains on the validation split's true groups, so --groups "
+                            f"{options.source} does not apply to it; drop --groups, or use a method that trains on "
+                            "pseudo-groups (`groupcoop methods`)")
+        return options.model_copy(update={"source": "gt"})
+    return resolve_grouping(ds, options)
+
+
+def labeler_spec(ds: GroupDataset, options: GroupingOptions) -> GroupSpec:
+    """How the labeler's groups are numbered, named and phrased in prompts.
+
+    A dataset without bias attributes takes them from --bias-prompts (one attribute per
+    ';'-separated list) or, for kmeans, from --clusters (default 2); kmeans clusters have no names.
+    """
+    bias_prompts = options.bias_prompts
+    if ds.attribute_names:
+        if bias_prompts and [len(p) for p in bias_prompts] != ds.attr_sizes:
+            raise UserError(f"--bias-prompts gives {[len(p) for p in bias_prompts]} phrases per attribute, but "
+                            f"{ds.name} has attribute sizes {ds.attr_sizes}; give one phrase per value")
+        values = ds.attribute_values
+        phrases = bias_prompts or ds.attribute_phrases
+    elif bias_prompts:
+        values, phrases = bias_prompts, bias_prompts
+    else:
+        values, phrases = [[f"cluster {k}" for k in range(options.clusters or 2)]], None
+    if options.source == "kmeans":
+        sizes = labelers.group_sizes("kmeans", [len(v) for v in values], options.clusters)
+        values, phrases = [[f"cluster {k}" for k in range(s)] for s in sizes], None
+    as_tuple = lambda lists: tuple(tuple(x) for x in lists)  # noqa: E731
+    return GroupSpec(tuple(ds.class_names), as_tuple(values), as_tuple(phrases) if phrases else None)
+
+
+# --- the groups of every split ------------------------------------------------------------------
+
+def attribute_scores(prep, rows: np.ndarray, phrases, chunk: int = 65536) -> list[np.ndarray]:
+    """Per attribute: cosine of each image with '<its class> <value phrase>' prompts (template ensemble)."""
+    import torch
+
+    ds, bb = prep.dataset, prep.backbone
+    texts = [torch.stack([bb.text_features([apply_phrase(v, c) for v in values]) for c in ds.class_names]).cpu()
+             for values in phrases]  # (C, V, D) per attribute
+    scores = [[] for _ in phrases]
+    for start in range(0, len(rows), chunk):  # a chunk of features at a time: memory stays flat
+        part = rows[start:start + chunk]
+        feats, y = prep.feats.rows(part), torch.as_tensor(ds.y[part])
+        for out, text in zip(scores, texts):
+            out.append(torch.einsum("nd,nvd->nv", feats, text[y]).numpy())
+    return [np.concatenate(s) if s else np.zeros((0, len(v)), dtype=np.float32) for s, v in zip(scores, phrases)]
+
+
+@dataclass
+class GroupPlan:
+    """Group ids used for training, selection and reporting, and where each came from."""
+
+    source: str
+    spec: GroupSpec
+    train: np.ndarray | None  # None when the method does not read the training split's groups
+    val_select: np.ndarray
+    selection_source: str
+    report: dict  # split -> (group ids, whether they are the true groups)
+    quality: dict | None = None
+
+
+def plan_groups(prep, options: GroupingOptions, seed: int, train_groups: bool = True) -> GroupPlan:
+    """The groups of every split, from resolved options (`resolve_method_grouping`).
+
+    `train_groups=False` (a method that never trains on the training split, DFR) leaves the
+    training split's labels unread: `train` is None, no quality report."""
+    if options.source is None:
+        raise ValueError("plan_groups needs resolved grouping options (resolve_method_grouping)")
+    ds = prep.dataset
+    source, spec = options.source, labeler_spec(ds, options)
+    rows = {s: ds.split_indices(s) for s in ("train", "val", "test")}
+    labelled: dict[str, np.ndarray] = {}
+
+    def label(split: str) -> np.ndarray:
+        r = rows[split]
+        if split not in labelled:
+            if source == "gt":
+                labelled[split] = ds.groups[r]
+            else:
+                scores = attribute_scores(prep, r, spec.phrases) if labelers.LABELERS[source].needs_scores else None
+                feats = prep.feats.numpy(r) if labelers.LABELERS[source].needs_feats else None
+                labelled[split] = labelers.assign_groups(
+                    source, feats, ds.y[r], [len(v) for v in ds.attribute_values] or spec.sizes,
+                    attr_scores=scores, clusters=options.clusters, seed=seed, variant=options.variant)
+        return labelled[split]
+
+    report = {s: ((ds.groups[rows[s]], True) if ds.labelled(rows[s]) else (label(s), False))
+              for s in ("val", "test") if len(rows[s])}
+    if report.get("val", (None, False))[1] and spec.sizes == ds.attr_sizes:
+        val_groups, selection = report["val"][0], "true val groups"
+    else:
+        val_groups, selection = label("val"), f"{source} val groups"
+    quality = None
+    if train_groups and source != "gt" and ds.labelled(rows["train"]):
+        quality = labelers.quality(ds.groups[rows["train"]], label("train"), names=ds.group_names())
+    return GroupPlan(source, spec, label("train") if train_groups else None, val_groups, selection, report, quality)
+
+
+def write_groups(prep, out: Path, options: GroupingOptions, seed: int = 0) -> str:
+    """Label the training split with a labeler; write groups.csv and quality.json; return a summary."""
+    import pandas as pd
+
+    ds = prep.dataset
+    plan = plan_groups(prep, options, seed)
+    rows = ds.split_indices("train")
+    names = plan.spec.names()
+    table = pd.DataFrame({"index": rows, "y": ds.y[rows], "group": plan.train,
+                          "group_name": [names[g] for g in plan.train]})
+    if ds.has_group_labels:
+        table["true_group"] = ds.groups[rows]
+    quality = plan.quality or {"note": "the dataset has no bias labels to compare with"}
+    with atomic_folder(Path(out), kind="groups") as tmp:
+        atomic_text(tmp / "groups.csv", csv_text(table.to_dict("records")))
+        atomic_text(tmp / "quality.json", json.dumps(quality, indent=1) + "\n")
+    method = options.source
+    if plan.quality:
+        q = plan.quality
+        return (f"{method} groups on {ds.name} train ({len(rows)} images): accuracy {100 * q['accuracy']:.1f}  "
+                f"NMI {q['nmi']:.3f}  ARI {q['ari']:.3f}; wrote {out}/groups.csv and quality.json")
+    return f"{method} groups on {ds.name} train ({len(rows)} images); no true groups to compare; wrote {out}/groups.csv"

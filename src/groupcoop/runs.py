@@ -1,0 +1,102 @@
+"""Run folders: a finished run, how it is written, and whether a folder already holds it.
+
+A run folder holds config.yaml (the resolved settings), metrics.json, head.safetensors, the
+learned prompts (when there are any), report.txt and report.html; it is written whole into a
+temporary sibling and moved into place (`files.atomic_folder`). `holds_run` is the one answer
+to "is this folder a finished run of these settings", for `train` (an identical run may be
+redone in place) and `sweep` (finished runs are skipped).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from .errors import UserError
+from .files import atomic_folder, check_replaceable, output_lock, read_if_present
+from .head import Head
+from .metrics import format_group_table
+from .prompts import PromptLearner, nearest_tokens
+from .report import run_report_html
+from .settings import RunSettings
+
+
+@dataclass
+class Run:
+    """A finished run: what it was asked to do, what it measured, and the classifier it made."""
+
+    settings: RunSettings
+    metrics: dict
+    head: Head
+    learner: PromptLearner | None = None
+
+    def save(self, folder: Path, overwrite: bool = False) -> Path:
+        """Write the run folder atomically (refusing a folder that holds anything but a groupcoop run)."""
+        folder = Path(folder)
+        check_replaceable(folder, overwrite)
+        with output_lock(folder):
+            write_run(folder, self)
+        return folder
+
+
+def read_run_config(folder: Path) -> dict:
+    """A run folder's config.yaml as a dict ({} when absent or not a YAML mapping).
+
+    Anything but a regular file there (a FIFO, a device) is one error line, never a hang."""
+    text = read_if_present(Path(folder) / "config.yaml", "run config")
+    try:
+        config = yaml.safe_load(text) if text is not None else None
+    except yaml.YAMLError:
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def holds_run(folder: Path, settings: dict) -> bool:
+    """Whether `folder` holds a finished run (metrics.json) whose config.yaml equals `settings`
+    (a `RunSettings.dump()`); a group source left unresolved (None) matches the one the run resolved.
+    A config.yaml that cannot be read (not UTF-8, a FIFO: never waited on) is not a finished run."""
+    folder = Path(folder)
+    try:
+        done = read_run_config(folder)
+    except UserError:
+        return False
+    wanted = dict(settings)
+    groups = wanted.get("groups")
+    if isinstance(groups, dict) and groups.get("source") is None and isinstance(done, dict) \
+            and isinstance(done.get("groups"), dict):
+        wanted["groups"] = {**groups, "source": done["groups"].get("source")}
+    return done == wanted and (folder / "metrics.json").is_file()
+
+
+def fill_run_folder(folder: Path, run: Run) -> None:
+    """Write a run's files into `folder` (created if needed)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump(run.settings.dump(), sort_keys=False), encoding="utf-8")
+    (folder / "metrics.json").write_text(json.dumps(run.metrics, indent=1) + "\n", encoding="utf-8")
+    (folder / "report.txt").write_text(run_report(run.metrics) + "\n", encoding="utf-8")
+    tokens = nearest_tokens(run.learner) if run.learner is not None else None
+    (folder / "report.html").write_text(run_report_html(run.metrics, tokens), encoding="utf-8")
+    run.head.save(folder / "head.safetensors")
+    if run.learner is not None:
+        run.learner.save(folder)
+
+
+def write_run(out: Path, run: Run) -> None:
+    """Write the run folder into a temporary sibling, then move it into place."""
+    with atomic_folder(Path(out), kind="run") as tmp:
+        fill_run_folder(tmp, run)
+
+
+def run_report(metrics: dict) -> str:
+    parts = [f"{metrics['method']} on {metrics['dataset']} with {metrics['backbone']}  "
+             f"(groups: {metrics['groups_source']}; model selection on {metrics['selection_groups']})"]
+    for split, m in metrics["splits"].items():
+        parts.append(format_group_table(m, title=f"{split}:"))
+    if "group_quality" in metrics:
+        q = metrics["group_quality"]
+        parts.append(f"pseudo-group agreement with true train groups: accuracy {100 * q['accuracy']:.1f}  "
+                     f"NMI {q['nmi']:.3f}  ARI {q['ari']:.3f}")
+    return "\n".join(parts)
