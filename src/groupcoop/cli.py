@@ -159,7 +159,7 @@ def cmd_demo(args) -> None:
     cache_dir = check_cache_dir(args.cache_dir)
     check_outside(cache_dir, "--cache-dir", out, "--out")
     run_demo(out, seeds=args.seeds, task=args.task, cache_dir=cache_dir, workers=args.workers,
-             progress=not args.quiet, log=print)
+             progress=not args.quiet, log=print, device=args.device)
 
 
 # --- datasets, groups, backbones, methods ----------------------------------------------------------
@@ -434,6 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--task", default="synth-waterbirds",
                       help="synthetic task: synth-waterbirds (default), synth-multiceleba, synth-threebias "
                       "or synth-random:<seed>")
+    demo.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:N or mps")
     _add_common(demo)
     demo.set_defaults(func=cmd_demo)
 

@@ -124,16 +124,24 @@ def drive_together(makers: Iterable[Callable[[], Any]], finished: Callable[[int,
                     changed = True
         if not active:
             return
-        calls: dict[tuple, list[_Member]] = {}
+        step_together([m.run for m in active])
         for m in active:
-            calls.setdefault(_call_key(m.run.rows), []).append(m)
-        for members in calls.values():
-            rows = [m.run.rows for m in members]
-            encoded = [rows[0].encode()] if len(rows) == 1 else encode_together(rows)
-            sum(m.run.loss(e) for m, e in zip(members, encoded)).backward()
-        for m in active:
-            m.run.step()
             m.ready = False
+
+
+def step_together(runs: list) -> None:
+    """One training step of runs that each hold their batch (`next_batch()` was True): their prompts
+    through the text encoder in as few calls as backbone and lengths allow, each run's loss
+    backpropagated, each optimiser stepped."""
+    calls: dict[tuple, list] = {}
+    for run in runs:
+        calls.setdefault(_call_key(run.rows), []).append(run)
+    for members in calls.values():
+        rows = [run.rows for run in members]
+        encoded = [rows[0].encode()] if len(rows) == 1 else encode_together(rows)
+        sum(run.loss(e) for run, e in zip(members, encoded)).backward()
+    for run in runs:
+        run.step()
 
 
 def fit_runs(prep, settings: list, log: Callable[[str], None] = print, fuse: bool = True,

@@ -603,7 +603,7 @@ JTT_ERROR_RATE = 0.1  # JTT's first run's training error rate, which lengthens i
 
 
 @dataclass
-class _TrainingCost:
+class TrainingCost:
     """What the cost model needs of one run of the training loop."""
 
     steps: int
@@ -611,7 +611,7 @@ class _TrainingCost:
     tokens: int
 
 
-def _training_cost(spec: RunSpec) -> _TrainingCost | None:
+def _training_cost(spec: RunSpec) -> TrainingCost | None:
     """The run's steps (each epoch of n_train / batch_size steps; no early stopping) and prompts; None
     for methods trained in one go, or a dataset of unknown size."""
     from .fusion import fusable
@@ -627,19 +627,19 @@ def _training_cost(spec: RunSpec) -> _TrainingCost | None:
         longer = n_train * (1 + (hp["upweight"] - 1) * JTT_ERROR_RATE)
         steps = hp["first_epochs"] * math.ceil(n_train / hp["batch_size"]) + hp["epochs"] * math.ceil(longer / hp["batch_size"])
     if not fusable(recipe):
-        return _TrainingCost(steps, 0, 0)
+        return TrainingCost(steps, 0, 0)
     classes, groups = DATASET_SHAPE[dataset]
-    return _TrainingCost(steps, classes * (groups if recipe.rows == "group" else 1), hp["n_ctx"] + PROMPT_TEXT_TOKENS)
+    return TrainingCost(steps, classes * (groups if recipe.rows == "group" else 1), hp["n_ctx"] + PROMPT_TEXT_TOKENS)
 
 
-def _step_seconds(backbone: str, runs: list[_TrainingCost]) -> float:
+def step_seconds(backbone: str, runs: list[TrainingCost]) -> float:
     prompts = [r for r in runs if r.prompts]
     text = GPU_TEXT_CALL_S[backbone] + sum(r.prompts for r in prompts) * max(r.tokens for r in prompts) * \
         TEXT_GFLOPS_PER_TOKEN[backbone] / (GPU_TRAIN_TFLOPS * 1e3) if prompts else 0.0
     return text + len(runs) * GPU_RUN_STEP_S
 
 
-def _pass_seconds(backbone: str, runs: list[_TrainingCost], max_prompts: int) -> float:
+def fused_pass_seconds(backbone: str, runs: list[TrainingCost], max_prompts: int) -> float:
     """A fused pass as `fusion.drive_together` runs it: runs join while their prompts fit the cap and
     leave when their steps are done; between two such events every step costs the same."""
     queue, active, seconds = list(runs), [], 0.0
@@ -648,7 +648,7 @@ def _pass_seconds(backbone: str, runs: list[_TrainingCost], max_prompts: int) ->
             active.append((queue[0], queue[0].steps))
             queue.pop(0)
         steps = min(left for _, left in active)
-        seconds += steps * _step_seconds(backbone, [r for r, _ in active])
+        seconds += steps * step_seconds(backbone, [r for r, _ in active])
         active = [(r, left - steps) for r, left in active if left > steps]
     return seconds
 
@@ -668,18 +668,18 @@ def estimate(specs: list[RunSpec], fuse: bool = True, max_prompts: int | None = 
         n = DATASET_IMAGES[dataset][0]
         extraction += max(n * IMAGE_GFLOPS[backbone] * 1e9 / (GPU_EFFECTIVE_TFLOPS * 1e12), n / GPU_DECODE_IMAGES_PER_S)
     alone, fused = 0.0, 0.0
-    by_data: dict[tuple, list[_TrainingCost]] = {}
+    by_data: dict[tuple, list[TrainingCost]] = {}
     for s in sorted(specs, key=lambda s: (s.data_key, s.method, s.groups, s.seed)):
         cost = _training_cost(s) if s.data_key[3] in GPU_TEXT_CALL_S else None
         if cost is None:
             continue
-        alone += cost.steps * _step_seconds(s.data_key[3], [cost])
+        alone += cost.steps * step_seconds(s.data_key[3], [cost])
         if cost.prompts:
             by_data.setdefault(s.data_key, []).append(cost)
         else:
-            fused += cost.steps * _step_seconds(s.data_key[3], [cost])
+            fused += cost.steps * step_seconds(s.data_key[3], [cost])
     for key, runs in by_data.items():
-        fused += _pass_seconds(key[3], runs, max_prompts or DEFAULT_MAX_PROMPTS)
+        fused += fused_pass_seconds(key[3], runs, max_prompts or DEFAULT_MAX_PROMPTS)
     training = (f"training at most {fused / 3600:.2f} h with the learned-prompt runs of each (dataset, backbone) fused "
                 f"({alone / 3600:.2f} h run one by one)" if fuse else f"training at most {alone / 3600:.2f} h "
                 "(every run alone, --no-fuse)")
