@@ -202,6 +202,17 @@ def test_fit_many_equals_fit_for_each_run(waterbirds_prep):
             pytest.approx(one.metrics["splits"]["test"]["worst_group_acc"], abs=1e-6)
 
 
+def test_readme_fit_many_block_runs_as_written(waterbirds_prep):
+    from test_predict import readme_block
+
+    scope: dict = {}
+    exec(compile(readme_block("api-many"), "README fit_many snippet", "exec"), scope)
+    runs = scope["runs"]
+    assert [(r.metrics["method"], r.metrics["seed"]) for r in runs] == [
+        ("groupcoop", 0), ("groupcoop", 1), ("groupcoop", 2), ("coop", 0), ("zeroshot", 0)]
+    assert all(r.metrics["epochs_run"] <= 5 for r in runs[:4])
+
+
 def test_fit_many_refuses_runs_of_another_dataset_or_backbone():
     with pytest.raises(UserError, match="run 1 has backbone 'ViT-B-16', run 0 'groupcoop-tiny'"):
         groupcoop.fit_many("synth-waterbirds", ["coop", {"method": "coop", "backbone": "ViT-B-16"}])
