@@ -173,8 +173,9 @@ def bench_profile(bb, args) -> None:
         say()
 
 
-def waterbirds_like(bb, seed: int = 0):
-    """Waterbirds' split and group sizes with random 'cached' features (no images)."""
+def waterbirds_like(bb, seed: int = 0, scale: float = 1.0):
+    """Waterbirds' split and group sizes (times `scale`, at least 2 per group) with random 'cached'
+    features (no images)."""
     from groupcoop.data.base import GroupDataset
     from groupcoop.features import Features
     from groupcoop.pipeline import Prepared
@@ -183,6 +184,7 @@ def waterbirds_like(bb, seed: int = 0):
     y, attrs, split = [], [], []
     for s, (name, counts) in enumerate(sizes.items()):
         for g, c in enumerate(counts):
+            c = max(2, round(c * scale))
             y += [g // 2] * c
             attrs += [g % 2] * c
             split += [s] * c

@@ -87,8 +87,8 @@ def test_sweep_writes_runs_csv_and_table(tmp_path, cli, waterbirds_prep):
 KILLABLE = """
 import sys
 from groupcoop.cli import main
-sys.exit(main(["sweep", sys.argv[1], "--out", sys.argv[2], "--quiet"]))
-"""
+sys.exit(main(["sweep", sys.argv[1], "--out", sys.argv[2], "--quiet", "--no-fuse"]))
+"""  # one run after another, so that the kill lands between two (fused, the four would end together)
 
 
 def test_killed_sweep_resumes_without_redoing_finished_runs(tmp_path, waterbirds_prep, feature_cache):

@@ -17,6 +17,7 @@ __version__ = "0.2.0"
 
 _API = {
     "fit": "api",
+    "fit_many": "api",
     "Run": "runs",
     "load_run": "api",
     "RunSettings": "settings",

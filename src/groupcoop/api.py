@@ -40,6 +40,49 @@ def fit(dataset: str | GroupDataset, backbone: str = "groupcoop-tiny", pretraine
     return run_method(prep, settings, log=log or (lambda s: None))
 
 
+def fit_many(dataset: str | GroupDataset, runs: list[str | dict | RunSettings], backbone: str = "groupcoop-tiny",
+             pretrained: str | None = None, *, root: str | None = None, device: str = "cpu",
+             cache_dir: str | Path | None = None, workers: int | None = None, progress: bool = False, log=None,
+             fuse: bool = True, max_prompts: int | None = None) -> list[Run]:
+    """Train several runs on one dataset and backbone and return their Runs, in order.
+
+    Each entry of `runs` is a method name, or a dict of RunSettings keys (`method`, `seed`,
+    `groups`, `hyperparameters`, ...), or a RunSettings; the other arguments fill in what it leaves
+    out, as in `fit`; runs on another dataset, backbone or feature cache are refused. The features
+    are extracted (or found cached) once. With `fuse` (the default) the learned-prompt runs train
+    together, one text-encoder call per step for all their prompts (at most `max_prompts` per
+    call); each equals what `fit` gives for its settings, up to float rounding.
+    """
+    from .fusion import DEFAULT_MAX_PROMPTS, fit_runs
+
+    if isinstance(runs, (str, dict, RunSettings)) or not runs:
+        raise UserError("fit_many() takes a non-empty list of runs (method names, dicts of settings or RunSettings)")
+    loaded = dataset if isinstance(dataset, GroupDataset) else None
+    shared = {"dataset": loaded.name if loaded else dataset, "root": root, "backbone": backbone,
+              "pretrained": pretrained, "device": device}
+    settings = []
+    for k, entry in enumerate(runs):
+        values = {"method": entry} if isinstance(entry, str) else entry.dump() if isinstance(entry, RunSettings) \
+            else dict(entry) if isinstance(entry, dict) else None
+        if values is None:
+            raise UserError(f"fit_many() run {k}: expected a method name, a dict or RunSettings, "
+                            f"not {type(entry).__name__}")
+        for key, value in shared.items():
+            if value is not None:
+                values.setdefault(key, value)
+        settings.append(make_settings(values, f"fit_many() run {k}"))
+    for k, s in enumerate(settings[1:], 1):
+        for key in ("dataset", "root", "dataset_options", "backbone", "pretrained", "device", "feature_dtype"):
+            if getattr(s, key) != getattr(settings[0], key):
+                raise UserError(f"fit_many() run {k} has {key} {getattr(s, key)!r}, run 0 {getattr(settings[0], key)!r}: "
+                                "one call trains runs of one dataset, backbone and feature cache; call it once for each")
+    ds, _, bb = check_run(settings[0], dataset=loaded)
+    settings = [check_run(s, dataset=ds, backbone=bb)[1] for s in settings]
+    prep = prepare(ds, bb, cache_dir=cache_dir, feature_dtype=settings[0].feature_dtype, workers=workers,
+                   progress=progress)
+    return fit_runs(prep, settings, log=log or (lambda s: None), fuse=fuse, max_prompts=max_prompts or DEFAULT_MAX_PROMPTS)
+
+
 def load_run(folder: str | Path) -> Run:
     """A saved run: its settings, metrics and classifier head (prompts stay in the folder)."""
     from .head import load_head

@@ -309,11 +309,14 @@ class OpenCLIPBackbone(Backbone):
             return torch.full((ids.shape[0],), ids.shape[1] - 1, dtype=torch.long, device=ids.device)
         return torch.zeros(ids.shape[0], dtype=torch.long, device=ids.device)
 
+    @property
+    def pads_freely(self) -> bool:
+        """A causal tower pooling at the [EOS]: what comes after a prompt's [EOS] changes nothing."""
+        return self.text.attn_mask is not None and self.text.pool_type in ("argmax", "eos")
+
     def text_length(self, pool_at: torch.Tensor, length: int) -> int:
         """Up to the last pooled [EOS] for a causal tower pooling there, else every position."""
-        if self.text.attn_mask is not None and self.text.pool_type in ("argmax", "eos"):
-            return int(pool_at.max()) + 1
-        return length
+        return int(pool_at.max()) + 1 if self.pads_freely else length
 
     def encode_text_embeddings(self, x: torch.Tensor, pool_at: torch.Tensor, cut: bool = True) -> torch.Tensor:
         """Text features from token embeddings `x` (B, L, W); equals `encode_text` on the same tokens.

@@ -7,7 +7,7 @@ A prompt is `[prefix specials] [V1..VM] <text> [EOS] [padding]`; `prefix_length`
 special tokens come before the text (1 for CLIP's [SOS], 0 for SigLIP), `eos_positions` where
 the text ends, `pool_positions` where the text encoder pools (the [EOS] for CLIP, the last
 position for SigLIP) and `text_length` how many leading positions it reads (a causal encoder
-ignores everything after its pooled token). `encode_text_embeddings` runs the text encoder
+ignores everything after its pooled token; `pads_freely` says so). `encode_text_embeddings` runs the text encoder
 from token embeddings, which prompt learning needs; scores are `logit_scale * cos + logit_bias`
 (the bias is SigLIP's; CLIP has none).
 """
@@ -118,6 +118,14 @@ class Backbone(ABC):
     @abstractmethod
     def text_length(self, pool_at: torch.Tensor, length: int) -> int:
         """How many leading positions of a length-`length` batch pooled at `pool_at` the encoder reads."""
+
+    @property
+    def pads_freely(self) -> bool:
+        """Whether a prompt's text features ignore every position after its pooled one (a causal
+        mask pooling at the [EOS]): prompts of different lengths padded at the end then encode in
+        one batch as each alone (fused training). False, the safe default, fuses only prompts of
+        equal length."""
+        return False
 
     @abstractmethod
     def encode_text_embeddings(self, x: torch.Tensor, pool_at: torch.Tensor, cut: bool = True) -> torch.Tensor:

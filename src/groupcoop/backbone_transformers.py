@@ -142,6 +142,10 @@ class TransformersBackbone(Backbone):
             return ids.argmax(dim=-1)
         return (ids == (self._eos_id if self._pool_eos_id is None else self._pool_eos_id)).int().argmax(dim=-1)
 
+    @property
+    def pads_freely(self) -> bool:
+        return self.causal  # CLIP; SigLIP attends both ways
+
     def text_length(self, pool_at: torch.Tensor, length: int) -> int:
         return int(pool_at.max()) + 1 if self.causal else length
 

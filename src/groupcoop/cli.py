@@ -159,7 +159,7 @@ def cmd_demo(args) -> None:
     cache_dir = check_cache_dir(args.cache_dir)
     check_outside(cache_dir, "--cache-dir", out, "--out")
     run_demo(out, seeds=args.seeds, task=args.task, cache_dir=cache_dir, workers=args.workers,
-             progress=not args.quiet, log=print)
+             progress=not args.quiet, log=print, device=args.device)
 
 
 # --- datasets, groups, backbones, methods ----------------------------------------------------------
@@ -351,7 +351,7 @@ def cmd_sweep(args) -> None:
     out = Path(args.out or Path("runs") / grid.name).expanduser()
     if args.dry_run:
         print_runs(mine, out)
-        print(estimate(mine))
+        print(estimate(mine, fuse=args.fuse, max_prompts=args.max_fused_prompts))
         return
     from .backbone import check_device
     from .sweep import check_roots
@@ -371,7 +371,8 @@ def cmd_sweep(args) -> None:
 
                 atomic_text(out / "grid.yaml", yaml.safe_dump(grid.model_dump(), sort_keys=False))
                 write_manifest(out, "sweep")
-            run_sweep(mine, out, jobs=args.jobs, cache_dir=cache_dir, workers=args.workers, log=log)
+            run_sweep(mine, out, jobs=args.jobs, cache_dir=cache_dir, workers=args.workers, log=log, fuse=args.fuse,
+                      max_prompts=args.max_fused_prompts)
     text, n = write_summary(specs, out, grid)
     write_manifest_top(out)
     print(text)
@@ -441,6 +442,7 @@ def _add_grouping_flags(p) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from .choices import FEATURE_DTYPES, PRECISIONS
+    from .fusion import DEFAULT_MAX_PROMPTS
     from .data.base import SPLITS
     from .labelers import GROUP_SOURCES
     from .methods import METHODS
@@ -461,6 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--task", default="synth-waterbirds",
                       help="synthetic task: synth-waterbirds (default), synth-multiceleba, synth-threebias "
                       "or synth-random:<seed>")
+    demo.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:N or mps")
     _add_common(demo)
     demo.set_defaults(func=cmd_demo)
 
@@ -619,7 +622,14 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--root", action="append", metavar="DATASET=FOLDER", help="a dataset's folder, repeatable")
     sw.add_argument("--set", action="append", metavar="KEY=VALUE",
                     help="hyper-parameter for every method that has it, repeatable")
-    sw.add_argument("--jobs", type=_count(1), default=1, help="parallel worker processes (default 1)")
+    sw.add_argument("--jobs", type=_count(1), default=1, help="parallel worker processes (default 1); each fuses "
+                    "its share of the learned-prompt runs")
+    sw.add_argument("--no-fuse", dest="fuse", action="store_false",
+                    help="train every run alone (default: the learned-prompt runs of a dataset and backbone train "
+                    "together, one text-encoder call per step for all their prompts; same results up to float "
+                    "rounding)")
+    sw.add_argument("--max-fused-prompts", type=_count(1), default=None, metavar="N",
+                    help=f"at most N prompts per fused text-encoder call, for memory (default {DEFAULT_MAX_PROMPTS})")
     sw.add_argument("--device", help="torch device for every run, replacing the grid's (cpu, cuda, cuda:N)")
     sw.add_argument("--shard", metavar="I/N", help="run only slice I of N (0 <= I < N), e.g. $SLURM_ARRAY_TASK_ID/8")
     sw.add_argument("--dry-run", action="store_true", help="list the runs and an estimated cost; run nothing")

@@ -64,13 +64,13 @@ def comparison_table(summary: dict, split: str = "test") -> str:
 
 
 def run_demo(out: Path, seeds: int = 1, task: str = "synth-waterbirds", cache_dir=None, workers=None,
-             progress: bool = True, log=print) -> dict:
+             progress: bool = True, log=print, device: str = "cpu") -> dict:
     """Run every demo method and seed into `out` (replaced whole when done; nothing is written on failure)."""
     from .pipeline import check_run, prepare, run_method
     from .runs import fill_run_folder
     from .settings import make_settings
 
-    base = make_settings({"dataset": task, "backbone": TINY, "method": METHODS[0]}, "demo")
+    base = make_settings({"dataset": task, "backbone": TINY, "method": METHODS[0], "device": device}, "demo")
     dataset, base, backbone = check_run(base)
     if not dataset.name.startswith("synth-"):
         raise UserError(f"--task {task} is not a synthetic task; the demo runs on synth-* tasks")

@@ -4,9 +4,10 @@
 the method's own checks such as prompt lengths) before `prepare` does the expensive, shared
 part (cached features), so that bad input is refused before any image is read. It returns
 the settings with the grouping resolved for the method; `run_method` trusts them: it plans
-the groups, hands the method's trainer a `FitTask` and turns its `Fitted` result into a
-`Run` (runs.py): its settings, the metrics.json value, the classifier head and the learned
-prompts.
+the groups (`plan_run`: a `PlannedRun` holding the `FitTask` the method's trainer reads),
+trains, and turns the `Fitted` result into a `Run` (runs.py): its settings, the metrics.json
+value, the classifier head and the learned prompts. `fusion.fit_runs` trains several planned
+runs of one dataset and backbone together and finishes each the same way.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from .backbone import Backbone, check_device, load_backbone
 from .data.base import GroupDataset
 from .data.registry import load_dataset
 from .features import Features, extract_features
-from .groups import labeler_spec, plan_groups, resolve_method_grouping
+from .groups import GroupPlan, labeler_spec, plan_groups, resolve_method_grouping
 from .head import Head
-from .methods import FitTask, RunPlan, get_method
+from .methods import FitTask, Fitted, Recipe, RunPlan, get_method
 from .metrics import split_metrics
 from .runs import Run
 from .settings import RunSettings
@@ -86,46 +87,82 @@ def evaluate_split(head: Head, prep: Prepared, split: str, groups: np.ndarray | 
                          family=ds.info.get("metric_family") if true_groups else None)
 
 
-def run_method(prep: Prepared, settings: RunSettings, log=print) -> Run:
-    """Train (or not) one method with one seed on prepared features, with the settings `check_run` returned."""
+@dataclass
+class PlannedRun:
+    """One method's run on prepared features with its groups planned: the `FitTask` its trainer
+    reads, and how the trained classifier becomes a `Run`. `run_method` trains it alone;
+    `fusion.py` trains several learned-prompt runs of one dataset and backbone together."""
+
+    prep: Prepared
+    settings: RunSettings
+    plan: GroupPlan
+    task: FitTask
+
+    @property
+    def recipe(self) -> Recipe:
+        return get_method(self.settings.method)
+
+    def fit(self) -> Fitted:
+        """The method's trainer on the task, alone."""
+        return self.recipe.train(self.task, self.settings.params)
+
+    def start(self):
+        """The method's run of the training loop (`train.LoopRun` or one with its steps), not started yet."""
+        return self.recipe.start(self.task, self.settings.params)
+
+    def finish(self, fitted: Fitted) -> Run:
+        """The Run of the trained classifier: evaluated on val and test, with metrics.json's value."""
+        recipe, hp, settings, plan, prep = self.recipe, self.settings.params, self.settings, self.plan, self.prep
+        ds, bb = prep.dataset, prep.backbone
+        head = fitted.head
+        head.class_names = list(ds.class_names)
+        head.row_names = plan.spec.names() if recipe.rows == "group" else list(ds.class_names)
+        head.info = {"backbone": bb.identity, "method": recipe.name}
+        splits = {}
+        for split in ("val", "test"):
+            if len(ds.split_indices(split)):
+                groups, true_labels = plan.report[split]
+                splits[split] = evaluate_split(head, prep, split, *(() if true_labels else (groups, plan.spec.names())))
+        val_trained = recipe.needs_groups == "val"
+        metrics = {
+            "method": recipe.name,
+            "backbone": bb.identity,
+            "dataset": ds.name,
+            "groups_source": plan.source,
+            "needs_groups": recipe.needs_groups,
+            "val_used_for_training": val_trained,
+            "selection_groups": plan.selection_source if not val_trained else "true val groups (half-splits of val)",
+            "report_groups": {s: ("true groups" if plan.report[s][1] else f"{plan.source} groups") for s in splits},
+            "trainable_params": int(fitted.trainable),
+            "total_params": int(bb.parameter_count() + fitted.trainable),
+            "seed": settings.seed,
+            "hyperparameters": hp.model_dump(),
+            "grouping": settings.groups.model_dump(),
+            "splits": splits,
+            **({"group_quality": plan.quality} if plan.quality else {}),
+            **fitted.extra,
+        }
+        if val_trained:
+            metrics["note"] = ("val was used for training: its accuracies are training-set accuracies, "
+                               "not held-out ones; compare methods on test")
+        if fitted.learner is not None:
+            fitted.learner.info.update({"classes": list(ds.class_names), "groups": head.row_names,
+                                        "method": recipe.name, "groups_source": plan.source,
+                                        "aggregate": head.aggregate})
+        return Run(settings, metrics, head, fitted.learner)
+
+
+def plan_run(prep: Prepared, settings: RunSettings, log=print) -> PlannedRun:
+    """Plan one method with one seed on prepared features (its groups labelled), with the settings
+    `check_run` returned."""
     if settings.groups.source is None:
         raise ValueError("run_method needs the settings check_run returns (their group source resolved)")
-    recipe, hp, seed = get_method(settings.method), settings.params, settings.seed
-    ds, bb = prep.dataset, prep.backbone
-    plan = plan_groups(prep, settings.groups, seed, train_groups=recipe.needs_groups != "val")
-    fitted = recipe.train(FitTask(ds, bb, prep.feats, plan, seed, log), hp)
-    head = fitted.head
-    head.class_names = list(ds.class_names)
-    head.row_names = plan.spec.names() if recipe.rows == "group" else list(ds.class_names)
-    head.info = {"backbone": bb.identity, "method": recipe.name}
-    splits = {}
-    for split in ("val", "test"):
-        if len(ds.split_indices(split)):
-            groups, true_labels = plan.report[split]
-            splits[split] = evaluate_split(head, prep, split, *(() if true_labels else (groups, plan.spec.names())))
-    val_trained = recipe.needs_groups == "val"
-    metrics = {
-        "method": recipe.name,
-        "backbone": bb.identity,
-        "dataset": ds.name,
-        "groups_source": plan.source,
-        "needs_groups": recipe.needs_groups,
-        "val_used_for_training": val_trained,
-        "selection_groups": plan.selection_source if not val_trained else "true val groups (half-splits of val)",
-        "report_groups": {s: ("true groups" if plan.report[s][1] else f"{plan.source} groups") for s in splits},
-        "trainable_params": int(fitted.trainable),
-        "total_params": int(bb.parameter_count() + fitted.trainable),
-        "seed": seed,
-        "hyperparameters": hp.model_dump(),
-        "grouping": settings.groups.model_dump(),
-        "splits": splits,
-        **({"group_quality": plan.quality} if plan.quality else {}),
-        **fitted.extra,
-    }
-    if val_trained:
-        metrics["note"] = ("val was used for training: its accuracies are training-set accuracies, "
-                           "not held-out ones; compare methods on test")
-    if fitted.learner is not None:
-        fitted.learner.info.update({"classes": list(ds.class_names), "groups": head.row_names, "method": recipe.name,
-                                    "groups_source": plan.source, "aggregate": head.aggregate})
-    return Run(settings, metrics, head, fitted.learner)
+    recipe = get_method(settings.method)
+    plan = plan_groups(prep, settings.groups, settings.seed, train_groups=recipe.needs_groups != "val")
+    return PlannedRun(prep, settings, plan, FitTask(prep.dataset, prep.backbone, prep.feats, plan, settings.seed, log))
+
+
+def run_method(prep: Prepared, settings: RunSettings, log=print) -> Run:
+    """Train (or not) one method with one seed on prepared features, with the settings `check_run` returned."""
+    planned = plan_run(prep, settings, log)
+    return planned.finish(planned.fit())

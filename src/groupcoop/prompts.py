@@ -85,6 +85,11 @@ class PromptLearner(nn.Module):
         ctx = self.ctx.expand(len(self.names), -1, -1)
         return torch.cat([self.prefix, ctx, self.suffix], dim=1), self.pool_at
 
+    @property
+    def length(self) -> int:
+        """Positions each prompt takes (the text encoder reads them all): specials, context, text."""
+        return self.prefix.shape[1] + self.n_ctx + self.suffix.shape[1]
+
     def forward(self) -> torch.Tensor:
         """Text features (P, D), not normalised."""
         x, pool_at = self.prompt_embeddings()

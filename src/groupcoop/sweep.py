@@ -2,8 +2,11 @@
 
 A grid names datasets, backbones, methods (with hyper-parameter variants), group sources and
 seeds; every combination is one run folder under OUT/runs/. Finished runs are skipped on a
-re-run, so a killed sweep resumes. `--jobs N` runs N worker processes on the shared feature
-cache (features are extracted once per dataset and backbone, before the runs); `--shard I/N`
+re-run, so a killed sweep resumes. The learned-prompt runs of one dataset and backbone train
+together in a fused pass (`fusion.py`: one text-encoder call per step for all their prompts, each
+run's results as alone; `--no-fuse` trains each alone). `--jobs N` runs N worker processes on the
+shared feature cache (features are extracted once per dataset and backbone, before the runs; each
+worker fuses its share of the runs); `--shard I/N`
 runs one of N disjoint slices (whole datasets go to one slice, so each machine extracts only
 its own). The summary (`runs.csv`, `table.md`, `report.html`) is rebuilt from whatever run
 folders exist, so it can be made again after all shards finish.
@@ -11,6 +14,7 @@ folders exist, so it can be made again after all shards finish.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import time
@@ -272,17 +276,50 @@ def extract_one(spec: RunSpec, cache_dir, workers) -> str:
     return spec.dataset
 
 
-def run_one(spec: RunSpec, out: Path, cache_dir, workers) -> tuple[str, float]:
-    """Train one run into its folder (atomically); returns (folder, seconds)."""
-    from .pipeline import check_run, run_method
+def run_group(specs: list[RunSpec], out: Path, cache_dir, workers, fuse: bool = True,
+              max_prompts: int | None = None, report=None) -> list[tuple[str, float]]:
+    """Train runs of one dataset and backbone into their folders (each written atomically as it
+    finishes); with `fuse`, the learned-prompt runs in one fused pass (`fusion.py`). `report(folder,
+    seconds)` is called as each finishes; returns every (folder, seconds)."""
+    from .fusion import DEFAULT_MAX_PROMPTS, fit_runs
+    from .pipeline import check_run
     from .runs import write_run
 
-    start = time.perf_counter()
-    prep = _prepared(spec, cache_dir, workers)
-    _, settings, _ = check_run(make_settings(spec.settings), prep.dataset, prep.backbone)
-    run = run_method(prep, settings, log=lambda s: None)
-    write_run(out / spec.folder, run)
-    return str(spec.folder), time.perf_counter() - start
+    prep = _prepared(specs[0], cache_dir, workers)
+    settings = [check_run(make_settings(s.settings), prep.dataset, prep.backbone)[1] for s in specs]
+    results = []
+
+    def done(i: int, run, seconds: float) -> None:
+        write_run(out / specs[i].folder, run)
+        results.append((str(specs[i].folder), seconds))
+        if report is not None:
+            report(*results[-1])
+
+    fit_runs(prep, settings, log=lambda s: None, fuse=fuse, max_prompts=max_prompts or DEFAULT_MAX_PROMPTS, done=done)
+    return results
+
+
+def fusable_spec(spec: RunSpec) -> bool:
+    from .fusion import fusable
+    from .methods import get_method
+
+    return fusable(get_method(spec.settings["method"]))
+
+
+def work_units(order: list[RunSpec], jobs: int, fuse: bool) -> list[list[RunSpec]]:
+    """What one worker task trains: a single run, or (with `fuse`) a share of one dataset and
+    backbone's learned-prompt runs, trained together; each (dataset, backbone) gives `jobs` shares."""
+    if not fuse:
+        return [[s] for s in order]
+    units, by_data = [], {}
+    for s in order:
+        if fusable_spec(s):
+            by_data.setdefault(s.data_key, []).append(s)
+        else:
+            units.append([s])
+    for specs in by_data.values():
+        units += [specs[k::jobs] for k in range(min(jobs, len(specs)))]
+    return units
 
 
 def finished(spec: RunSpec, out: Path) -> bool:
@@ -302,24 +339,36 @@ def check_roots(specs: list[RunSpec]) -> None:
 
 
 def run_sweep(specs: list[RunSpec], out: Path, jobs: int = 1, cache_dir=None, workers: int | None = 0,
-              log=print) -> dict:
-    """Run every unfinished spec; returns counts. Progress: done / total with an ETA."""
+              log=print, fuse: bool = True, max_prompts: int | None = None) -> dict:
+    """Run every unfinished spec; returns counts. Progress: done / total with an ETA.
+
+    With `fuse`, the learned-prompt runs of each dataset and backbone train together in fused
+    passes (one per worker), at most `max_prompts` prompts per text-encoder call.
+    """
     out = Path(out)
     check_roots(specs)
     todo = [s for s in specs if not finished(s, out)]
     total, done_before = len(specs), len(specs) - len(todo)
-    log(f"sweep: {total} runs, {done_before} already finished, {len(todo)} to run with {jobs} job(s)")
+    log(f"sweep: {total} runs, {done_before} already finished, {len(todo)} to run with {jobs} job(s)"
+        + (", learned-prompt runs fused" if fuse else ""))
     if not todo:
         return {"total": total, "ran": 0, "skipped": done_before}
     threads = max(1, (os.cpu_count() or 1) // jobs)
     order = sorted(todo, key=lambda s: (s.data_key, s.method, s.groups, s.seed))
+    units = work_units(order, jobs, fuse)
     first_of_data = list({s.data_key: s for s in reversed(order)}.values())
     start = time.perf_counter()
+    completed = 0
+
+    def report(folder: str, seconds: float) -> None:
+        nonlocal completed
+        completed += 1
+        _progress(log, done_before + completed, total, completed, len(order), start, folder, seconds)
+
     if jobs == 1:
         _init_worker(threads)
-        for i, spec in enumerate(order, 1):
-            folder, seconds = run_one(spec, out, cache_dir, workers)
-            _progress(log, done_before + i, total, i, len(order), start, folder, seconds)
+        for unit in units:
+            run_group(unit, out, cache_dir, workers, fuse, max_prompts, report)
     else:
         import multiprocessing
 
@@ -330,14 +379,12 @@ def run_sweep(specs: list[RunSpec], out: Path, jobs: int = 1, cache_dir=None, wo
                 future.result()
             log(f"features ready ({(time.perf_counter() - start) / 60:.1f} min)")
             start = time.perf_counter()  # the ETA counts runs only
-            pending = {pool.submit(run_one, s, out, cache_dir, workers) for s in order}
-            completed = 0
-            while pending:
+            pending = {pool.submit(run_group, unit, out, cache_dir, workers, fuse, max_prompts) for unit in units}
+            while pending:  # a fused share reports its runs when the whole share is done
                 finished_now, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in finished_now:
-                    folder, seconds = future.result()
-                    completed += 1
-                    _progress(log, done_before + completed, total, completed, len(order), start, folder, seconds)
+                    for folder, seconds in future.result():
+                        report(folder, seconds)
     return {"total": total, "ran": len(order), "skipped": done_before}
 
 
@@ -525,20 +572,88 @@ def write_summary(specs: list[RunSpec], out: Path, grid: Grid) -> tuple[str, int
 # --- cost estimate (dry run) ----------------------------------------------------------------------
 
 # Image-encoder GFLOPs per image (open_clip's model profile table), dataset sizes (all images,
-# training images), and two stated assumptions about one GPU, for --dry-run. No GPU was
-# available to measure these here; presets/paper/README.md says how to replace them.
+# training images) and shapes (classes, groups per class), and stated assumptions about one GPU,
+# for --dry-run. No GPU was available to measure them here (benchmarks/gpu.py measures what they
+# stand for); presets/paper/README.md lists them and says how to replace them.
 IMAGE_GFLOPS = {"RN50": 9.2, "RN101": 12.8, "ViT-B-32": 4.4, "ViT-B-16": 17.6, "ViT-L-14": 81.1,
                 "groupcoop-tiny": 0.03}
 DATASET_IMAGES = {"waterbirds": (11_788, 4_795), "celeba": (202_599, 162_770), "multiceleba": (107_000, 67_000),
                   "metashift": (3_499, 2_276), "chexpert": (190_000, 167_000), "imagenetbg": (50_000, 45_000)}
+DATASET_SHAPE = {"waterbirds": (2, 2), "celeba": (2, 2), "multiceleba": (2, 4), "metashift": (2, 2),
+                 "chexpert": (2, 6), "imagenetbg": (9, 1)}
 GPU_EFFECTIVE_TFLOPS = 50.0  # bf16 inference on an A100/H100-class GPU at a modest utilisation
 GPU_DECODE_IMAGES_PER_S = 2000.0  # JPEG decoding + resizing with ~16 CPU workers
-GPU_TEXT_STEP_S = {"RN50": 0.006, "RN101": 0.006, "ViT-B-32": 0.006, "ViT-B-16": 0.006, "ViT-L-14": 0.012}
+# Training: a step's text-encoder call costs a floor (kernel launches; a few prompts hardly fill a
+# GPU) plus its FLOPs; each run of the step adds its own work (its batch of cached features, loss,
+# optimiser): a fused step of R runs and P prompts of L tokens costs
+# GPU_TEXT_CALL_S + P * L * TEXT_GFLOPS_PER_TOKEN / GPU_TRAIN_TFLOPS + R * GPU_RUN_STEP_S.
+GPU_TEXT_CALL_S = {"RN50": 0.006, "RN101": 0.006, "ViT-B-32": 0.006, "ViT-B-16": 0.006, "ViT-L-14": 0.012,
+                   "groupcoop-tiny": 0.003}
+TEXT_GFLOPS_PER_TOKEN = {"RN50": 0.15, "RN101": 0.15, "ViT-B-32": 0.15, "ViT-B-16": 0.15, "ViT-L-14": 0.34,
+                         "groupcoop-tiny": 0.0016}  # forward + input-gradient backward: 4 x the blocks' weights
+GPU_TRAIN_TFLOPS = 25.0  # the text tower trains in fp32
+GPU_RUN_STEP_S = 0.0005  # one run's own work in a step, launch-bound
+PROMPT_TEXT_TOKENS = 8  # tokens of a prompt beside its n_ctx context vectors: [SOS], name words, '.', [EOS]
+JTT_ERROR_RATE = 0.1  # JTT's first run's training error rate, which lengthens its second run's epochs
 
 
-def estimate(specs: list[RunSpec]) -> str:
-    """A rough cost of a sweep on one GPU: extraction once per (dataset, backbone) plus training per run."""
-    extraction = training = 0.0
+@dataclass
+class TrainingCost:
+    """What the cost model needs of one run of the training loop."""
+
+    steps: int
+    prompts: int  # 0: free vectors, no text encoder
+    tokens: int
+
+
+def _training_cost(spec: RunSpec) -> TrainingCost | None:
+    """The run's steps (each epoch of n_train / batch_size steps; no early stopping) and prompts; None
+    for methods trained in one go, or a dataset of unknown size."""
+    from .fusion import fusable
+    from .methods import get_method
+
+    dataset, hp = spec.data_key[0], spec.settings["hyperparameters"]
+    recipe = get_method(spec.settings["method"])
+    if dataset not in DATASET_IMAGES or recipe.start is None:
+        return None
+    n_train = DATASET_IMAGES[dataset][1]
+    steps = hp["epochs"] * math.ceil(n_train / hp["batch_size"])
+    if "upweight" in hp:  # JTT: a first run, then epochs lengthened by the upsampled errors
+        longer = n_train * (1 + (hp["upweight"] - 1) * JTT_ERROR_RATE)
+        steps = hp["first_epochs"] * math.ceil(n_train / hp["batch_size"]) + hp["epochs"] * math.ceil(longer / hp["batch_size"])
+    if not fusable(recipe):
+        return TrainingCost(steps, 0, 0)
+    classes, groups = DATASET_SHAPE[dataset]
+    return TrainingCost(steps, classes * (groups if recipe.rows == "group" else 1), hp["n_ctx"] + PROMPT_TEXT_TOKENS)
+
+
+def step_seconds(backbone: str, runs: list[TrainingCost]) -> float:
+    prompts = [r for r in runs if r.prompts]
+    text = GPU_TEXT_CALL_S[backbone] + sum(r.prompts for r in prompts) * max(r.tokens for r in prompts) * \
+        TEXT_GFLOPS_PER_TOKEN[backbone] / (GPU_TRAIN_TFLOPS * 1e3) if prompts else 0.0
+    return text + len(runs) * GPU_RUN_STEP_S
+
+
+def fused_pass_seconds(backbone: str, runs: list[TrainingCost], max_prompts: int) -> float:
+    """A fused pass as `fusion.drive_together` runs it: runs join while their prompts fit the cap and
+    leave when their steps are done; between two such events every step costs the same."""
+    queue, active, seconds = list(runs), [], 0.0
+    while queue or active:
+        while queue and (not active or sum(r.prompts for r, _ in active) + queue[0].prompts <= max_prompts):
+            active.append((queue[0], queue[0].steps))
+            queue.pop(0)
+        steps = min(left for _, left in active)
+        seconds += steps * step_seconds(backbone, [r for r, _ in active])
+        active = [(r, left - steps) for r, left in active if left > steps]
+    return seconds
+
+
+def estimate(specs: list[RunSpec], fuse: bool = True, max_prompts: int | None = None) -> str:
+    """A rough cost of a sweep on one GPU: extraction once per (dataset, backbone) plus training, with
+    the learned-prompt runs of each (dataset, backbone) fused (`fuse`) or each run alone."""
+    from .fusion import DEFAULT_MAX_PROMPTS
+
+    extraction = 0.0
     unknown = set()
     for key in {s.data_key for s in specs}:
         dataset, backbone = key[0], key[3]
@@ -547,14 +662,26 @@ def estimate(specs: list[RunSpec]) -> str:
             continue
         n = DATASET_IMAGES[dataset][0]
         extraction += max(n * IMAGE_GFLOPS[backbone] * 1e9 / (GPU_EFFECTIVE_TFLOPS * 1e12), n / GPU_DECODE_IMAGES_PER_S)
-    for s in specs:
-        dataset, backbone, hp = s.data_key[0], s.data_key[3], s.settings["hyperparameters"]
-        if dataset in DATASET_IMAGES and backbone in GPU_TEXT_STEP_S and "epochs" in hp:  # the loop's methods
-            training += hp["epochs"] * DATASET_IMAGES[dataset][1] / hp["batch_size"] * GPU_TEXT_STEP_S[backbone]
+    alone, fused = 0.0, 0.0
+    by_data: dict[tuple, list[TrainingCost]] = {}
+    for s in sorted(specs, key=lambda s: (s.data_key, s.method, s.groups, s.seed)):
+        cost = _training_cost(s) if s.data_key[3] in GPU_TEXT_CALL_S else None
+        if cost is None:
+            continue
+        alone += cost.steps * step_seconds(s.data_key[3], [cost])
+        if cost.prompts:
+            by_data.setdefault(s.data_key, []).append(cost)
+        else:
+            fused += cost.steps * step_seconds(s.data_key[3], [cost])
+    for key, runs in by_data.items():
+        fused += fused_pass_seconds(key[3], runs, max_prompts or DEFAULT_MAX_PROMPTS)
+    training = (f"training at most {fused / 3600:.2f} h with the learned-prompt runs of each (dataset, backbone) fused "
+                f"({alone / 3600:.2f} h run one by one)" if fuse else f"training at most {alone / 3600:.2f} h "
+                "(every run alone, --no-fuse)")
     lines = [f"{len(specs)} runs over {len({s.data_key for s in specs})} (dataset, backbone) pairs",
-             f"estimated on one GPU: feature extraction {extraction / 3600:.2f} h, training at most "
-             f"{training / 3600:.2f} h (each run's epochs; early stopping ends most runs sooner). These are "
-             "assumptions, not measurements: see presets/paper/README.md"]
+             f"estimated on one GPU: feature extraction {extraction / 3600:.2f} h, {training}; every run's epochs "
+             "(early stopping ends most runs sooner). These are assumptions, not measurements: see "
+             "presets/paper/README.md"]
     if unknown:
         lines.append(f"no size or FLOPs known for: {', '.join(sorted(unknown))} (not in the estimate)")
     return "\n".join(lines)

@@ -19,10 +19,10 @@ when each happens:
             break
     fitted = run.fitted()
 
-`methods.base.drive` is that driver for one run. A driver of several runs on one dataset and backbone can
-instead take every run's prompt embeddings (`PromptLearner.prompt_embeddings`), encode them in
-one text-encoder call and hand each run its slice; each run keeps its own sampler, generator,
-optimiser, schedule, early stopping and selection. The epoch with the best validation
+`methods.base.drive` is that driver for one run. `fusion.drive_together` drives several runs on
+one dataset and backbone: it takes every run's prompt embeddings (`PromptLearner.prompt_embeddings`),
+encodes them in one text-encoder call and hands each run its slice; each run keeps its own sampler,
+generator, optimiser, schedule, early stopping and selection. The epoch with the best validation
 worst-group accuracy is kept (ties: the better average, `methods.base.selection_score`), with
 early stopping; `keep="last"` keeps the last epoch instead (JTT's first run). All randomness
 comes from a generator seeded with the run's seed; no global RNG is touched.
