@@ -178,7 +178,6 @@ def section_extraction(args, ctx) -> dict:
 
 
 def section_agreement(args, ctx) -> dict:
-    import torch
     import torch.nn.functional as F
 
     n = ctx["sizes"]["agreement_images"]

@@ -17,7 +17,6 @@ import torch
 from PIL import Image
 
 from groupcoop import groups, linear, train
-from groupcoop.cli import main
 from groupcoop.methods import METHODS, NEEDS
 from groupcoop.methods.base import balanced_weights
 from groupcoop.pipeline import Prepared, check_run, run_method

@@ -1,6 +1,5 @@
 """Feature cache: content-keyed, atomic shards, resumable after a kill, stale entries rebuilt."""
 
-import os
 import signal
 import subprocess
 import sys

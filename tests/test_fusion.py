@@ -15,7 +15,7 @@ import groupcoop
 from groupcoop.errors import UserError
 from groupcoop.fusion import drive_together, encode_together, fit_runs, fusable
 from groupcoop.methods import METHODS
-from groupcoop.pipeline import check_run, plan_run, run_method
+from groupcoop.pipeline import check_run, run_method
 from groupcoop.prompts import PromptLearner
 from groupcoop.settings import make_settings
 

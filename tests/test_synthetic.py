@@ -1,6 +1,5 @@
 """The synthetic world: deterministic renders, exact group counts, and a tiny CLIP that knows the world."""
 
-import numpy as np
 import pytest
 import torch
 

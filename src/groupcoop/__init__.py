@@ -28,6 +28,7 @@ _API = {
     "list_datasets": "data.registry",
     "load_backbone": "backbone",
     "list_methods": "api",
+    "discover": "api",
     "GroupDataset": "data.base",
 }
 

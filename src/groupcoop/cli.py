@@ -42,19 +42,21 @@ def _log(args):
 
 # --- settings from flags and config files ---------------------------------------------------------
 
+GROUPING_FLAGS = ("bias_prompts", "clusters", "variant", "discover_top", "discover_score", "vocabulary")  # = options
+
 def run_settings_from_args(args):
     """--config values overridden by flags, validated into one RunSettings."""
     from .settings import key_values, make_settings, read_yaml_mapping
 
     config = read_yaml_mapping(args.config, "config file") if getattr(args, "config", None) else {}
-    for key in ("dataset", "root", "backbone", "pretrained", "method", "seed", "device", "feature_dtype"):
+    for key in ("dataset", "root", "backbone", "pretrained", "method", "seed", "device", "feature_dtype", "selection",
+                "hide_bias_labels"):
         value = getattr(args, key, None)
         if value is not None:
             config[key] = value
     groups = config.get("groups")
     groups = {"source": groups} if isinstance(groups, str) else dict(groups or {}) if isinstance(groups, dict) else groups
-    for flag, key in (("groups", "source"), ("bias_prompts", "bias_prompts"), ("clusters", "clusters"),
-                      ("variant", "variant")):
+    for flag, key in (("groups", "source"), *((k, k) for k in GROUPING_FLAGS)):
         value = getattr(args, flag, None)
         if value is not None:
             if not isinstance(groups, dict):
@@ -206,9 +208,8 @@ def cmd_groups(args) -> None:
     from .schema import build
     from .settings import key_values
 
-    options = build(GroupingOptions, {k: v for k, v in {
-        "source": args.labeler, "bias_prompts": args.bias_prompts, "clusters": args.clusters,
-        "variant": args.variant}.items() if v is not None}, "groups options")
+    given = {"source": args.labeler, **{k: getattr(args, k) for k in GROUPING_FLAGS}}
+    options = build(GroupingOptions, {k: v for k, v in given.items() if v is not None}, "groups options")
     out = Path(args.out).expanduser()
     check_replaceable(out, args.overwrite)
     ensure_writable_dir(out.parent, "--out")
@@ -222,6 +223,28 @@ def cmd_groups(args) -> None:
     with output_lock(out):
         prep = prepare(dataset, backbone, cache_dir=cache_dir, workers=args.workers, progress=not args.quiet)
         print(write_groups(prep, out, options, seed=args.seed))
+
+
+def cmd_discover(args) -> None:
+    from .discovery import load_vocabulary
+
+    from .api import discover
+    from .data.registry import load_dataset
+    from .features import check_cache_dir
+    from .settings import key_values
+
+    dataset = load_dataset(args.dataset, args.root, allow_symlinks_outside=args.allow_symlinks_outside,
+                           **key_values(args.option, "--option"))
+    vocabulary = load_vocabulary(args.vocabulary, dataset)  # a bad file is refused before any image is read
+    candidates = discover(dataset, backbone=args.backbone, pretrained=args.pretrained, vocabulary=vocabulary,
+                          top=args.top, score=args.score, cache_dir=check_cache_dir(args.cache_dir),
+                          device=args.device or "cpu", workers=args.workers, progress=not args.quiet)
+    if args.json:
+        print(json.dumps(candidates, indent=1))
+        return
+    from .discovery import format_candidates
+
+    print(format_candidates(candidates, dataset, vocabulary, args.score))
 
 
 def cmd_world(args) -> None:
@@ -264,8 +287,9 @@ def cmd_methods(args) -> None:
     print("\nC classes, G groups per class, D image-feature width, M context vectors of width W.\n"
           "train groups: from --groups (the true bias labels by default, or pseudo-groups).\n"
           "true val groups: trains on the validation split's bias labels, never on the training split's.\n"
-          "Every trained method selects its model on validation worst-group accuracy (true val groups\n"
-          "where the data has them, else the labeler's).")
+          "Every trained method selects its model on the validation split by --selection: worst-group\n"
+          "accuracy on its true groups where the data has them (auto), or on the labeler's groups, or\n"
+          "worst-class or average accuracy; dfr tunes itself on val's true groups.")
     if args.verbose:
         for name, recipe in METHODS.items():
             print(f"\n{name} (needs_groups: {recipe.needs_groups}) hyper-parameters (--set KEY=VALUE):")
@@ -432,19 +456,35 @@ def _add_dataset_flags(p, required: bool = True) -> None:
 
 def _add_grouping_flags(p) -> None:
     p.add_argument("--bias-prompts", help="attribute value phrases for zeroshot/pseudo groups: "
-                   "'on land,on water' (';' between attributes)")
+                   "'on land,on water' (';' between attributes), or 'auto': discovered on the training split "
+                   "(`groupcoop discover`)")
     p.add_argument("--clusters", type=_count(2), help="clusters per class for kmeans groups (default: attribute size)")
     from .labelers import DEFAULT_PSEUDO_VARIANT, PSEUDO_VARIANTS
 
     p.add_argument("--variant", choices=list(PSEUDO_VARIANTS),
                    help=f"pseudo-labeler variant (default {DEFAULT_PSEUDO_VARIANT}; see docs/defaults.md)")
+    _add_vocabulary_flag(p, "with --bias-prompts auto: ")
+    from .choices import DISCOVERY_SCORES
+    from .labelfree import DISCOVER_TOP, DISCOVERY_SCORE
+
+    p.add_argument("--discover-top", type=_count(1), help="with --bias-prompts auto: the most discovered attributes "
+                   f"the labeler uses (default {DISCOVER_TOP})")
+    p.add_argument("--discover-score", choices=DISCOVERY_SCORES,
+                   help=f"with --bias-prompts auto: how discovery ranks attributes (default {DISCOVERY_SCORE})")
+
+
+def _add_vocabulary_flag(p, prefix: str = "") -> None:
+    p.add_argument("--vocabulary", metavar="FILE", help=f"{prefix}bias vocabulary YAML ({{attributes: {{NAME: [value "
+                   "phrase, ...]}}}}, optionally extends: clip|world); default: the shipped one (world for synth-* "
+                   "datasets, clip otherwise)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .choices import FEATURE_DTYPES, PRECISIONS
+    from .choices import DISCOVERY_SCORES, FEATURE_DTYPES, PRECISIONS, SELECTIONS
     from .fusion import DEFAULT_MAX_PROMPTS
     from .data.base import SPLITS
     from .labelers import GROUP_SOURCES
+    from .labelfree import DISCOVERY_SCORE, SELECTION_FALLBACK
     from .methods import METHODS
 
     parser = _Parser(prog="groupcoop", description="Group-robust prompt tuning of frozen CLIP models (GroupCoOp).",
@@ -475,12 +515,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backbone_flags(train, required=False)
     train.add_argument("--method", help=f"one of: {', '.join(METHODS)} (`groupcoop methods` lists them all)")
     train.add_argument("--groups", help=f"where training groups come from: {', '.join(GROUP_SOURCES)} "
-                       "(default gt when the dataset has bias labels, else pseudo)")
+                       "(default gt when the training split has bias labels and --bias-prompts is not auto, "
+                       "else pseudo)")
     _add_grouping_flags(train)
+    train.add_argument("--selection", choices=SELECTIONS,
+                       help="how the validation split selects the model: auto (default: its true groups when it "
+                       f"has them, else {SELECTION_FALLBACK}), labeler (the labeler's val groups), worst_class "
+                       "(worst per-class accuracy, no group labels), average")
+    train.add_argument("--hide-bias-labels", metavar="SPLITS",
+                       help="drop these splits' bias labels right after loading, e.g. train,val (the run is then "
+                       "label-free there; test still reports true groups)")
     train.add_argument("--out", required=True, help="run folder to write")
     train.add_argument("--config", help="YAML file with any of the keys of a run's config.yaml "
-                       "(dataset, root, dataset_options, backbone, pretrained, method, groups, seed, device, "
-                       "feature_dtype, hyperparameters)")
+                       "(dataset, root, dataset_options, backbone, pretrained, method, groups, selection, "
+                       "hide_bias_labels, seed, device, feature_dtype, hyperparameters)")
     train.add_argument("--seed", type=_count(0), help="random seed (default 0); same seed, same metrics.json")
     train.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="method hyper-parameter, repeatable (e.g. epochs=30, lr=0.001, aggregate=logsumexp; "
@@ -553,6 +601,22 @@ def build_parser() -> argparse.ArgumentParser:
     gr.add_argument("--overwrite", action="store_true", help="replace an --out folder holding earlier groups output")
     _add_common(gr)
     gr.set_defaults(func=cmd_groups)
+
+    di = sub.add_parser("discover", help="rank the attributes of a vocabulary by how spurious they look on the "
+                        "training split (bias discovery)",
+                        description="Score every attribute of a bias vocabulary: each training image gets the value "
+                        "phrase it matches best zero-shot (averaged over the class names); values given to few "
+                        "images are dropped; the score says how strongly those values go with the class. No bias "
+                        "label is read. `train --bias-prompts auto` uses the top candidates above a threshold.")
+    _add_dataset_flags(di)
+    _add_backbone_flags(di)
+    _add_vocabulary_flag(di)
+    di.add_argument("--top", type=_count(1), default=10, help="how many candidates to list (default 10)")
+    di.add_argument("--score", choices=DISCOVERY_SCORES, help=f"how candidates are ranked (default {DISCOVERY_SCORE})")
+    di.add_argument("--json", action="store_true",
+                    help='print [{"attribute", "values", "score", "scores", "shares", "dropped"}, ...], best first')
+    _add_common(di)
+    di.set_defaults(func=cmd_discover)
 
     wo = sub.add_parser("world", help="the synthetic world's card: attributes, caption rates, zero-shot accuracy",
                         description="For each attribute of the built-in synthetic world: its values, how often "

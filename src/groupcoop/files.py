@@ -386,3 +386,28 @@ def output_lock(out: Path) -> Iterator[None]:
     finally:
         lock.unlink(missing_ok=True)
         _remove_empty(created)  # a refused or failed run leaves no empty parents behind
+
+
+# --- reading what users hand us ------------------------------------------------------------
+
+def read_yaml_mapping(path: str | Path, what: str) -> dict:
+    """A YAML file holding a mapping, or one UserError line saying what is wrong with it."""
+    import yaml
+
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise UserError(f"{what} {p} is a folder; give a YAML file")
+    if not os.path.lexists(p):
+        raise UserError(f"{what} not found: {p}")
+    text = read_text(p, what, "give a YAML file")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise UserError(f"{what} {p} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{what} {p} must hold a mapping of keys to values, not a {type(data).__name__}")
+    if not all(isinstance(k, str) for k in data):
+        raise UserError(f"{what} {p}: every key must be text")
+    return data

@@ -50,9 +50,11 @@ from typing import Annotated, Callable, Literal, Mapping, NamedTuple, Sequence
 import numpy as np
 from pydantic import Field, model_validator
 
+from .choices import AUTO, DiscoveryScore
 from .data.base import group_index
 from .errors import UserError, close_matches
-from .schema import Frozen, Int, PhraseLists
+from .labelfree import DISCOVER_TOP, DISCOVERY_SCORE
+from .schema import Frozen, Int, PhraseLists, Text
 
 KMEANS_N_INIT = 10  # restarts for plain `kmeans` (fixed so results do not depend on sklearn's default)
 SELFTRAIN_DROP = 0.3  # share of least-confident zero-shot assignments left out of the seeds
@@ -251,24 +253,35 @@ DEFAULT_PSEUDO_VARIANT = "recall"  # chosen on the dev suite (docs/defaults.md)
 class GroupingOptions(Frozen):
     """Where training groups come from (a labeler of `LABELERS`), and the labelers' knobs.
 
-    `source` None means "gt when the data has bias labels, else pseudo" and is resolved once,
-    when the dataset is known (`groups.resolve_grouping`).
+    `source` None means "gt when the training split has bias labels, else pseudo" and is
+    resolved once, when the dataset is known (`groups.resolve_grouping`). `bias_prompts: auto`
+    takes the labeler's attributes from bias discovery (discovery.py): at most `discover_top`
+    candidates of `vocabulary` (default: the shipped one for the dataset) ranked by
+    `discover_score`; with it, `source` None means pseudo.
     """
 
     source: Literal[GROUP_SOURCES] | None = None
-    bias_prompts: PhraseLists | None = None  # value phrases per attribute, for zeroshot/pseudo
+    bias_prompts: Literal[AUTO] | PhraseLists | None = None  # value phrases per attribute, for zeroshot/pseudo
     clusters: Annotated[Int, Field(ge=2, le=1000)] | None = None  # kmeans clusters per attribute
     variant: Literal[tuple(PSEUDO_VARIANTS)] = DEFAULT_PSEUDO_VARIANT  # the pseudo labeler's variant
+    discover_top: Annotated[Int, Field(ge=1, le=8)] = DISCOVER_TOP  # bias_prompts auto: attributes kept at most
+    discover_score: DiscoveryScore = DISCOVERY_SCORE  # bias_prompts auto: how candidates are ranked
+    vocabulary: Text | None = None  # bias_prompts auto: a vocabulary YAML file (default: the shipped one)
 
     @model_validator(mode="before")
     @classmethod
     def _shorthand(cls, value):
         return {"source": value} if isinstance(value, str) else value
 
-    def resolved(self, has_group_labels: bool) -> "GroupingOptions":
+    @property
+    def discovers(self) -> bool:
+        """Whether the labeler's attributes come from bias discovery (`bias_prompts: auto`)."""
+        return self.bias_prompts == AUTO
+
+    def resolved(self, train_labelled: bool) -> "GroupingOptions":
         if self.source is not None:
             return self
-        return self.model_copy(update={"source": "gt" if has_group_labels else "pseudo"})
+        return self.model_copy(update={"source": "gt" if train_labelled and not self.discovers else "pseudo"})
 
 
 # ---------------------------------------------------------------- the one interface

@@ -1,13 +1,19 @@
 """One run, start to finish: dataset -> features -> groups -> the method's training -> metrics.
 
-`check_run` does every cheap check a run needs (settings, dataset metadata, groups, backbone,
-the method's own checks such as prompt lengths) before `prepare` does the expensive, shared
-part (cached features), so that bad input is refused before any image is read. It returns
-the settings with the grouping resolved for the method; `run_method` trusts them: it plans
-the groups (`plan_run`: a `PlannedRun` holding the `FitTask` the method's trainer reads),
-trains, and turns the `Fitted` result into a `Run` (runs.py): its settings, the metrics.json
-value, the classifier head and the learned prompts. `fusion.fit_runs` trains several planned
-runs of one dataset and backbone together and finishes each the same way.
+`check_run` does every cheap check a run needs (settings, dataset metadata, groups, model
+selection, backbone, the method's own checks such as prompt lengths) before `prepare` does the
+expensive, shared part (cached features), so that bad input is refused before any image is
+read. It returns the settings with the grouping resolved for the method; `run_method` trusts
+them: it plans the groups (`plan_run`: a `PlannedRun` holding the `FitTask` the method's trainer
+reads), trains, and turns the `Fitted` result into a `Run` (runs.py): its settings, the
+metrics.json value, the classifier head and the learned prompts. `fusion.fit_runs` trains
+several planned runs of one dataset and backbone together and finishes each the same way.
+
+`hide_bias_labels` drops the chosen splits' bias labels right after loading: `check_run`
+checks the dataset without them, and `plan_run` works on prepared features whose dataset
+has them dropped (done again there, so a caller's own `Prepared` cannot leak them).
+With `bias_prompts: auto` the method's own checks (prompt lengths, named groups) wait until
+the attributes are discovered, after extraction and before training.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from .backbone import Backbone, check_device, load_backbone
 from .data.base import GroupDataset
 from .data.registry import load_dataset
 from .features import Features, extract_features
-from .groups import GroupPlan, labeler_spec, plan_groups, resolve_method_grouping
+from .groups import GroupPlan, check_selection, labeler_spec, plan_groups, resolve_method_grouping
 from .head import Head
 from .methods import FitTask, Fitted, Recipe, RunPlan, get_method
 from .metrics import split_metrics
@@ -61,14 +67,16 @@ def check_run(settings: RunSettings, dataset: GroupDataset | None = None, backbo
     if dataset is None:
         dataset = load_dataset(settings.dataset, settings.root, allow_symlinks_outside=allow_symlinks_outside,
                                **settings.dataset_options)
+    dataset = dataset.without_bias_labels(settings.hide_bias_labels)
     recipe = get_method(settings.method)
     grouping = resolve_method_grouping(recipe, dataset, settings.groups)
+    check_selection(recipe, dataset, grouping, settings.selection)
     if grouping != settings.groups:
         settings = settings.replace(groups=grouping.model_dump())
     if backbone is None:
         check_device(settings.device)
         backbone = load_backbone(settings.backbone, settings.pretrained, device=settings.device)
-    if recipe.check is not None:
+    if recipe.check is not None and not grouping.discovers:
         recipe.check(RunPlan(dataset, grouping, labeler_spec(dataset, grouping), backbone), settings.params)
     return dataset, settings, backbone
 
@@ -131,7 +139,8 @@ class PlannedRun:
             "groups_source": plan.source,
             "needs_groups": recipe.needs_groups,
             "val_used_for_training": val_trained,
-            "selection_groups": plan.selection_source if not val_trained else "true val groups (half-splits of val)",
+            "selection": settings.selection,
+            "selection_groups": plan.selection.used if not val_trained else "true val groups (half-splits of val)",
             "report_groups": {s: ("true groups" if plan.report[s][1] else f"{plan.source} groups") for s in splits},
             "trainable_params": int(fitted.trainable),
             "total_params": int(bb.parameter_count() + fitted.trainable),
@@ -139,6 +148,8 @@ class PlannedRun:
             "hyperparameters": hp.model_dump(),
             "grouping": settings.groups.model_dump(),
             "splits": splits,
+            **({"hidden_bias_labels": ds.hidden_splits} if ds.hidden_splits else {}),
+            **({"discovery": plan.discovery} if plan.discovery else {}),
             **({"group_quality": plan.quality} if plan.quality else {}),
             **fitted.extra,
         }
@@ -158,7 +169,12 @@ def plan_run(prep: Prepared, settings: RunSettings, log=print) -> PlannedRun:
     if settings.groups.source is None:
         raise ValueError("run_method needs the settings check_run returns (their group source resolved)")
     recipe = get_method(settings.method)
-    plan = plan_groups(prep, settings.groups, settings.seed, train_groups=recipe.needs_groups != "val")
+    prep = Prepared(prep.dataset.without_bias_labels(settings.hide_bias_labels), prep.backbone, prep.feats)
+    plan = plan_groups(prep, settings.groups, settings.seed, train_groups=recipe.needs_groups != "val",
+                       selection=settings.selection)
+    if settings.groups.discovers and recipe.check is not None:  # the groups are known now
+        grouping = settings.groups.model_copy(update={"source": plan.source})
+        recipe.check(RunPlan(prep.dataset, grouping, plan.spec, prep.backbone), settings.params)
     return PlannedRun(prep, settings, plan, FitTask(prep.dataset, prep.backbone, prep.feats, plan, settings.seed, log))
 
 

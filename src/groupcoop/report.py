@@ -6,11 +6,12 @@ global state) and inlined as data: URIs. Every string that comes from the data (
 hyper-parameters, tokens) is HTML-escaped.
 
 What a run report reads from metrics.json: method, dataset, backbone, groups_source,
-selection_groups, report_groups, trainable_params, total_params, seed, hyperparameters,
-best_epoch, epochs_run, splits.<split>.{avg_acc, worst_group_acc, unbiased_acc, any other
-number, groups[{name, n, acc}], empty_groups}, history[{epoch (0-based), loss,
-val_worst_group_acc, val_avg_acc}] and group_quality (`labelers.quality`). Missing keys are
-left out of the page, never guessed.
+selection, selection_groups, hidden_bias_labels, report_groups, trainable_params,
+total_params, seed, hyperparameters, best_epoch, epochs_run, splits.<split>.{avg_acc,
+worst_group_acc, unbiased_acc, any other number, groups[{name, n, acc}], empty_groups},
+history[{epoch (0-based), loss, val_worst_group_acc or val_worst_class_acc, val_avg_acc}],
+discovery (`groups.plan_groups`) and group_quality (`labelers.quality`). Missing keys are left
+out of the page, never guessed.
 """
 
 from __future__ import annotations
@@ -172,9 +173,12 @@ def _headline_keys(splits: dict) -> list[str]:
 def _summary_section(metrics: dict) -> str:
     pairs = []
     for key, label in (("method", "method"), ("dataset", "dataset"), ("backbone", "backbone"),
-                       ("groups_source", "training groups"), ("selection_groups", "model selection on")):
+                       ("groups_source", "training groups"), ("selection", "selection rule"),
+                       ("selection_groups", "model selection on")):
         if key in metrics:
             pairs.append((label, metrics[key]))
+    if metrics.get("hidden_bias_labels"):
+        pairs.append(("bias labels hidden on", ", ".join(metrics["hidden_bias_labels"])))
     if isinstance(metrics.get("report_groups"), dict):
         pairs.append(("groups reported", "; ".join(f"{s}: {g}" for s, g in metrics["report_groups"].items())))
     if "trainable_params" in metrics:
@@ -290,8 +294,17 @@ def _groups_section(metrics: dict) -> str:
     return _section("groups", "Per-group accuracy", "\n".join(body))
 
 
+WORST_KEYS = {"val_worst_group_acc": "worst-group", "val_worst_class_acc": "worst-class"}
+
+
+def _worst_key(history: list[dict]) -> str | None:
+    """The history's worst-part accuracy (groups or classes, by the selection rule), if any."""
+    return next((k for k in WORST_KEYS if any(k in h for h in history)), None)
+
+
 def _training_chart(history: list[dict], best_epoch: int | None) -> bytes:
     epochs = [int(h.get("epoch", i)) + 1 for i, h in enumerate(history)]
+    worst_key = _worst_key(history)
 
     def series(key, scale=1.0):
         return [scale * v if (v := _number(h.get(key))) is not None else float("nan") for h in history]
@@ -300,8 +313,9 @@ def _training_chart(history: list[dict], best_epoch: int | None) -> bytes:
     ax_loss, ax_acc = fig.subplots(1, 2)
     ax_loss.plot(epochs, series("loss"), marker="o", ms=3, color="#636363")
     ax_loss.set_title("training loss", fontsize=10)
-    ax_acc.plot(epochs, series("val_worst_group_acc", 100), marker="o", ms=3, color="#b42318",
-                label="val worst-group")
+    if worst_key:
+        ax_acc.plot(epochs, series(worst_key, 100), marker="o", ms=3, color="#b42318",
+                    label=f"val {WORST_KEYS[worst_key]}")
     ax_acc.plot(epochs, series("val_avg_acc", 100), marker="o", ms=3, color="#2171b5", label="val average")
     ax_acc.set_title("validation accuracy (%)", fontsize=10)
     for ax in (ax_loss, ax_acc):
@@ -314,7 +328,7 @@ def _training_chart(history: list[dict], best_epoch: int | None) -> bytes:
                        label=f"selected (epoch {best_epoch})" if ax is ax_acc else None)
     if best_epoch is not None and best_epoch in epochs:
         i = epochs.index(best_epoch)
-        wg = series("val_worst_group_acc", 100)[i]
+        wg = series(worst_key or "val_avg_acc", 100)[i]
         if not math.isnan(wg):
             ax_acc.plot([best_epoch], [wg], marker="*", ms=12, color="#31a354")
     ax_acc.legend(fontsize=8, frameon=False, loc="lower right")
@@ -328,8 +342,10 @@ def _training_section(metrics: dict) -> str:
     if best is not None and 1 <= best <= len(history):
         h = history[best - 1]
         loss = _number(h.get("loss"))
-        body.append(f"<p>Selected epoch <b>{_e(best)}</b> of {len(history)} run (highest validation "
-                    f"worst-group accuracy): val worst-group {_pct(h.get('val_worst_group_acc'))}%, "
+        worst_key = _worst_key(history)
+        rule = f"validation {WORST_KEYS[worst_key]} accuracy" if worst_key else "validation average accuracy"
+        worst = f"val {WORST_KEYS[worst_key]} {_pct(h.get(worst_key))}%, " if worst_key else ""
+        body.append(f"<p>Selected epoch <b>{_e(best)}</b> of {len(history)} run (highest {rule}): {worst}"
                     f"val average {_pct(h.get('val_avg_acc'))}%"
                     + ("" if loss is None else f", training loss {loss:.4f}") + ".</p>")
     return _section("training", "Training", "\n".join(body))
@@ -397,6 +413,32 @@ def _pseudo_section(metrics: dict) -> str:
     return _section("pseudo-groups", "Pseudo-group quality", "\n".join(body))
 
 
+def _discovery_section(metrics: dict) -> str:
+    d = metrics["discovery"]
+    used = set(d.get("used") or [])
+    intro = (f"<p>Attributes of the vocabulary <code>{_e(d.get('vocabulary', '?'))}</code> ranked by how strongly "
+             f"their zero-shot value assignments on the training split go with the class "
+             f"(<code>{_e(d.get('score', '?'))}</code>); <code>bias_prompts: auto</code> uses those above "
+             f"{_e(d.get('threshold', '?'))}, at most {_e(d.get('top', '?'))}, values given to fewer than "
+             f"{_pct(d.get('min_value_share'))}% of the training images dropped.</p>")
+    if d.get("fallback"):
+        verdict = (f"<p><b>Nothing was discovered</b>: {_e(d['fallback'])}. The groups come from that labeler's "
+                   "unnamed clusters.</p>")
+    else:
+        verdict = f"<p>Used: <b>{_e(', '.join(d.get('used') or []))}</b>.</p>"
+    rows = []
+    for rank, c in enumerate(d.get("candidates") or [], 1):
+        phrases, shares = list(c.get("values") or []), list(c.get("shares") or [])
+        values = ", ".join(f"{v} ({_pct(sh)}%)" for v, sh in zip(phrases, shares)) if len(shares) == len(phrases) \
+            else ", ".join(map(str, phrases))
+        score, name = _number(c.get("score")), _e(c.get("attribute"))
+        chosen = c.get("attribute") in used
+        rows.append([str(rank), (name, "best") if chosen else name, "–" if score is None else f"{score:.3f}",
+                     _e(values), "yes" if chosen else ""])
+    table = _table(["rank", "attribute", "score", "values (share of training images)", "used"], rows, numeric={0, 2})
+    return _section("discovery", "Bias discovery", intro + verdict + table)
+
+
 def _prompts_section(entries: list[dict]) -> str:
     body = ['<p>Nearest vocabulary tokens (Euclidean distance in the frozen token-embedding space, as in '
             "CoOp's interpretation) of each learned context vector V1, V2, ... (V1 right after the start "
@@ -424,12 +466,15 @@ def _prompts_section(entries: list[dict]) -> str:
 def run_report_html(metrics: dict, nearest_tokens: list[dict] | None = None) -> str:
     """One self-contained HTML page for one run's metrics.json content.
 
-    Sections: summary, groups, training (with `history`), pseudo-groups (with
-    `group_quality`), prompts (with `nearest_tokens`, from `prompts.nearest_tokens`).
+    Sections: summary, groups, training (with `history`), bias discovery (with `discovery`),
+    pseudo-groups (with `group_quality`), prompts (with `nearest_tokens`, from
+    `prompts.nearest_tokens`).
     """
     sections = [_summary_section(metrics), _groups_section(metrics)]
     if metrics.get("history"):
         sections.append(_training_section(metrics))
+    if metrics.get("discovery"):
+        sections.append(_discovery_section(metrics))
     if metrics.get("group_quality"):
         sections.append(_pseudo_section(metrics))
     if nearest_tokens:

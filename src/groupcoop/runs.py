@@ -90,9 +90,22 @@ def write_run(out: Path, run: Run) -> None:
         fill_run_folder(tmp, run)
 
 
+def discovery_line(d: dict) -> str:
+    """What bias discovery found for `bias_prompts: auto`, in one line."""
+    if d.get("fallback"):
+        return f"bias discovery ({d['score']}): nothing discovered, {d['fallback']}"
+    scores = {c["attribute"]: c["score"] for c in d.get("candidates", [])}
+    used = ", ".join(f"{a} ({scores.get(a, float('nan')):.3f})" for a in d.get("used", []))
+    return f"bias discovery ({d['score']}, threshold {d['threshold']}): using {used}"
+
+
 def run_report(metrics: dict) -> str:
     parts = [f"{metrics['method']} on {metrics['dataset']} with {metrics['backbone']}  "
              f"(groups: {metrics['groups_source']}; model selection on {metrics['selection_groups']})"]
+    if metrics.get("hidden_bias_labels"):
+        parts.append(f"bias labels hidden on: {', '.join(metrics['hidden_bias_labels'])}")
+    if "discovery" in metrics:
+        parts.append(discovery_line(metrics["discovery"]))
     for split, m in metrics["splits"].items():
         parts.append(format_group_table(m, title=f"{split}:"))
     if "group_quality" in metrics:

@@ -82,6 +82,9 @@ def _valid(model: type[BaseModel], name: str) -> str:
     choices = getattr(annotation, "__args__", None) if getattr(annotation, "__origin__", None) is Literal else None
     if choices:
         return "one of " + ", ".join(str(c) for c in choices)
+    item = (getattr(annotation, "__args__", None) or [None])[0] if getattr(annotation, "__origin__", None) is list else None
+    if getattr(item, "__origin__", None) is Literal:
+        return "a list of " + ", ".join(str(c) for c in item.__args__)
     bounds = []
     for meta in field.metadata:
         for attr, sign in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):

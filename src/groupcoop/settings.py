@@ -9,16 +9,16 @@ loading that file with `--config` reproduces the run. This module imports no tor
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import Field, field_validator
 
-from .choices import DEVICE_PATTERN, FeatureDtype
+from .choices import DEVICE_PATTERN, HIDEABLE_SPLITS, FeatureDtype, HideableSplit, Selection
 from .data.registry import dataset_options, is_known
 from .errors import UserError
+from .files import read_yaml_mapping  # noqa: F401 (config files are read with it; re-exported)
 from .labelers import GroupingOptions
 from .methods import get_method
 from .schema import Frozen, Seed, Text, build
@@ -27,7 +27,8 @@ from .schema import Frozen, Seed, Text, build
 # --- a whole run -----------------------------------------------------------------------------
 
 class RunSettings(Frozen):
-    """One run: dataset, backbone, method with its hyper-parameters, groups, seed, device."""
+    """One run: dataset, backbone, method with its hyper-parameters, groups, model selection, the
+    bias labels it hides, seed, device."""
 
     dataset: Text
     root: Annotated[str, Field(strict=True)] | None = None
@@ -36,6 +37,8 @@ class RunSettings(Frozen):
     pretrained: Text | None = None
     method: Text
     groups: GroupingOptions = Field(default_factory=GroupingOptions)
+    selection: Selection = "auto"  # how val selects the model (choices.Selection)
+    hide_bias_labels: list[HideableSplit] = []  # splits whose bias labels are dropped right after loading
     seed: Seed = 0
     device: Annotated[str, Field(strict=True)] = "cpu"
     feature_dtype: FeatureDtype = "float32"
@@ -47,6 +50,25 @@ class RunSettings(Frozen):
         if not re.fullmatch(DEVICE_PATTERN, value):
             raise ValueError("use cpu, cuda, cuda:N or mps")
         return value
+
+    @field_validator("hide_bias_labels", mode="before")
+    @classmethod
+    def _hidden_splits(cls, value):
+        """'train,val' or [train, val]; test always keeps its labels (it reports true groups)."""
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list):
+            if "test" in value:
+                raise ValueError("the test split always keeps its bias labels, it reports true groups; "
+                                 f"hide {' and/or '.join(HIDEABLE_SPLITS)}")
+            if len(set(map(str, value))) != len(value):
+                raise ValueError("a split is named twice")
+        return value
+
+    @field_validator("hide_bias_labels")
+    @classmethod
+    def _in_order(cls, value):
+        return [s for s in HIDEABLE_SPLITS if s in value]
 
     @field_validator("root")
     @classmethod
@@ -109,31 +131,6 @@ def key_values(pairs: list[str] | None, flag: str) -> dict:
         except yaml.YAMLError:
             out[key.strip()] = value
     return out
-
-
-def read_yaml_mapping(path: str | Path, what: str) -> dict:
-    """A YAML file holding a mapping, or one UserError line saying what is wrong with it."""
-    import yaml
-
-    from .files import read_text
-
-    p = Path(path).expanduser()
-    if p.is_dir():
-        raise UserError(f"{what} {p} is a folder; give a YAML file")
-    if not os.path.lexists(p):
-        raise UserError(f"{what} not found: {p}")
-    text = read_text(p, what, "give a YAML file")
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise UserError(f"{what} {p} is not valid YAML: {str(err).splitlines()[0]}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise UserError(f"{what} {p} must hold a mapping of keys to values, not a {type(data).__name__}")
-    if not all(isinstance(k, str) for k in data):
-        raise UserError(f"{what} {p}: every key must be text")
-    return data
 
 
 CONFIG_KEYS = tuple(RunSettings.model_fields)

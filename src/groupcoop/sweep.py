@@ -52,6 +52,15 @@ class GroupsEntry(Frozen):
     bias_prompts: Any = None
     clusters: Any = None
     variant: str | None = None
+    discover_top: Any = None
+    discover_score: Any = None
+    vocabulary: Any = None
+
+    @property
+    def default_label(self) -> str:
+        """How tables name the entry without a label: 'pseudo', 'pseudo:recall', 'pseudo, auto'."""
+        return (self.source + (f":{self.variant}" if self.variant else "")
+                + (", auto" if self.bias_prompts == "auto" else ""))
 
 
 def _group_entries(value):
@@ -63,6 +72,8 @@ class MethodEntry(Frozen):
     label: str | None = None  # default: the method name
     hyperparameters: dict[str, Any] = {}
     groups: Annotated[list[GroupsEntry], Field(min_length=1)] | None = None  # replaces the grid's groups for this entry
+    selection: Any = None  # replaces the grid's selection rule for this entry
+    hide_bias_labels: Any = None  # replaces the grid's hidden splits for this entry ([] hides none)
 
     @field_validator("groups", mode="before")
     @classmethod
@@ -98,6 +109,8 @@ class Grid(Frozen):
     groups: Annotated[list[GroupsEntry], Field(min_length=1)] = [GroupsEntry(source="auto")]
     seeds: Annotated[list[Annotated[Int, Field(ge=0)]], Field(min_length=1)] = [0]
     hyperparameters: dict[str, Any] = {}  # for every method that has the key
+    selection: Any = None  # model-selection rule of every run (default: the settings' default, auto)
+    hide_bias_labels: Any = None  # splits whose bias labels every run drops (train, val)
     device: str = "cpu"  # torch device of every run (features are extracted there too)
     baseline_methods: list[str] = ["coop", "zeroshot"]  # gains in the suite aggregate are measured against these
     focus: str | None = None  # a method label ("groupcoop [gt]"): the suite summary adds its gain over every other method
@@ -197,17 +210,20 @@ def expand(grid: Grid, roots: dict[str, str] | None = None) -> list[RunSpec]:
             for m in grid.methods:
                 hp = {**{k: v for k, v in grid.hyperparameters.items() if _has_param(m.method, k)}, **m.hyperparameters}
                 sources = m.groups or grid.groups
-                if not uses_training_groups(m.method):
+                if not uses_training_groups(m.method) and not m.groups:  # its groups only select (or nothing)
                     sources = [GroupsEntry(source="auto", label="-")]
+                label_free = {k: v for k, v in (("selection", grid.selection), ("hide_bias_labels", grid.hide_bias_labels),
+                                                ("selection", m.selection), ("hide_bias_labels", m.hide_bias_labels))
+                              if v is not None}
                 for g in sources:
                     group_values = {k: v for k, v in g.model_dump().items() if k != "label" and v is not None}
                     if group_values.get("source") == "auto":
                         group_values.pop("source")
-                    glabel = g.label or g.source + (f":{g.variant}" if g.variant else "")
+                    glabel = g.label or g.default_label
                     for seed in grid.seeds:
                         values = {"dataset": d.name, "root": root, "dataset_options": d.options, "backbone": b.name,
                                   "pretrained": b.pretrained, "method": m.method, "groups": group_values, "seed": seed,
-                                  "hyperparameters": hp, "device": grid.device}
+                                  "hyperparameters": hp, "device": grid.device, **label_free}
                         settings = make_settings(values, f"grid run {d.name} / {m.method}")
                         spec = RunSpec(d.label or d.name, backbone_label, m.label or m.method, glabel, seed,
                                        settings.dump())
@@ -254,12 +270,13 @@ _PREPARED: dict[tuple, Any] = {}
 
 
 def _prepared(spec: RunSpec, cache_dir, workers):
-    """Features for the run's dataset and backbone, kept in this process for the next run of the same data."""
+    """Features for the run's dataset and backbone, kept in this process for the next run of the same data
+    (with every bias label: each run's `check_run` and `run_method` drop the ones it hides)."""
     from .pipeline import check_run, prepare
 
     if spec.data_key not in _PREPARED:
         _PREPARED.clear()
-        dataset, _, backbone = check_run(make_settings(spec.settings))
+        dataset, _, backbone = check_run(make_settings({**spec.settings, "hide_bias_labels": [], "selection": "auto"}))
         _PREPARED[spec.data_key] = prepare(dataset, backbone, cache_dir=cache_dir, workers=workers, progress=False,
                                            feature_dtype=spec.settings.get("feature_dtype", "float32"))
     return _PREPARED[spec.data_key]

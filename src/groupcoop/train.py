@@ -23,8 +23,9 @@ when each happens:
 one dataset and backbone: it takes every run's prompt embeddings (`PromptLearner.prompt_embeddings`),
 encodes them in one text-encoder call and hands each run its slice; each run keeps its own sampler,
 generator, optimiser, schedule, early stopping and selection. The epoch with the best validation
-worst-group accuracy is kept (ties: the better average, `methods.base.selection_score`), with
-early stopping; `keep="last"` keeps the last epoch instead (JTT's first run). All randomness
+score is kept: the worst part of the selection rule's partition of val (true or labeler groups,
+classes, or all of val; `--selection`), ties to the better average, `methods.base.selection_score`,
+with early stopping; `keep="last"` keeps the last epoch instead (JTT's first run). All randomness
 comes from a generator seeded with the run's seed; no global RNG is touched.
 """
 
@@ -39,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .head import Head, class_scores
-from .methods.base import FitTask, Fitted, SplitData, balanced_weights, selection_score
+from .methods.base import FitTask, Fitted, SplitData, balanced_weights, score_entry, score_text, selection_score
 from .prompts import PromptLearner
 
 
@@ -285,14 +286,17 @@ class LoopRun:
     """One run of the loop on the rows' parameters, step by step (see the module docstring).
 
     `hp` gives the schedule and the optimiser (epochs, batch_size, optimizer, lr, ...),
-    `objective` the use of the labels; `repeats` upsamples examples (JTT).
+    `objective` the use of the labels; `repeats` upsamples examples (JTT). `val.groups` is the
+    selection rule's partition of val and `score_key` the history's name for its worst part's
+    accuracy (`FitTask.selection_key`; None for the `average` rule).
     """
 
     def __init__(self, rows, hp, objective: Objective, train: SplitData, val: SplitData, n_classes: int, seed: int,
-                 log=print, repeats: np.ndarray | None = None, keep: str = "best"):
+                 log=print, repeats: np.ndarray | None = None, keep: str = "best",
+                 score_key: str | None = "val_worst_group_acc"):
         self.rows, self.hp, self.objective = rows, hp, objective
         self.train, self.val, self.n_classes, self.seed, self.log = train, val, n_classes, seed, log
-        self.repeats, self.keep = repeats, keep
+        self.repeats, self.keep, self.score_key = repeats, keep, score_key
 
     def start(self) -> None:
         self.generator = torch.Generator().manual_seed(self.seed)
@@ -337,17 +341,16 @@ class LoopRun:
         self.rows.train(False)
         score = selection_score(self.rows.head(self.n_classes, self.objective.aggregate), self.val)
         loss = self.last_loss.item()
-        self.history.append({"epoch": self.epoch, "loss": loss, "val_worst_group_acc": score[0],
-                             "val_avg_acc": score[1], **self.objective.epoch_entry()})
-        self.log(f"  epoch {self.epoch + 1:3d}/{hp.epochs}  loss {loss:.4f}  val worst-group {100 * score[0]:.1f}  "
-                 f"avg {100 * score[1]:.1f}")
+        entry = score_entry(score, self.score_key)
+        self.history.append({"epoch": self.epoch, "loss": loss, **entry, **self.objective.epoch_entry()})
+        self.log(f"  epoch {self.epoch + 1:3d}/{hp.epochs}  loss {loss:.4f}  {score_text(entry)}")
         if self.keep == "last" or score > self.best:
             self.best, self.best_epoch, self.stale = score, self.epoch, 0
             self.best_state = [p.detach().clone() for p in self.rows.parameters]
         else:
             self.stale += 1
             if self.stale >= hp.patience:
-                self.log(f"  early stop: no better validation worst-group accuracy for {self.stale} epochs")
+                self.log(f"  early stop: no better validation score for {self.stale} epochs")
                 return False
         self.epoch += 1
         if self.epoch >= hp.epochs:
@@ -380,4 +383,5 @@ def prompt_rows(task: FitTask, names: list[str], hp) -> PromptRows:
 
 def loop_run(task: FitTask, rows, hp, objective: Objective, **kwargs) -> LoopRun:
     """A run of the loop on the task's training split, selected on its validation split."""
-    return LoopRun(rows, hp, objective, task.train, task.val, task.n_classes, task.seed, log=task.log, **kwargs)
+    return LoopRun(rows, hp, objective, task.train, task.val, task.n_classes, task.seed, log=task.log,
+                   score_key=task.selection_key, **kwargs)

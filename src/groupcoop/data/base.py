@@ -11,7 +11,7 @@ import hashlib
 import os
 import re
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -296,6 +296,22 @@ class GroupDataset:
 
     def split_indices(self, split: str) -> np.ndarray:
         return np.flatnonzero(self.split == SPLITS[split])
+
+    @property
+    def hidden_splits(self) -> list[str]:
+        """The splits whose bias labels were dropped (`without_bias_labels`)."""
+        return list(self.info.get("hidden_bias_labels", []))
+
+    def without_bias_labels(self, splits) -> "GroupDataset":
+        """A copy whose bias labels on these splits are unknown (-1), as if the data never had them;
+        the attributes' names, values and phrases stay. Itself when there is nothing to hide."""
+        splits = [s for s in SPLITS if s in set(splits or ())]
+        if not splits or set(splits) <= set(self.hidden_splits):
+            return self
+        attrs = self.attrs.copy()
+        attrs[np.isin(self.split, [SPLITS[s] for s in splits])] = -1
+        hidden = [s for s in SPLITS if s in set(splits) | set(self.hidden_splits)]
+        return replace(self, attrs=attrs, info={**self.info, "hidden_bias_labels": hidden})
 
     def group_counts(self, split: str) -> np.ndarray:
         g = self.groups[self.split_indices(split)]

@@ -40,11 +40,28 @@ NEEDS: tuple[str, ...] = get_args(Needs)
 # --- the rules every method shares ----------------------------------------------------------------
 
 def selection_score(head: Head, val: SplitData) -> tuple[float, float]:
-    """The model-selection key on the validation split, larger is better: (worst-group accuracy,
-    average accuracy), so ties on the worst group go to the better average."""
+    """The model-selection key on the validation split, larger is better: (accuracy of the worst
+    part of val's partition, average accuracy), so ties on the worst part go to the better average.
+
+    The partition is the run's selection rule (`groups.Selection`): val's true or labeler groups
+    (worst-group accuracy), its classes (worst-class accuracy) or one part (average accuracy)."""
     pred = head.predict_classes(val.feats)
     acc, _ = group_accuracies(pred, val.y, val.groups, int(val.groups.max()) + 1)
     return worst_group_accuracy(acc), float(np.mean(pred == val.y))
+
+
+SCORE_WORDS = {"val_worst_group_acc": "worst-group", "val_worst_class_acc": "worst-class", "val_avg_acc": "avg"}
+
+
+def score_entry(score: tuple[float, float], key: str | None) -> dict:
+    """A selection score as history keys: the worst part's accuracy named `key` (none for the
+    `average` rule, whose worst part is all of val) and the average accuracy."""
+    return {**({key: score[0]} if key else {}), "val_avg_acc": score[1]}
+
+
+def score_text(entry: dict) -> str:
+    """'val worst-group 81.2  avg 90.1' from a `score_entry`."""
+    return "val " + "  ".join(f"{SCORE_WORDS[k]} {100 * v:.1f}" for k, v in entry.items() if k in SCORE_WORDS)
 
 
 def balanced_weights(labels: np.ndarray, n_labels: int = 0) -> np.ndarray:
@@ -108,8 +125,13 @@ class FitTask:
 
     @property
     def val(self) -> SplitData:
-        """The validation split with the groups model selection uses."""
+        """The validation split with the partition model selection uses (`plan.selection` says which)."""
         return self.split("val", self.plan.val_select)
+
+    @property
+    def selection_key(self) -> str | None:
+        """The history key of the selection rule's worst-part accuracy (None: average accuracy only)."""
+        return self.plan.selection.key
 
     @property
     def true_val(self) -> SplitData:
@@ -212,7 +234,7 @@ class LoopParams(Frozen):
     weight_decay: Annotated[Number, Field(ge=0, le=10)] = 0.0
     momentum: Annotated[Number, Field(ge=0, lt=1)] = 0.9  # sgd only
     warmup_epochs: Annotated[Int, Field(ge=0, le=100_000)] = 1
-    patience: Annotated[Int, Field(ge=1, le=100_000)] = 8  # epochs without a better val worst-group acc
+    patience: Annotated[Int, Field(ge=1, le=100_000)] = 8  # epochs without a better validation score
 
 
 class PromptParams(LoopParams):

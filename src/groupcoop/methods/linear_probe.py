@@ -7,7 +7,7 @@ from typing import Annotated
 from pydantic import Field, StrictBool
 
 from ..schema import Frozen, Int, PositiveList
-from .base import FitTask, Fitted, Recipe, balanced_weights, selection_score
+from .base import FitTask, Fitted, Recipe, balanced_weights, score_entry, score_text, selection_score
 
 
 class LinearProbeParams(Frozen):
@@ -15,8 +15,8 @@ class LinearProbeParams(Frozen):
     logistic regression on the frozen image features (sklearn; L-BFGS as CLIP, Newton-Cholesky
     for two classes), ERM on the training split.
     CLIP sweeps C on a validation split; we fit every C of `c_values` and keep the one with the
-    best validation worst-group accuracy (ties: better average, then smaller C), the selection
-    rule of every method here. `standardize` fits on standardised features (folded back into
+    best validation score of the run's selection rule (worst-group accuracy by default; ties:
+    better average, then smaller C), as every method here selects. `standardize` fits on standardised features (folded back into
     the head's weights and bias)."""
 
     c_values: PositiveList = [0.01, 0.1, 1.0, 10.0, 100.0]
@@ -32,7 +32,7 @@ class LinearProbeBalancedParams(LinearProbeParams):
 
 
 def fit_probe(task: FitTask, hp: LinearProbeParams, balanced: bool = False) -> Fitted:
-    """Logistic regression on the training features for every C; keep the best on val worst-group accuracy."""
+    """Logistic regression on the training features for every C; keep the best by the run's selection rule."""
     from ..linear import Scaler, fit_logreg, head_from_logreg, logreg_parameters
 
     train, val, n_classes = task.train, task.val, task.n_classes
@@ -46,12 +46,13 @@ def fit_probe(task: FitTask, hp: LinearProbeParams, balanced: bool = False) -> F
                                      sample_weight=None if group_weights is None else group_weights[train.groups])
         head = head_from_logreg(coef, intercept, scaler, n_classes)
         worst, avg = selection_score(head, val)
-        scores.append({"C": C, "val_worst_group_acc": worst, "val_avg_acc": avg})
-        task.log(f"  C {C:g}: val worst-group {100 * worst:.1f}  avg {100 * avg:.1f}")
+        entry = score_entry((worst, avg), task.selection_key)
+        scores.append({"C": C, **entry})
+        task.log(f"  C {C:g}: {score_text(entry)}")
         key = (worst, avg, -C)
         if best is None or key > best[0]:
             best = (key, C, head)
-    details = {"selection": {"C": best[1], "rule": "best val worst-group accuracy (ties: average, then smaller C)",
+    details = {"selection": {"C": best[1], "rule": f"best {task.plan.selection.describe}, then smaller C",
                              "scores": scores}}
     if balanced:
         details["group_weights"] = [float(w) for w in group_weights]
