@@ -7,7 +7,10 @@ For every task and labeler: agreement with the true training groups (accuracy un
 matching) and, above all, the recall of the smallest true groups (`min_recall`: the lowest
 per-group recall; a labeler that folds a 5-image group into the majority scores near 0 there
 however high its overall agreement). No training: features come from the cache, labelling
-takes seconds. Prints one row per task and a summary table.
+takes seconds. Prints one row per task, a summary table, and the same table for each kind of
+task: a task's kind is that of its least-named bias attribute (the world card's bands:
+`groupcoop.world.attribute_kind`), so "unnamed" tasks carry the mark and "rarely named" ones the
+pattern without the mark.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from groupcoop.labelers import PSEUDO_VARIANTS, GroupingOptions
 from groupcoop.pipeline import prepare
 from groupcoop.presets import resolve
 from groupcoop.sweep import load_grid
+from groupcoop.world import KINDS, attribute_kind, zero_shot_accuracy
 
 DEFAULT_LABELERS = ["zeroshot", "kmeans"] + [f"pseudo:{v}" for v in PSEUDO_VARIANTS]
 
@@ -40,8 +44,12 @@ def main() -> None:
     labelers = args.labelers.split(",")
     backbone = load_backbone(TINY)
     results: dict[str, list[tuple[float, float]]] = {lab: [] for lab in labelers}
+    kind_of = {a: attribute_kind(acc) for a, acc in zero_shot_accuracy(backbone).items()}
+    task_kinds = []
     for task in tasks:
         prep = prepare(load_dataset(task), backbone, progress=False)
+        kinds = [kind_of.get(a) for a in prep.dataset.attribute_names]
+        task_kinds.append(max(kinds, key=KINDS.index) if None not in kinds else "other")
         cells = []
         for lab in labelers:
             source, _, variant = lab.partition(":")
@@ -51,7 +59,16 @@ def main() -> None:
             cells.append(f"{lab} {100 * q['accuracy']:.1f}/{100 * q['min_recall']:.0f}")
         print(f"{task}: " + "  ".join(cells), flush=True)
 
-    print(f"\nAgreement with the true training groups / minimum per-group recall, % (mean over {len(tasks)} tasks):\n")
+    summary(results, f"all {len(tasks)} tasks")
+    for kind in (*KINDS, "other"):
+        keep = [k == kind for k in task_kinds]
+        if any(keep):
+            summary({lab: [v for v, m in zip(values, keep) if m] for lab, values in results.items()},
+                    f"{sum(keep)} tasks whose least-named bias is {kind}")
+
+
+def summary(results: dict[str, list[tuple[float, float]]], what: str) -> None:
+    print(f"\nAgreement with the true training groups / minimum per-group recall, %, {what}:\n")
     print("| labeler | agreement | min recall (mean) | min recall (worst task) | tasks with min recall < 50% |")
     print("|---|---|---|---|---|")
     for lab, values in results.items():

@@ -11,7 +11,7 @@ import pytest
 from groupcoop.data import synthetic
 from groupcoop.data.synthetic import ATTRIBUTES, SyntheticTask, make_task_dataset
 from groupcoop.errors import UserError
-from groupcoop.world import world_card, zero_shot_accuracy
+from groupcoop.world import KINDS, attribute_kind, world_card, zero_shot_accuracy
 
 SCENE = ("square", "red", "grass", "large")
 
@@ -121,6 +121,12 @@ def test_world_card_is_deterministic_and_calibrated(cli, tiny_backbone):
     assert all(accuracy[a] >= 0.90 for a in ("background", "colour", "size"))  # named well
     assert 0.70 <= accuracy["pattern"] <= 0.85  # named partly
     assert accuracy["mark"] <= 0.65  # hardly at all: near chance
+    assert [attrs[a]["kind"] for a in ("colour", "pattern", "mark")] == list(KINDS)
     probe = {name: entry["probe_accuracy"] for name, entry in attrs.items()}
     assert probe["mark"] >= 0.9 and probe["pattern"] >= 0.9  # yet the image features hold them
     assert zero_shot_accuracy(tiny_backbone, n=200) == zero_shot_accuracy(tiny_backbone, n=200)
+
+
+def test_attribute_kinds_follow_the_issue_bands():
+    assert [attribute_kind(a) for a in (0.99, 0.90, 0.89, 0.66, 0.65, 0.5)] == [
+        "well named", "well named", "rarely named", "rarely named", "unnamed", "unnamed"]

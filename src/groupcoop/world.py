@@ -13,6 +13,17 @@ from __future__ import annotations
 from .data import synthetic
 
 HELDOUT_IMAGES = 2000  # held-out renders the accuracies are measured on (seeded: the card is deterministic)
+# An attribute's kind by the bundled model's held-out zero-shot accuracy (issue 15's bands):
+# named well at or above WELL_NAMED, not named (near chance) at or below UNNAMED, rarely named between.
+WELL_NAMED, UNNAMED = 0.90, 0.65
+KINDS = ("well named", "rarely named", "unnamed")
+
+
+def attribute_kind(zeroshot_accuracy: float) -> str:
+    """'well named', 'rarely named' or 'unnamed', by the bands above."""
+    if zeroshot_accuracy >= WELL_NAMED:
+        return KINDS[0]
+    return KINDS[2] if zeroshot_accuracy <= UNNAMED else KINDS[1]
 
 
 def _heldout_features(backbone, n: int):
@@ -54,8 +65,9 @@ def probe_accuracy(backbone, n: int = HELDOUT_IMAGES, heldout=None) -> dict[str,
 
 
 def world_card(backbone=None) -> dict:
-    """{"attributes": {name: {"values": [...], "caption_rate": r, "zeroshot_accuracy": a}}, ...}
-    for the bundled groupcoop-tiny (or the given backbone)."""
+    """{"attributes": {name: {"values": [...], "caption_rate": r, "zeroshot_accuracy": a,
+    "probe_accuracy": p, "chance": c, "kind": k}}, ...} for the bundled groupcoop-tiny (or the
+    given backbone)."""
     if backbone is None:
         from .backbone import TINY, load_backbone
 
@@ -68,17 +80,17 @@ def world_card(backbone=None) -> dict:
         "heldout_images": HELDOUT_IMAGES,
         "attributes": {a: {"values": list(values), "caption_rate": round(rates[a], 4),
                            "zeroshot_accuracy": round(accuracy[a], 4), "probe_accuracy": round(probe[a], 4),
-                           "chance": round(1 / len(values), 4)}
+                           "chance": round(1 / len(values), 4), "kind": attribute_kind(accuracy[a])}
                        for a, values in synthetic.ATTRIBUTES.items()},
     }
 
 
 def format_card(card: dict) -> str:
     """The card as a Markdown table (the README's world table is this output)."""
-    lines = ["| attribute | values | captions naming it | zero-shot accuracy | linear probe | chance |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| attribute | values | captions naming it | zero-shot accuracy | linear probe | chance | kind |",
+             "|---|---|---|---|---|---|---|"]
     for name, a in card["attributes"].items():
         lines.append(f"| {name} | {', '.join(a['values'])} | {100 * a['caption_rate']:.1f}% | "
                      f"{100 * a['zeroshot_accuracy']:.1f}% | {100 * a['probe_accuracy']:.1f}% | "
-                     f"{100 * a['chance']:.1f}% |")
+                     f"{100 * a['chance']:.1f}% | {a['kind']} |")
     return "\n".join(lines)
