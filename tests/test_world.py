@@ -123,7 +123,7 @@ def test_world_card_is_deterministic_and_calibrated(cli, tiny_backbone):
     assert accuracy["mark"] <= 0.65  # hardly at all: near chance
     assert [attrs[a]["kind"] for a in ("colour", "pattern", "mark")] == list(KINDS)
     probe = {name: entry["probe_accuracy"] for name, entry in attrs.items()}
-    assert probe["mark"] >= 0.9 and probe["pattern"] >= 0.9  # yet the image features hold them
+    assert probe["mark"] >= 0.9  # never named, yet the image features hold it
     assert zero_shot_accuracy(tiny_backbone, n=200) == zero_shot_accuracy(tiny_backbone, n=200)
 
 

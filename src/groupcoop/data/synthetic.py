@@ -59,7 +59,7 @@ ATTRIBUTES = {
 # caption replaces by the family word now and then). Pattern is named rarely and the mark never,
 # like the hospital tokens of chest X-rays: zero-shot then knows background, colour and size well,
 # the pattern partly and the mark not at all (`groupcoop world` measures it).
-CAPTION_RATES = {"size": 0.4, "pattern": 0.02, "colour": 0.7, "background": 0.7, "mark": 0.0}
+CAPTION_RATES = {"size": 0.4, "pattern": 0.15, "colour": 0.7, "background": 0.7, "mark": 0.0}
 # Captions name a family more often on its usual background (the world's "web bias").
 USUAL_BACKGROUND = {"round": "water", "angular": "grass"}
 TINT_PROBABILITY = 0.1
