@@ -360,9 +360,8 @@ def cmd_sweep(args) -> None:
         args.grid = resolve(args.grid)
     grid = load_grid(args.grid, {**{k: [v.strip() for v in value.split(",") if v.strip()] if k != "seeds" else value
                                     for k, value in axes.items() if value is not None},
-                                 **({"device": args.device} if args.device else {})})
-    if args.set:
-        grid = grid.model_copy(update={"hyperparameters": {**grid.hyperparameters, **key_values(args.set, "--set")}})
+                                 **({"device": args.device} if args.device else {})},
+                     hyperparameters=key_values(args.set, "--set"), max_runs=args.max_runs)
     roots = {}
     for pair in args.root or []:
         name, sep, folder = pair.partition("=")
@@ -378,10 +377,15 @@ def cmd_sweep(args) -> None:
         print(estimate(mine, fuse=args.fuse, max_prompts=args.max_fused_prompts))
         return
     from .backbone import check_device
-    from .sweep import check_roots
+    from .sweep import check_roots, check_run_folders
 
+    if args.summary_only and not out.is_dir():
+        raise UserError(f"--summary-only: there is no sweep folder {out}; give the --out of a sweep that ran, "
+                        "or run the sweep without --summary-only")
     check_device(grid.device)
     check_roots(mine)
+    if not args.summary_only:
+        check_run_folders(mine, out, args.overwrite)  # before anything is written
     if out.exists() and groupcoop_kind(out) != "sweep":
         check_replaceable(out, overwrite=False)  # an empty folder is fine; anything else is refused
     ensure_writable_dir(out, "--out")
@@ -396,7 +400,7 @@ def cmd_sweep(args) -> None:
                 atomic_text(out / "grid.yaml", yaml.safe_dump(grid.model_dump(), sort_keys=False))
                 write_manifest(out, "sweep")
             run_sweep(mine, out, jobs=args.jobs, cache_dir=cache_dir, workers=args.workers, log=log, fuse=args.fuse,
-                      max_prompts=args.max_fused_prompts)
+                      max_prompts=args.max_fused_prompts, overwrite=args.overwrite)
     text, n = write_summary(specs, out, grid)
     write_manifest_top(out)
     print(text)
@@ -482,6 +486,7 @@ def _add_vocabulary_flag(p, prefix: str = "") -> None:
 def build_parser() -> argparse.ArgumentParser:
     from .choices import DISCOVERY_SCORES, FEATURE_DTYPES, PRECISIONS, SELECTIONS
     from .fusion import DEFAULT_MAX_PROMPTS
+    from .sweep import MAX_RUNS
     from .data.base import SPLITS
     from .labelers import GROUP_SOURCES
     from .labelfree import DISCOVERY_SCORE, SELECTION_FALLBACK
@@ -686,6 +691,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--root", action="append", metavar="DATASET=FOLDER", help="a dataset's folder, repeatable")
     sw.add_argument("--set", action="append", metavar="KEY=VALUE",
                     help="hyper-parameter for every method that has it, repeatable")
+    sw.add_argument("--max-runs", type=_count(1), default=MAX_RUNS, metavar="N",
+                    help=f"refuse a grid of more than N runs, counted before it is expanded (default {MAX_RUNS:,})")
     sw.add_argument("--jobs", type=_count(1), default=1, help="parallel worker processes (default 1); each fuses "
                     "its share of the learned-prompt runs")
     sw.add_argument("--no-fuse", dest="fuse", action="store_false",
@@ -698,6 +705,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--shard", metavar="I/N", help="run only slice I of N (0 <= I < N), e.g. $SLURM_ARRAY_TASK_ID/8")
     sw.add_argument("--dry-run", action="store_true", help="list the runs and an estimated cost; run nothing")
     sw.add_argument("--summary-only", action="store_true", help="only rebuild runs.csv, table.md and report.html")
+    sw.add_argument("--overwrite", action="store_true", help="replace run folders that hold a run of other settings "
+                    "(default: refused; finished runs of the same settings are always kept, damaged ones redone)")
     _add_common(sw)
     sw.set_defaults(func=cmd_sweep, workers=0)
 

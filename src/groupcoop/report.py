@@ -599,14 +599,33 @@ def demo_report_html(summary: dict) -> str:
 # ---------------------------------------------------------------- sweep report
 
 
+def md_cell(text) -> str:
+    """A label as one markdown table cell: `|` escaped, line breaks made spaces (`md_cells` reads it back)."""
+    return " ".join(str(text).replace("\\", "\\\\").replace("|", "\\|").splitlines()) or " "
+
+
+def md_cells(line: str) -> list[str]:
+    """The cells of one markdown table row (`| a | b\\|c |` -> ['a', 'b|c']), as `md_cell` wrote them."""
+    cells, cell, chars = [], [], iter(line.strip())
+    for c in chars:
+        if c == "\\":
+            cell.append(next(chars, ""))
+        elif c == "|":
+            cells.append("".join(cell).strip())
+            cell = []
+        else:
+            cell.append(c)
+    cells.append("".join(cell).strip())
+    return cells[1:-1]  # the row's leading and trailing `|`
+
+
 def _markdown_tables(text: str) -> str:
     """The sweep's table.md as HTML: markdown tables become tables, other lines paragraphs."""
     out, block = [], []
 
     def flush():
         if block:
-            cells = [[c.strip() for c in line.strip().strip("|").split("|")] for line in block
-                     if not set(line.replace("|", "").strip()) <= set("-: ")]
+            cells = [md_cells(line) for line in block if not set(line.replace("|", "").strip()) <= set("-: ")]
             out.append(_table([_e(c) for c in cells[0]], [[_e(c) for c in r] for r in cells[1:]],
                               numeric=set(range(1, len(cells[0])))))
             block.clear()

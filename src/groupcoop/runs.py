@@ -54,21 +54,43 @@ def read_run_config(folder: Path) -> dict:
     return config if isinstance(config, dict) else {}
 
 
-def holds_run(folder: Path, settings: dict) -> bool:
-    """Whether `folder` holds a finished run (metrics.json) whose config.yaml equals `settings`
-    (a `RunSettings.dump()`); a group source left unresolved (None) matches the one the run resolved.
-    A config.yaml that cannot be read (not UTF-8, a FIFO: never waited on) is not a finished run."""
-    folder = Path(folder)
+def read_metrics(folder: Path) -> dict | None:
+    """A run folder's metrics.json, or None when it is missing or damaged: not a regular file, not
+    JSON, not a mapping, or a split without the headline numbers (a damaged run is redone, never
+    an internal error)."""
+    from .files import read_text
+    from .metrics import HEADLINE
+
+    try:
+        metrics = json.loads(read_text(Path(folder) / "metrics.json", "metrics"))
+    except (UserError, ValueError):
+        return None
+    splits = metrics.get("splits") if isinstance(metrics, dict) else None
+    if not isinstance(splits, dict) or not splits or not all(
+            isinstance(m, dict) and all(isinstance(m.get(k), (int, float)) for k in HEADLINE) for m in splits.values()):
+        return None
+    return metrics
+
+
+def same_settings(folder: Path, settings: dict) -> bool:
+    """Whether `folder`'s config.yaml equals `settings` (a `RunSettings.dump()`); a group source left
+    unresolved (None) matches the one the run resolved. A config.yaml that cannot be read (not
+    UTF-8, a FIFO: never waited on) matches nothing."""
     try:
         done = read_run_config(folder)
     except UserError:
         return False
     wanted = dict(settings)
     groups = wanted.get("groups")
-    if isinstance(groups, dict) and groups.get("source") is None and isinstance(done, dict) \
-            and isinstance(done.get("groups"), dict):
+    if isinstance(groups, dict) and groups.get("source") is None and isinstance(done.get("groups"), dict):
         wanted["groups"] = {**groups, "source": done["groups"].get("source")}
-    return done == wanted and (folder / "metrics.json").is_file()
+    return done == wanted
+
+
+def holds_run(folder: Path, settings: dict) -> bool:
+    """Whether `folder` holds a finished run of `settings` (`same_settings`) with intact metrics
+    (`read_metrics`)."""
+    return same_settings(folder, settings) and read_metrics(folder) is not None
 
 
 def fill_run_folder(folder: Path, run: Run) -> None:
