@@ -79,7 +79,10 @@ def run_settings_from_args(args):
 def cmd_train(args) -> None:
     from .files import check_outside, check_replaceable, ensure_writable_dir, output_lock
 
+    from .tracking import check_trackers
+
     settings = run_settings_from_args(args)  # settings and --out are checked before torch is imported
+    trackers = check_trackers(args.log)
     out = Path(args.out).expanduser()
     ensure_writable_dir(out.parent, "--out")
     from .features import check_cache_dir
@@ -94,7 +97,7 @@ def cmd_train(args) -> None:
         prep = prepare(dataset, backbone, cache_dir=cache_dir, feature_dtype=settings.feature_dtype,
                        workers=args.workers, progress=not args.quiet, verify_cache=args.verify_cache)
         run = run_method(prep, settings, log=_log(args))
-        write_run(out, run)
+        write_run(out, run, trackers)
     print(run_report(run.metrics))
     print(f"run folder: {out}")
 
@@ -352,6 +355,9 @@ def cmd_sweep(args) -> None:
     if args.list_presets:
         print_presets()
         return
+    from .tracking import check_trackers
+
+    trackers = check_trackers(args.log)
     axes = {"datasets": args.datasets, "methods": args.methods, "groups": args.groups, "seeds": args.seeds,
             "backbones": args.backbones}
     if args.grid:
@@ -400,7 +406,7 @@ def cmd_sweep(args) -> None:
                 atomic_text(out / "grid.yaml", yaml.safe_dump(grid.model_dump(), sort_keys=False))
                 write_manifest(out, "sweep")
             run_sweep(mine, out, jobs=args.jobs, cache_dir=cache_dir, workers=args.workers, log=log, fuse=args.fuse,
-                      max_prompts=args.max_fused_prompts, overwrite=args.overwrite)
+                      max_prompts=args.max_fused_prompts, overwrite=args.overwrite, trackers=tuple(trackers))
     text, n = write_summary(specs, out, grid)
     write_manifest_top(out)
     print(text)
@@ -439,6 +445,15 @@ def _add_backbone_flags(p, required: bool = True) -> None:
                    "(.safetensors preferred), or 'random'; groupcoop-tiny uses its bundled weights by default "
                    "(transformers: backbones take none)")
     p.add_argument("--device", default=None, help="torch device: cpu (default), cuda, cuda:N or mps (extract under torchrun: cuda = cuda:LOCAL_RANK)")
+
+
+def _add_log_flag(p) -> None:
+    from .tracking import TRACKERS
+
+    p.add_argument("--log", action="append", choices=list(TRACKERS), metavar="TRACKER",
+                   help=f"also send each run's epoch rows (as in its epochs.csv), settings and test numbers to "
+                   f"{', '.join(TRACKERS)} (repeatable; needs that package installed; tensorboard's files go into "
+                   "the run folder's tensorboard/)")
 
 
 def _add_common(p) -> None:
@@ -534,10 +549,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", help="YAML file with any of the keys of a run's config.yaml "
                        "(dataset, root, dataset_options, backbone, pretrained, method, groups, selection, "
                        "hide_bias_labels, seed, device, feature_dtype, hyperparameters)")
-    train.add_argument("--seed", type=_count(0), help="random seed (default 0); same seed, same metrics.json")
+    train.add_argument("--seed", type=_count(0), help="random seed (default 0); same seed, same metrics.json (but its provenance: versions, host, times)")
     train.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="method hyper-parameter, repeatable (e.g. epochs=30, lr=0.001, aggregate=logsumexp; "
                        "`groupcoop methods -v` lists them)")
+    _add_log_flag(train)
     train.add_argument("--feature-dtype", choices=FEATURE_DTYPES, default=None, help="feature cache dtype")
     train.add_argument("--overwrite", action="store_true",
                        help="replace an --out folder that holds another groupcoop run (never anything else)")
@@ -691,6 +707,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--root", action="append", metavar="DATASET=FOLDER", help="a dataset's folder, repeatable")
     sw.add_argument("--set", action="append", metavar="KEY=VALUE",
                     help="hyper-parameter for every method that has it, repeatable")
+    _add_log_flag(sw)
     sw.add_argument("--max-runs", type=_count(1), default=MAX_RUNS, metavar="N",
                     help=f"refuse a grid of more than N runs, counted before it is expanded (default {MAX_RUNS:,})")
     sw.add_argument("--jobs", type=_count(1), default=1, help="parallel worker processes (default 1); each fuses "

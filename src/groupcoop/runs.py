@@ -32,6 +32,16 @@ class Run:
     metrics: dict
     head: Head
     learner: PromptLearner | None = None
+    started: float | None = None  # time.time() when it started (metrics.json's provenance)
+    wall_s: float | None = None  # seconds from its start to its end
+
+    def folder_metrics(self) -> dict:
+        """metrics.json's value: the metrics with their provenance (versions, host, start, wall time)."""
+        from .provenance import PROVENANCE, provenance
+
+        if self.started is None and PROVENANCE in self.metrics:  # a run read back from its folder
+            return self.metrics
+        return {**self.metrics, PROVENANCE: provenance(self.started, self.wall_s)}
 
     def save(self, folder: Path, overwrite: bool = False) -> Path:
         """Write the run folder atomically (refusing a folder that holds anything but a groupcoop run)."""
@@ -93,23 +103,30 @@ def holds_run(folder: Path, settings: dict) -> bool:
     return same_settings(folder, settings) and read_metrics(folder) is not None
 
 
-def fill_run_folder(folder: Path, run: Run) -> None:
-    """Write a run's files into `folder` (created if needed)."""
+def fill_run_folder(folder: Path, run: Run, trackers: list[str] | tuple = (), name: str = "") -> None:
+    """Write a run's files into `folder` (created if needed); its epochs go to epochs.csv and to
+    each of `trackers` (`tracking.send`, the run named `name`)."""
+    from .csv_safe import csv_text
+    from .tracking import EPOCH_COLUMNS, epoch_rows, send
+
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.yaml").write_text(yaml.safe_dump(run.settings.dump(), sort_keys=False), encoding="utf-8")
-    (folder / "metrics.json").write_text(json.dumps(run.metrics, indent=1) + "\n", encoding="utf-8")
+    (folder / "metrics.json").write_text(json.dumps(run.folder_metrics(), indent=1) + "\n", encoding="utf-8")
+    (folder / "epochs.csv").write_text(csv_text(epoch_rows(run.metrics), EPOCH_COLUMNS), encoding="utf-8")
     (folder / "report.txt").write_text(run_report(run.metrics) + "\n", encoding="utf-8")
     tokens = nearest_tokens(run.learner) if run.learner is not None else None
     (folder / "report.html").write_text(run_report_html(run.metrics, tokens), encoding="utf-8")
     run.head.save(folder / "head.safetensors")
     if run.learner is not None:
         run.learner.save(folder)
+    if trackers:
+        send(list(trackers), folder, name or folder.name, run.settings.dump(), run.metrics)
 
 
-def write_run(out: Path, run: Run) -> None:
+def write_run(out: Path, run: Run, trackers: list[str] | tuple = ()) -> None:
     """Write the run folder into a temporary sibling, then move it into place."""
     with atomic_folder(Path(out), kind="run") as tmp:
-        fill_run_folder(tmp, run)
+        fill_run_folder(tmp, run, trackers, name=str(out))
 
 
 def discovery_line(d: dict) -> str:

@@ -404,7 +404,7 @@ def extract_one(spec: RunSpec, cache_dir, workers) -> str:
 
 
 def run_group(specs: list[RunSpec], out: Path, cache_dir, workers, fuse: bool = True,
-              max_prompts: int | None = None, report=None) -> list[tuple[str, float]]:
+              max_prompts: int | None = None, report=None, trackers: tuple = ()) -> list[tuple[str, float]]:
     """Train runs of one dataset and backbone into their folders (each written atomically as it
     finishes); with `fuse`, the learned-prompt runs in one fused pass (`fusion.py`). `report(folder,
     seconds)` is called as each finishes; returns every (folder, seconds)."""
@@ -419,7 +419,7 @@ def run_group(specs: list[RunSpec], out: Path, cache_dir, workers, fuse: bool = 
 
     def done(i: int, run, seconds: float) -> None:
         _exit_if_orphaned()
-        write_run(out / specs[i].folder, run)
+        write_run(out / specs[i].folder, run, trackers)
         results.append((str(specs[i].folder), seconds))
         if report is not None:
             report(*results[-1])
@@ -509,13 +509,15 @@ def check_roots(specs: list[RunSpec]) -> None:
 
 
 def run_sweep(specs: list[RunSpec], out: Path, jobs: int = 1, cache_dir=None, workers: int | None = 0,
-              log=print, fuse: bool = True, max_prompts: int | None = None, overwrite: bool = False) -> dict:
+              log=print, fuse: bool = True, max_prompts: int | None = None, overwrite: bool = False,
+              trackers: tuple = ()) -> dict:
     """Run every unfinished spec; returns counts. Progress: done / total with an ETA.
 
     With `fuse`, the learned-prompt runs of each dataset and backbone train together in fused
     passes (one per worker), at most `max_prompts` prompts per text-encoder call. The caller holds
     the lock of these specs (`cli.cmd_sweep`: one per shard). A run folder of other settings is
-    replaced only with `overwrite` (`check_run_folders`).
+    replaced only with `overwrite` (`check_run_folders`). Each run's epochs also go to `trackers`
+    (`tracking.send`).
     """
     out = Path(out)
     check_roots(specs)
@@ -544,7 +546,7 @@ def run_sweep(specs: list[RunSpec], out: Path, jobs: int = 1, cache_dir=None, wo
     if jobs == 1:
         _init_worker(threads)
         for unit in units:
-            run_group(unit, out, cache_dir, workers, fuse, max_prompts, report)
+            run_group(unit, out, cache_dir, workers, fuse, max_prompts, report, trackers)
     else:
         import multiprocessing
 
@@ -556,7 +558,8 @@ def run_sweep(specs: list[RunSpec], out: Path, jobs: int = 1, cache_dir=None, wo
                 future.result()
             log(f"features ready ({(time.perf_counter() - start) / 60:.1f} min)")
             start = time.perf_counter()  # the ETA counts runs only
-            pending = {pool.submit(run_group, unit, out, cache_dir, workers, fuse, max_prompts) for unit in units}
+            pending = {pool.submit(run_group, unit, out, cache_dir, workers, fuse, max_prompts, None, trackers)
+                       for unit in units}
             while pending:  # a fused share reports its runs when the whole share is done
                 finished_now, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in finished_now:
@@ -574,7 +577,10 @@ def _progress(log, done, total, ran, to_run, start, folder, seconds) -> None:
 # --- summaries -------------------------------------------------------------------------------------
 
 def collect(specs: list[RunSpec], out: Path) -> list[dict]:
-    """One row per finished run of the grid: its keys and headline metrics (val and test)."""
+    """One row per finished run of the grid: its keys, headline metrics (val and test), run folder
+    (relative to `out`) and provenance (versions, commit, host, start and wall time)."""
+    from .provenance import CSV_COLUMNS, PROVENANCE
+
     from .runs import read_metrics
 
     rows = []
@@ -590,6 +596,9 @@ def collect(specs: list[RunSpec], out: Path) -> list[dict]:
         if "group_quality" in metrics:
             row["group_agreement"] = metrics["group_quality"].get("accuracy")
             row["group_min_recall"] = metrics["group_quality"].get("min_recall")
+        row["run_folder"] = spec.folder.as_posix()
+        made = metrics.get(PROVENANCE) if isinstance(metrics.get(PROVENANCE), dict) else {}
+        row.update({key: made.get(key) for key in CSV_COLUMNS})
         rows.append(row)
     return rows
 
