@@ -513,9 +513,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
 
-    demo = sub.add_parser("demo", help="zero-shot vs CoOp vs GroupCoOp on the built-in synthetic benchmark",
-                          description="Run zero-shot, CoOp and GroupCoOp on a synthetic task with the bundled "
-                          "groupcoop-tiny CLIP; print a comparison table; write OUT/summary.json and a report.")
+    demo = sub.add_parser("demo", help="GroupCoOp against zero-shot, CoOp, coop_balanced and DFR on the built-in "
+                          "synthetic benchmark",
+                          description="Run zero-shot, CoOp, coop_balanced, DFR and GroupCoOp on a synthetic task with "
+                          "the bundled groupcoop-tiny CLIP (the learned-prompt runs in one fused pass); print a "
+                          "comparison table, a one-line conclusion and what each method needs; write "
+                          "OUT/summary.json and a report.")
     demo.add_argument("--out", default="runs/demo",
                       help="output folder (default runs/demo); a previous demo there is replaced, nothing else is")
     demo.add_argument("--seeds", type=_count(1), default=1,
