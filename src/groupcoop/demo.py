@@ -21,11 +21,9 @@ from .backbone import TINY
 from .errors import UserError
 from .files import atomic_folder, output_lock
 from .metrics import HEADLINE
-from .report import demo_groups_png, demo_report_html
+from .report import conclusion, demo_groups_png, demo_report_html, needs_line
 
 METHODS = ("zeroshot", "coop", "coop_balanced", "dfr", "groupcoop")
-NEEDS = {"train": "group labels on the training split", "val": "group labels on the validation split (it trains on val)",
-         "none": "no group labels"}
 
 
 def _mean_std(values: list[float]) -> dict:
@@ -67,28 +65,6 @@ def comparison_table(summary: dict, split: str = "test") -> str:
     out = [line(cols), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in rows]
     seeds = f"{n_seeds} seeds, mean ± std" if n_seeds > 1 else "1 seed"
     return f"{split} split, accuracy in % ({seeds}):\n" + "\n".join(out)
-
-
-def needs_line(summary: dict) -> str:
-    """One sentence on the group labels each method needs (its metrics' `needs_groups`)."""
-    by_need: dict[str, list[str]] = {}
-    for m, entry in summary.items():
-        by_need.setdefault(entry.get("needs_groups", "none"), []).append(m)
-    return "What they need: " + "; ".join(f"{', '.join(ms)}: {NEEDS.get(need, need)}"
-                                          for need, ms in by_need.items()) + "."
-
-
-def conclusion(summary: dict, split: str = "test") -> str:
-    """The demo in one line: the best worst-group accuracy, and its margin over zero-shot."""
-    wga = {m: e["over_seeds"][split]["worst_group_acc"]["mean"] for m, e in summary.items()}
-    best = max(wga, key=wga.get)
-    line = f"On the {split} split {best} has the best worst-group accuracy, {100 * wga[best]:.1f}%"
-    if "zeroshot" in wga and best != "zeroshot":
-        line += f", {100 * (wga[best] - wga['zeroshot']):+.1f} points over zero-shot ({100 * wga['zeroshot']:.1f}%)"
-    others = sorted((v, m) for m, v in wga.items() if m != best)
-    if others:
-        line += f"; next best {others[-1][1]} ({100 * others[-1][0]:.1f}%)"
-    return line + "."
 
 
 def training_groups(metrics: dict, sizes: dict[str, int]) -> dict | str:

@@ -544,13 +544,37 @@ def demo_groups_png(summary: dict, splits: tuple[str, ...] = ("test",)) -> bytes
     return _demo_chart(summary, chosen)
 
 
+DEMO_NEEDS = {"train": "group labels on the training split",  # a method's `needs_groups`, in words
+              "val": "group labels on the validation split (it trains on val)", "none": "no group labels"}
+
+
+def needs_line(summary: dict) -> str:
+    """One sentence on the group labels each method needs (its metrics' `needs_groups`)."""
+    by_need: dict[str, list[str]] = {}
+    for m, entry in summary.items():
+        by_need.setdefault(entry.get("needs_groups", "none"), []).append(m)
+    return "What they need: " + "; ".join(f"{', '.join(ms)}: {DEMO_NEEDS.get(need, need)}"
+                                          for need, ms in by_need.items()) + "."
+
+
+def conclusion(summary: dict, split: str = "test") -> str:
+    """The demo in one line: the best worst-group accuracy, and its margin over zero-shot."""
+    wga = {m: e["over_seeds"][split]["worst_group_acc"]["mean"] for m, e in summary.items()}
+    best = max(wga, key=wga.get)
+    line = f"On the {split} split {best} has the best worst-group accuracy, {100 * wga[best]:.1f}%"
+    if "zeroshot" in wga and best != "zeroshot":
+        line += f", {100 * (wga[best] - wga['zeroshot']):+.1f} points over zero-shot ({100 * wga['zeroshot']:.1f}%)"
+    others = sorted((v, m) for m, v in wga.items() if m != best)
+    if others:
+        line += f"; next best {others[-1][1]} ({100 * others[-1][0]:.1f}%)"
+    return line + "."
+
+
 def demo_report_html(summary: dict) -> str:
     """A self-contained HTML page for `groupcoop demo`'s summary.json: a one-line conclusion, the
     method comparison (mean ± std over seeds) with the groups each trained on ("none" for a method
     that trains on no groups) and what it needs, the training split's group sizes, per-group bars
     with error bars and group sizes, per-group table."""
-    from .demo import conclusion, needs_line
-
     if not summary:
         raise ValueError("empty demo summary")
     methods = list(summary)

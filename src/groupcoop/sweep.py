@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -372,7 +373,7 @@ def _die_with_parent(parent: int) -> None:
     (prctl PR_SET_PDEATHSIG); elsewhere `_exit_if_orphaned` checks between runs."""
     global _PARENT_PID
     _PARENT_PID = parent
-    if os.uname().sysname == "Linux":
+    if sys.platform.startswith("linux"):
         import ctypes
         import signal
 
