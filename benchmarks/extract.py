@@ -36,9 +36,11 @@ def make_dataset(root: Path, n: int, size: int = 256) -> None:
 
     ds = make_task_dataset("synth-waterbirds")
     lines = ["path,y,place,split"]
+    seen = {}  # images of each class so far: each class goes round the splits, so every split has every class
     for i in range(n):
         ds.images.load(i).resize((size, size)).save(root / f"{i:05d}.jpg", quality=90)
-        lines.append(f"{i:05d}.jpg,{ds.y[i]},{ds.attrs[i, 0]},{('train', 'val', 'test')[i % 3]}")
+        k = seen[ds.y[i]] = seen.get(ds.y[i], -1) + 1
+        lines.append(f"{i:05d}.jpg,{ds.y[i]},{ds.attrs[i, 0]},{('train', 'val', 'test')[k % 3]}")
     (root / "meta.csv").write_text("\n".join(lines) + "\n")
 
 

@@ -62,12 +62,12 @@ def backbone():
     return load_backbone(MODEL, "random")
 
 
-def dataset(n: int):
+def dataset(n: int, held_out: int = HELD_OUT):
     from groupcoop.data.base import GroupDataset
 
     rng = np.random.default_rng(0)
     split = np.zeros(n, dtype=np.int64)
-    split[n - 2 * HELD_OUT:n - HELD_OUT], split[n - HELD_OUT:] = 1, 2
+    split[n - 2 * held_out:n - held_out], split[n - held_out:] = 1, 2
     return GroupDataset(f"fake-{n}", FakeImages(n), rng.integers(0, 2, n), rng.integers(0, 2, (n, 1)), split,
                         ["angular shape", "round shape"], ["background"], [["grass", "water"]],
                         [["{} on grass", "{} on water"]])
@@ -92,7 +92,8 @@ def peak_rss() -> int:
         return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmHWM"))
 
 
-def measure(n: int, cache_dir: Path, batch_size: int, baseline: bool, groups: str = "gt") -> dict:
+def measure(n: int, cache_dir: Path, batch_size: int, baseline: bool, groups: str = "gt",
+            held_out: int = HELD_OUT) -> dict:
     """In this process: train one epoch on the cache (or stop before, for the baseline)."""
     import torch
 
@@ -100,7 +101,7 @@ def measure(n: int, cache_dir: Path, batch_size: int, baseline: bool, groups: st
     from groupcoop.settings import make_settings
 
     torch.set_num_threads(1)
-    bb, ds = backbone(), dataset(n)
+    bb, ds = backbone(), dataset(n, held_out)
     out = {"rows": n, "baseline": baseline}
     if not baseline:
         start = time.perf_counter()
@@ -115,9 +116,10 @@ def measure(n: int, cache_dir: Path, batch_size: int, baseline: bool, groups: st
     return out
 
 
-def child(n: int, cache_dir: Path, batch_size: int, baseline: bool, groups: str = "gt") -> dict:
+def child(n: int, cache_dir: Path, batch_size: int, baseline: bool, groups: str = "gt",
+          held_out: int = HELD_OUT) -> dict:
     cmd = [sys.executable, __file__, "--child", str(n), "--cache", str(cache_dir), "--batch-size", str(batch_size),
-           "--groups", groups]
+           "--groups", groups, "--held-out", str(held_out)]
     done = subprocess.run(cmd + (["--baseline"] if baseline else []), capture_output=True, text=True,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     if done.returncode:
@@ -132,19 +134,23 @@ def main(argv=None) -> int:
     p.add_argument("--cache", type=Path, default=None, help="cache folder (default: a temporary one, removed)")
     p.add_argument("--groups", default="gt", choices=["gt", "zeroshot"],
                    help="training groups: the labels, or zero-shot labels (scores every train row first)")
+    p.add_argument("--held-out", type=int, default=HELD_OUT, help="val and test rows each (the rest train)")
     p.add_argument("--json", action="store_true", help="print one JSON line per row count instead of a table")
     p.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--baseline", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    counts = [int(v) for v in args.rows.split(",")]
+    if args.held_out < 1 or any(n <= 2 * args.held_out for n in counts):
+        p.error(f"every --rows count must exceed 2 x --held-out ({2 * args.held_out}): val and test take that many")
     if args.child is not None:
-        print(json.dumps(measure(args.child, args.cache, args.batch_size, args.baseline, args.groups)))
+        print(json.dumps(measure(args.child, args.cache, args.batch_size, args.baseline, args.groups, args.held_out)))
         return 0
     rows = []
     with tempfile.TemporaryDirectory(prefix="groupcoop-memory-", dir=args.cache) as tmp:
-        for n in [int(v) for v in args.rows.split(",")]:
+        for n in counts:
             size = write_cache(n, Path(tmp))
-            base = child(n, Path(tmp), args.batch_size, True)
-            run = child(n, Path(tmp), args.batch_size, False, args.groups)
+            base = child(n, Path(tmp), args.batch_size, True, held_out=args.held_out)
+            run = child(n, Path(tmp), args.batch_size, False, args.groups, args.held_out)
             rows.append({**run, "feature_bytes": size, "baseline_rss": base["peak_rss"]})
             if args.json:
                 print(json.dumps(rows[-1]), flush=True)

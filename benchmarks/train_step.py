@@ -250,6 +250,8 @@ def bench_whole(bb, args) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--backbone", default="ViT-B-16", help="open_clip architecture (random weights); groupcoop-tiny "
+                   "for a quick smoke run")
     p.add_argument("--prompts", default="4,8,16,32", help="comma-separated prompt counts")
     p.add_argument("--batch", type=int, default=128, help="cached image features per step")
     p.add_argument("--rounds", type=int, default=5, help="rounds; each times every variant once")
@@ -276,9 +278,9 @@ def main(argv=None) -> int:
     say()
     say(table(["setting", "value"], [["torch / open_clip", f"{torch.__version__} / {open_clip.__version__}"],
                                      ["CPU", f"{cpu_model()}, {cpu_count()} cores, {torch.get_num_threads()} threads"],
-                                     ["backbone", "ViT-B-16 text tower, random weights (seeded), float32"]]))
+                                     ["backbone", f"{args.backbone} text tower, random weights (seeded), float32"]]))
     say()
-    bb = load_backbone("ViT-B-16", "random")
+    bb = load_backbone(args.backbone, "random")
     whole = CpuMonitor()
     start = time.perf_counter()
     if not args.skip_steps:

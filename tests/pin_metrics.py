@@ -12,7 +12,8 @@ When the synthetic world or the bundled model changes on purpose, re-pin on the 
     PYTHONPATH=src python tests/pin_metrics.py --write          # all tasks, a few minutes
     PYTHONPATH=src python tests/pin_metrics.py --check          # compare without writing
 
-Nothing is excluded from the comparison: metrics.json holds no timings or paths. Numbers are
+Only `provenance` (versions, git commit, host, start and wall time: `VOLATILE`) is left out of
+the comparison; metrics.json holds no other timings or paths. Numbers are
 compared to within `TOLERANCE` (float rounding of another CPU or BLAS), which is far below
 one prediction's share of any split (1/5794 on synth-waterbirds' test split).
 """
@@ -28,6 +29,7 @@ from pathlib import Path
 FIXTURE = Path(__file__).parent / "fixtures" / "pinned_metrics.json"
 TASKS = ("synth-waterbirds", "synth-multiceleba", "synth-threebias")
 TOLERANCE = 2e-5  # absolute and relative
+VOLATILE = ("provenance",)  # metrics.json keys that differ between two runs of the same settings
 THREADS = 2  # the test session's torch threads (conftest.py): reductions may depend on them
 
 LOOP = {"epochs": 2, "batch_size": 512}
@@ -76,8 +78,13 @@ def metrics_for(prep, runs: list[dict]) -> dict[str, dict]:
     for run in runs:
         _, settings, _ = check_run(make_settings(settings_values(run), "pin"), prep.dataset, prep.backbone)
         metrics = run_method(prep, settings, log=lambda s: None).metrics
-        out[run_id(run)] = json.loads(json.dumps(metrics))
+        out[run_id(run)] = comparable(json.loads(json.dumps(metrics)))
     return out
+
+
+def comparable(metrics: dict) -> dict:
+    """metrics.json without its `VOLATILE` keys (read from a run folder, or made in memory)."""
+    return {k: v for k, v in metrics.items() if k not in VOLATILE}
 
 
 def differences(expected, actual, where: str = "") -> list[str]:

@@ -55,3 +55,65 @@ def test_gpu_benchmark_sections_run_on_the_cpu(tmp_path):
     assert sweep["max_diff_test_wga"] == 0.0 and sweep["model_fused_s"] < sweep["model_one_by_one_s"]
     again = script("gpu.py", "--device", "cpu", "--json", str(out))  # an existing file is never replaced
     assert again.returncode == 2 and "exists" in again.stderr
+
+
+# --- every other script, at tiny sizes (the bundled tiny model; a few images) ------------------------
+
+TINY = ("--backbone", "groupcoop-tiny")
+
+
+def ran(done: subprocess.CompletedProcess) -> str:
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    return done.stdout
+
+
+def has_row(out: str, first_cell: str) -> bool:
+    """Whether a markdown table in `out` has a row whose first cell starts with `first_cell`."""
+    return any(line.startswith(f"| {first_cell}") for line in out.splitlines())
+
+
+def test_speed_benchmark_runs_every_section():
+    out = ran(script("speed.py", *TINY, "--images", "8", "--batch", "4", "--repeats", "1", "--min-time", "0",
+                     "--extract-repeats", "1", "--many-prompts", "4", "--n-ctx", "4", "--threads", "1",
+                     "--workers", "0"))
+    for section in ("## 1.", "## 2.", "## 3. Feature extraction", "## Acceptance targets"):
+        assert section in out
+    diff = out.split("max abs feature diff = ")[1].split()[0]
+    assert float(diff) < 1e-4  # extract_features gives the bare encoder's (normalised) features
+
+
+def test_extract_benchmark_runs_on_the_cpu():
+    out = ran(script("extract.py", *TINY, "--images", "12", "--batch", "4", "--shard-size", "4", "--procs", "",
+                     "--repeats", "1", "--workers", "0"))
+    assert has_row(out, "extract_features, cpu fp32") and has_row(out, "bare encoder, cpu fp32")
+
+
+@pytest.mark.slow
+def test_extract_benchmark_times_torchrun():
+    out = ran(script("extract.py", *TINY, "--images", "12", "--batch", "4", "--shard-size", "4", "--procs", "1",
+                     "--repeats", "1", "--workers", "0"))
+    assert has_row(out, "torchrun, 1 processes")
+
+
+def test_predict_benchmark_compares_predict_with_extraction():
+    out = ran(script("predict.py", *TINY, "--images", "24", "--batch", "8", "--repeats", "1", "--workers", "0"))
+    assert has_row(out, "predict_files") and "predict / extraction:" in out
+
+
+@pytest.mark.slow
+def test_memory_benchmark_measures_a_small_cache():
+    out = ran(script("memory.py", "--rows", "3000", "--held-out", "500", "--batch-size", "1024", "--json"))
+    row = json.loads(out.strip().splitlines()[-1])
+    assert row["rows"] == 3000 and row["steps"] == 2 and row["peak_rss"] >= row["baseline_rss"] > 0
+
+
+def test_memory_benchmark_refuses_too_few_rows():
+    done = script("memory.py", "--rows", "1000", "--held-out", "500")
+    assert done.returncode == 2 and "--held-out" in done.stderr
+
+
+def test_train_step_benchmark_times_both_text_paths():
+    out = ran(script("train_step.py", *TINY, "--prompts", "4", "--rounds", "1", "--steps", "1", "--threads", "1",
+                     "--max-others", "1"))
+    assert "open_clip blocks (before)" in out and "fused blocks (now)" in out

@@ -1,4 +1,4 @@
-"""`groupcoop demo`: the three methods on synth-waterbirds, and the effect it exists to show.
+"""`groupcoop demo`: its five methods on synth-waterbirds, and the effect it exists to show.
 
 Features come from the session cache; training CoOp and GroupCoOp with their default
 schedules still takes most of a minute on 2 CPU cores, hence the `slow` mark.
@@ -22,7 +22,7 @@ def demo(tmp_path_factory, waterbirds_prep):
 def test_demo_writes_summary_with_the_metrics_json_shape(demo, check_metrics):
     out, returned = demo
     summary = json.loads((out / "summary.json").read_text())
-    assert list(summary) == ["zeroshot", "coop", "groupcoop"]
+    assert list(summary) == ["zeroshot", "coop", "coop_balanced", "dfr", "groupcoop"]
     assert summary == json.loads(json.dumps(returned))
     for method, metrics in summary.items():
         check_metrics(metrics, n_groups=4)
@@ -41,6 +41,19 @@ def test_demo_writes_summary_with_the_metrics_json_shape(demo, check_metrics):
     for method in summary:
         assert (out / method / "seed-0" / "metrics.json").is_file()
     assert [p.name for p in out.parent.iterdir()] == ["demo"]  # no temp folder left
+
+
+@pytest.mark.slow
+def test_demo_says_what_each_method_trained_on(demo, waterbirds_prep):
+    out, summary = demo
+    counts = dict(zip(waterbirds_prep.dataset.group_names(), waterbirds_prep.dataset.group_counts("train").tolist()))
+    for method in ("zeroshot", "coop", "dfr"):
+        assert summary[method]["training_groups"] == "none"
+    for method in ("coop_balanced", "groupcoop"):
+        assert summary[method]["training_groups"] == {"source": "gt", "sizes": counts}
+    report = (out / "report.txt").read_text()
+    assert "has the best worst-group accuracy" in report and "dfr: group labels on the validation split" in report
+    assert "has the best worst-group accuracy" in (out / "report.html").read_text().split("</header>")[1][:400]
 
 
 @pytest.mark.slow

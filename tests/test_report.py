@@ -49,7 +49,9 @@ def check_page(text: str) -> Page:
     page = Page(text)
     assert "http://" not in text and "https://" not in text
     assert "script" not in page.tags and "link" not in page.tags and "iframe" not in page.tags
-    assert not re.search(r"""(src|href)\s*=\s*["'](?!data:image/png;base64,)""", text)
+    assert not re.search(r"""src\s*=\s*["'](?!data:image/png;base64,)""", text)
+    # links only to other pages of the same output: relative, no scheme (a sweep's run pages)
+    assert not re.search(r"""href\s*=\s*["'](?![^"':]*report\.html["'])""", text)
     assert page.images, "expected at least one chart"
     for src in page.images:
         assert src.startswith("data:image/png;base64,")
@@ -186,6 +188,61 @@ def test_demo_report(tmp_path):
     assert "±" in joined and "2 seeds" in joined
     assert "n=400" in joined  # group sizes next to the names
     write_html(tmp_path / "demo.html", text)
+
+
+def demo_summary(wga: dict[str, float]) -> dict:
+    """A demo summary with these test worst-group accuracies (one seed)."""
+    from groupcoop.demo import summarise, training_groups
+    from groupcoop.methods import get_method
+
+    runs = {}
+    for method, worst in wga.items():
+        metrics = full_metrics()
+        metrics.update(method=method, needs_groups=get_method(method).needs_groups)
+        for split in ("val", "test"):
+            for g in metrics["splits"][split]["groups"]:
+                g["acc"] = worst + 0.01 * g["group"]
+        metrics["splits"]["test"]["worst_group_acc"] = worst
+        runs[method] = [metrics]
+    summary = json.loads(json.dumps(summarise(runs)))
+    for entry in summary.values():
+        entry["training_groups"] = training_groups(entry, {"a, x": 3498, "a, y": 184})
+    return summary
+
+
+def test_demo_report_opens_with_its_conclusion_and_shows_training_groups():
+    summary = demo_summary({"zeroshot": 0.60, "coop": 0.20, "coop_balanced": 0.74, "dfr": 0.78, "groupcoop": 0.73})
+    text = demo_report_html(summary)
+    page = check_page(text)
+    body = text.split("</header>", 1)[1]
+    first = re.sub("<[^>]+>", "", body.strip().split("\n", 1)[0])
+    assert first == ("On the test split dfr has the best worst-group accuracy, 78.0%, +18.0 points over zero-shot "
+                     "(60.0%); next best coop_balanced (74.0%).")
+    joined = " ".join(page.text)
+    assert "3,498" in joined and "184" in joined  # the training split's group sizes
+    methods = re.search(r"<h3>Methods</h3>(.*?)</table>", text, re.S).group(1)
+    trained_on = dict(re.findall(r"<tr><td>([a-z_]+)</td><td>([^<]*)</td>", methods))
+    assert trained_on == {"zeroshot": "none", "coop": "none", "dfr": "none", "coop_balanced": "pseudo",
+                          "groupcoop": "pseudo"}
+    assert "dfr: group labels on the validation split" in joined
+
+
+def test_demo_conclusion_when_zero_shot_is_best():
+    from groupcoop.demo import conclusion
+
+    line = conclusion(demo_summary({"zeroshot": 0.6, "coop": 0.2}))
+    assert line.startswith("On the test split zeroshot has the best") and "over zero-shot" not in line
+
+
+def test_sweep_page_links_each_run_page():
+    from groupcoop.report import sweep_report_html
+
+    rows = [{"dataset": "d<1>", "method": "coop", "groups": "-", "seed": s, "test_worst_group_acc": 0.5,
+             "test_avg_acc": 0.7, "run_folder": f"runs/d_1/groupcoop-tiny/coop/-/seed-{s}"} for s in (0, 1)]
+    text = sweep_report_html("grid", rows, "| method | d<1> |\n|---|---|\n| coop | 50.0 / 70.0 |")
+    assert re.findall(r'href="([^"]+)"', text) == [f"runs/d_1/groupcoop-tiny/coop/-/seed-{s}/report.html"
+                                                   for s in (0, 1)]
+    assert "d&lt;1&gt;" in text and "<1>" not in text
 
 
 # ---------------------------------------------------------------- nearest tokens

@@ -114,7 +114,7 @@ def test_killed_sweep_resumes_without_redoing_finished_runs(tmp_path, waterbirds
 
 
 def test_rerun_of_a_finished_sweep_runs_nothing(tmp_path, cli, waterbirds_prep):
-    grid = tiny_grid(tmp_path, methods=["zeroshot"], seeds=[0])
+    grid = tiny_grid(tmp_path, methods=["zeroshot"], seeds=[0], hyperparameters={})  # FAST has no zeroshot key
     out = tmp_path / "sweep"
     assert cli("sweep", grid, "--out", out, "--quiet").code == 0
     again = cli("sweep", grid, "--out", out)

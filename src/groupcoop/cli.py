@@ -79,7 +79,10 @@ def run_settings_from_args(args):
 def cmd_train(args) -> None:
     from .files import check_outside, check_replaceable, ensure_writable_dir, output_lock
 
+    from .tracking import check_trackers
+
     settings = run_settings_from_args(args)  # settings and --out are checked before torch is imported
+    trackers = check_trackers(args.log)
     out = Path(args.out).expanduser()
     ensure_writable_dir(out.parent, "--out")
     from .features import check_cache_dir
@@ -94,7 +97,7 @@ def cmd_train(args) -> None:
         prep = prepare(dataset, backbone, cache_dir=cache_dir, feature_dtype=settings.feature_dtype,
                        workers=args.workers, progress=not args.quiet, verify_cache=args.verify_cache)
         run = run_method(prep, settings, log=_log(args))
-        write_run(out, run)
+        write_run(out, run, trackers)
     print(run_report(run.metrics))
     print(f"run folder: {out}")
 
@@ -352,6 +355,9 @@ def cmd_sweep(args) -> None:
     if args.list_presets:
         print_presets()
         return
+    from .tracking import check_trackers
+
+    trackers = check_trackers(args.log)
     axes = {"datasets": args.datasets, "methods": args.methods, "groups": args.groups, "seeds": args.seeds,
             "backbones": args.backbones}
     if args.grid:
@@ -360,9 +366,8 @@ def cmd_sweep(args) -> None:
         args.grid = resolve(args.grid)
     grid = load_grid(args.grid, {**{k: [v.strip() for v in value.split(",") if v.strip()] if k != "seeds" else value
                                     for k, value in axes.items() if value is not None},
-                                 **({"device": args.device} if args.device else {})})
-    if args.set:
-        grid = grid.model_copy(update={"hyperparameters": {**grid.hyperparameters, **key_values(args.set, "--set")}})
+                                 **({"device": args.device} if args.device else {})},
+                     hyperparameters=key_values(args.set, "--set"), max_runs=args.max_runs)
     roots = {}
     for pair in args.root or []:
         name, sep, folder = pair.partition("=")
@@ -378,10 +383,15 @@ def cmd_sweep(args) -> None:
         print(estimate(mine, fuse=args.fuse, max_prompts=args.max_fused_prompts))
         return
     from .backbone import check_device
-    from .sweep import check_roots
+    from .sweep import check_roots, check_run_folders
 
+    if args.summary_only and not out.is_dir():
+        raise UserError(f"--summary-only: there is no sweep folder {out}; give the --out of a sweep that ran, "
+                        "or run the sweep without --summary-only")
     check_device(grid.device)
     check_roots(mine)
+    if not args.summary_only:
+        check_run_folders(mine, out, args.overwrite)  # before anything is written
     if out.exists() and groupcoop_kind(out) != "sweep":
         check_replaceable(out, overwrite=False)  # an empty folder is fine; anything else is refused
     ensure_writable_dir(out, "--out")
@@ -396,7 +406,7 @@ def cmd_sweep(args) -> None:
                 atomic_text(out / "grid.yaml", yaml.safe_dump(grid.model_dump(), sort_keys=False))
                 write_manifest(out, "sweep")
             run_sweep(mine, out, jobs=args.jobs, cache_dir=cache_dir, workers=args.workers, log=log, fuse=args.fuse,
-                      max_prompts=args.max_fused_prompts)
+                      max_prompts=args.max_fused_prompts, overwrite=args.overwrite, trackers=tuple(trackers))
     text, n = write_summary(specs, out, grid)
     write_manifest_top(out)
     print(text)
@@ -435,6 +445,15 @@ def _add_backbone_flags(p, required: bool = True) -> None:
                    "(.safetensors preferred), or 'random'; groupcoop-tiny uses its bundled weights by default "
                    "(transformers: backbones take none)")
     p.add_argument("--device", default=None, help="torch device: cpu (default), cuda, cuda:N or mps (extract under torchrun: cuda = cuda:LOCAL_RANK)")
+
+
+def _add_log_flag(p) -> None:
+    from .tracking import TRACKERS
+
+    p.add_argument("--log", action="append", choices=list(TRACKERS), metavar="TRACKER",
+                   help=f"also send each run's epoch rows (as in its epochs.csv), settings and test numbers to "
+                   f"{', '.join(TRACKERS)} (repeatable; needs that package installed; tensorboard's files go into "
+                   "the run folder's tensorboard/)")
 
 
 def _add_common(p) -> None:
@@ -482,6 +501,7 @@ def _add_vocabulary_flag(p, prefix: str = "") -> None:
 def build_parser() -> argparse.ArgumentParser:
     from .choices import DISCOVERY_SCORES, FEATURE_DTYPES, PRECISIONS, SELECTIONS
     from .fusion import DEFAULT_MAX_PROMPTS
+    from .sweep import MAX_RUNS
     from .data.base import SPLITS
     from .labelers import GROUP_SOURCES
     from .labelfree import DISCOVERY_SCORE, SELECTION_FALLBACK
@@ -493,9 +513,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
 
-    demo = sub.add_parser("demo", help="zero-shot vs CoOp vs GroupCoOp on the built-in synthetic benchmark",
-                          description="Run zero-shot, CoOp and GroupCoOp on a synthetic task with the bundled "
-                          "groupcoop-tiny CLIP; print a comparison table; write OUT/summary.json and a report.")
+    demo = sub.add_parser("demo", help="GroupCoOp against zero-shot, CoOp, coop_balanced and DFR on the built-in "
+                          "synthetic benchmark",
+                          description="Run zero-shot, CoOp, coop_balanced, DFR and GroupCoOp on a synthetic task with "
+                          "the bundled groupcoop-tiny CLIP (the learned-prompt runs in one fused pass); print a "
+                          "comparison table, a one-line conclusion and what each method needs; write "
+                          "OUT/summary.json and a report.")
     demo.add_argument("--out", default="runs/demo",
                       help="output folder (default runs/demo); a previous demo there is replaced, nothing else is")
     demo.add_argument("--seeds", type=_count(1), default=1,
@@ -529,10 +552,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", help="YAML file with any of the keys of a run's config.yaml "
                        "(dataset, root, dataset_options, backbone, pretrained, method, groups, selection, "
                        "hide_bias_labels, seed, device, feature_dtype, hyperparameters)")
-    train.add_argument("--seed", type=_count(0), help="random seed (default 0); same seed, same metrics.json")
+    train.add_argument("--seed", type=_count(0), help="random seed (default 0); same seed, same metrics.json (but its provenance: versions, host, times)")
     train.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="method hyper-parameter, repeatable (e.g. epochs=30, lr=0.001, aggregate=logsumexp; "
                        "`groupcoop methods -v` lists them)")
+    _add_log_flag(train)
     train.add_argument("--feature-dtype", choices=FEATURE_DTYPES, default=None, help="feature cache dtype")
     train.add_argument("--overwrite", action="store_true",
                        help="replace an --out folder that holds another groupcoop run (never anything else)")
@@ -686,6 +710,9 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--root", action="append", metavar="DATASET=FOLDER", help="a dataset's folder, repeatable")
     sw.add_argument("--set", action="append", metavar="KEY=VALUE",
                     help="hyper-parameter for every method that has it, repeatable")
+    _add_log_flag(sw)
+    sw.add_argument("--max-runs", type=_count(1), default=MAX_RUNS, metavar="N",
+                    help=f"refuse a grid of more than N runs, counted before it is expanded (default {MAX_RUNS:,})")
     sw.add_argument("--jobs", type=_count(1), default=1, help="parallel worker processes (default 1); each fuses "
                     "its share of the learned-prompt runs")
     sw.add_argument("--no-fuse", dest="fuse", action="store_false",
@@ -698,6 +725,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--shard", metavar="I/N", help="run only slice I of N (0 <= I < N), e.g. $SLURM_ARRAY_TASK_ID/8")
     sw.add_argument("--dry-run", action="store_true", help="list the runs and an estimated cost; run nothing")
     sw.add_argument("--summary-only", action="store_true", help="only rebuild runs.csv, table.md and report.html")
+    sw.add_argument("--overwrite", action="store_true", help="replace run folders that hold a run of other settings "
+                    "(default: refused; finished runs of the same settings are always kept, damaged ones redone)")
     _add_common(sw)
     sw.set_defaults(func=cmd_sweep, workers=0)
 

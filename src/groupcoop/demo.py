@@ -1,9 +1,13 @@
-"""`groupcoop demo`: zero-shot vs CoOp vs GroupCoOp on a synthetic task with the bundled tiny CLIP.
+"""`groupcoop demo`: GroupCoOp against zero-shot, CoOp and the two strongest group-balanced
+baselines (coop_balanced, dfr) on a synthetic task with the bundled tiny CLIP.
 
-Features are extracted once (and cached); each method and seed is a normal run folder under
-OUT/<method>/seed-<k>/. OUT/summary.json maps each method to its metrics.json content (seed 0)
-with an `over_seeds` block of means and standard deviations; OUT/report.txt holds the table
-that is printed, OUT/report.png the per-group bar chart of report.html (test split).
+Features are extracted once (and cached); the learned-prompt runs train together in one fused
+pass (`fusion.fit_runs`: each run's results as alone); each method and seed is a normal run
+folder under OUT/<method>/seed-<k>/. OUT/summary.json maps each method to its metrics.json
+content (seed 0) with an `over_seeds` block of means and standard deviations and the groups it
+trained on (`training_groups`: "none", or the source with the training split's group sizes);
+OUT/report.txt holds the table that is printed with the conclusion and what each method needs,
+OUT/report.png the per-group bar chart of report.html (test split).
 """
 
 from __future__ import annotations
@@ -17,9 +21,9 @@ from .backbone import TINY
 from .errors import UserError
 from .files import atomic_folder, output_lock
 from .metrics import HEADLINE
-from .report import demo_groups_png, demo_report_html
+from .report import conclusion, demo_groups_png, demo_report_html, needs_line
 
-METHODS = ("zeroshot", "coop", "groupcoop")
+METHODS = ("zeroshot", "coop", "coop_balanced", "dfr", "groupcoop")
 
 
 def _mean_std(values: list[float]) -> dict:
@@ -63,10 +67,18 @@ def comparison_table(summary: dict, split: str = "test") -> str:
     return f"{split} split, accuracy in % ({seeds}):\n" + "\n".join(out)
 
 
+def training_groups(metrics: dict, sizes: dict[str, int]) -> dict | str:
+    """What a run trained on: "none", or its group source with the training split's group sizes."""
+    if metrics.get("needs_groups") != "train":
+        return "none"
+    return {"source": metrics.get("groups_source"), "sizes": sizes}
+
+
 def run_demo(out: Path, seeds: int = 1, task: str = "synth-waterbirds", cache_dir=None, workers=None,
              progress: bool = True, log=print, device: str = "cpu") -> dict:
     """Run every demo method and seed into `out` (replaced whole when done; nothing is written on failure)."""
-    from .pipeline import check_run, prepare, run_method
+    from .fusion import fit_runs
+    from .pipeline import check_run, prepare
     from .runs import fill_run_folder
     from .settings import make_settings
 
@@ -76,24 +88,31 @@ def run_demo(out: Path, seeds: int = 1, task: str = "synth-waterbirds", cache_di
         raise UserError(f"--task {task} is not a synthetic task; the demo runs on synth-* tasks")
     log(f"groupcoop demo: {task} ({dataset.info['description']}), backbone {TINY}")
     prep = prepare(dataset, backbone, cache_dir=cache_dir, workers=workers, progress=progress)
+    sizes = dict(zip(dataset.group_names(), map(int, dataset.group_counts("train"))))
+    plan = [(method, seed) for method in METHODS for seed in range(seeds)]
+    settings = [check_run(base.replace(method=m, seed=k, hyperparameters={}), dataset, backbone)[1] for m, k in plan]
     with output_lock(out), atomic_folder(out, kind="demo") as tmp:
+        def done(i: int, run, seconds: float) -> None:
+            method, seed = plan[i]
+            fill_run_folder(tmp / method / f"seed-{seed}", run)
+            test = run.metrics["splits"]["test"]
+            log(f"  {method:<13} seed {seed}: test worst-group {100 * test['worst_group_acc']:.1f}  "
+                f"average {100 * test['avg_acc']:.1f}  ({seconds:.1f} s)")
+
+        finished = fit_runs(prep, settings, log=lambda s: None, done=done)
         runs: dict[str, list[dict]] = {}
-        for method in METHODS:
-            for seed in range(seeds):
-                _, settings, _ = check_run(base.replace(method=method, seed=seed, hyperparameters={}), dataset, backbone)
-                run = run_method(prep, settings, log=lambda s: None)
-                fill_run_folder(tmp / method / f"seed-{seed}", run)
-                runs.setdefault(method, []).append(run.metrics)
-                test = run.metrics["splits"]["test"]
-                log(f"  {method:<10} seed {seed}: test worst-group {100 * test['worst_group_acc']:.1f}  "
-                    f"average {100 * test['avg_acc']:.1f}")
+        for (method, _), run in zip(plan, finished):
+            runs.setdefault(method, []).append(run.metrics)
         summary = summarise(runs)
+        for entry in summary.values():
+            entry["training_groups"] = training_groups(entry, sizes)
         table = comparison_table(summary)
+        text = "\n".join([table, "", conclusion(summary), needs_line(summary)])
         (tmp / "summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
-        (tmp / "report.txt").write_text(table + "\n", encoding="utf-8")
+        (tmp / "report.txt").write_text(text + "\n", encoding="utf-8")
         (tmp / "report.png").write_bytes(demo_groups_png(summary))
         (tmp / "report.html").write_text(demo_report_html(summary), encoding="utf-8")
     log("")
-    log(table)
+    log(text)
     log(f"\nwrote {out}/summary.json, report.txt, report.png, report.html and one run folder per method and seed")
     return summary

@@ -258,6 +258,15 @@ def check_replaceable(out: Path, overwrite: bool, what: str = "run") -> None:
         raise UserError(f"--out {out} already holds a different groupcoop {kind}; pass --overwrite to replace it or choose another --out")
 
 
+def check_inside(path: Path, root: Path, what: str, fix: str) -> Path:
+    """`path` resolved (links followed, `..` removed), refused with one line unless it lies inside
+    `root` (resolved too): an output built from user text never lands outside its folder."""
+    real, base = Path(path).resolve(), Path(root).resolve()
+    if not real.is_relative_to(base):
+        raise UserError(f"{what} {path} resolves to {real}, outside {base}; nothing was written; {fix}")
+    return real
+
+
 def check_outside(inner: Path, inner_flag: str, outer: Path, outer_flag: str) -> None:
     """Refuse an `inner` folder (the cache) that lies in `outer` (the output folder, replaced as a whole)."""
     inner, outer = Path(inner).expanduser().absolute(), Path(outer).expanduser().absolute()

@@ -18,7 +18,8 @@ the attributes are discovered, after extraction and before training.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -105,6 +106,7 @@ class PlannedRun:
     settings: RunSettings
     plan: GroupPlan
     task: FitTask
+    started: float = field(default_factory=time.time)  # when it was planned (fused runs: their pass's start)
 
     @property
     def recipe(self) -> Recipe:
@@ -160,7 +162,7 @@ class PlannedRun:
             fitted.learner.info.update({"classes": list(ds.class_names), "groups": head.row_names,
                                         "method": recipe.name, "groups_source": plan.source,
                                         "aggregate": head.aggregate})
-        return Run(settings, metrics, head, fitted.learner)
+        return Run(settings, metrics, head, fitted.learner, started=self.started, wall_s=time.time() - self.started)
 
 
 def plan_run(prep: Prepared, settings: RunSettings, log=print) -> PlannedRun:

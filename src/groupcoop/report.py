@@ -544,9 +544,37 @@ def demo_groups_png(summary: dict, splits: tuple[str, ...] = ("test",)) -> bytes
     return _demo_chart(summary, chosen)
 
 
+DEMO_NEEDS = {"train": "group labels on the training split",  # a method's `needs_groups`, in words
+              "val": "group labels on the validation split (it trains on val)", "none": "no group labels"}
+
+
+def needs_line(summary: dict) -> str:
+    """One sentence on the group labels each method needs (its metrics' `needs_groups`)."""
+    by_need: dict[str, list[str]] = {}
+    for m, entry in summary.items():
+        by_need.setdefault(entry.get("needs_groups", "none"), []).append(m)
+    return "What they need: " + "; ".join(f"{', '.join(ms)}: {DEMO_NEEDS.get(need, need)}"
+                                          for need, ms in by_need.items()) + "."
+
+
+def conclusion(summary: dict, split: str = "test") -> str:
+    """The demo in one line: the best worst-group accuracy, and its margin over zero-shot."""
+    wga = {m: e["over_seeds"][split]["worst_group_acc"]["mean"] for m, e in summary.items()}
+    best = max(wga, key=wga.get)
+    line = f"On the {split} split {best} has the best worst-group accuracy, {100 * wga[best]:.1f}%"
+    if "zeroshot" in wga and best != "zeroshot":
+        line += f", {100 * (wga[best] - wga['zeroshot']):+.1f} points over zero-shot ({100 * wga['zeroshot']:.1f}%)"
+    others = sorted((v, m) for m, v in wga.items() if m != best)
+    if others:
+        line += f"; next best {others[-1][1]} ({100 * others[-1][0]:.1f}%)"
+    return line + "."
+
+
 def demo_report_html(summary: dict) -> str:
-    """A self-contained HTML page for `groupcoop demo`'s summary.json: method comparison
-    (mean ± std over seeds), per-group bars with error bars and group sizes, per-group table."""
+    """A self-contained HTML page for `groupcoop demo`'s summary.json: a one-line conclusion, the
+    method comparison (mean ± std over seeds) with the groups each trained on ("none" for a method
+    that trains on no groups) and what it needs, the training split's group sizes, per-group bars
+    with error bars and group sizes, per-group table."""
     if not summary:
         raise ValueError("empty demo summary")
     methods = list(summary)
@@ -571,12 +599,26 @@ def demo_report_html(summary: dict) -> str:
                      + _table(["method", *HEADLINE.values()], rows, numeric={1, 2, 3}))
     seeds = f"{n_seeds} seeds ({', '.join(str(s) for s in first['over_seeds'].get('seeds', []))}), mean ± std" \
         if multi else "1 seed"
-    details = [[_e(m), _e(summary[m].get("groups_source", "–")), _e(summary[m].get("selection_groups", "–")),
+    def trained_on(entry: dict) -> str:
+        groups = entry.get("training_groups")
+        if groups is None:  # a summary from before `training_groups`
+            groups = entry.get("groups_source", "–") if entry.get("needs_groups", "train") == "train" else "none"
+        return groups["source"] if isinstance(groups, dict) else groups
+
+    details = [[_e(m), _e(trained_on(summary[m])), _e(summary[m].get("selection_groups", "–")),
                 f"{summary[m].get('trainable_params', 0):,}"] for m in methods]
+    sizes = next((e["training_groups"]["sizes"] for e in summary.values()
+                  if isinstance(e.get("training_groups"), dict) and isinstance(e["training_groups"].get("sizes"), dict)),
+                 None)
+    size_table = ("<h3>Training groups</h3><p>Images per group in the training split (what group-balanced "
+                  "methods balance; methods that train on no groups see only the classes).</p>"
+                  + _table(["group", "training images"], [[_e(g), f"{int(n):,}"] for g, n in sizes.items()],
+                           numeric={1})) if sizes else ""
     comparison = (f"<p>Accuracy in % ({_e(seeds)}).</p>" + "\n".join(parts)
                   + "<h3>Methods</h3>"
                   + _table(["method", "training groups", "model selection on", "trainable parameters"],
-                           details, numeric={3}))
+                           details, numeric={3})
+                  + f"<p>{_e(needs_line(summary))}</p>" + size_table)
 
     chart = _img(_demo_chart(summary, splits), "per-group accuracy per method, " + ", ".join(splits))
     tables = []
@@ -590,7 +632,8 @@ def demo_report_html(summary: dict) -> str:
         tables.append(f"<h3>{_e(split)} split</h3>" + _table(header, rows, numeric=set(range(1, len(header)))))
     per_group = chart + "\n" + "\n".join(tables)
 
-    sections = [_section("comparison", "Comparison", comparison),
+    sections = [f'<p class="conclusion"><b>{_e(conclusion(summary, splits[0]))}</b></p>',
+                _section("comparison", "Comparison", comparison),
                 _section("groups", "Per-group accuracy", per_group)]
     title = f"groupcoop demo on {first.get('dataset', '?')}"
     return _page(title, f"backbone {first.get('backbone', '?')}; methods: {', '.join(methods)}", sections)
@@ -599,14 +642,33 @@ def demo_report_html(summary: dict) -> str:
 # ---------------------------------------------------------------- sweep report
 
 
+def md_cell(text) -> str:
+    """A label as one markdown table cell: `|` escaped, line breaks made spaces (`md_cells` reads it back)."""
+    return " ".join(str(text).replace("\\", "\\\\").replace("|", "\\|").splitlines()) or " "
+
+
+def md_cells(line: str) -> list[str]:
+    """The cells of one markdown table row (`| a | b\\|c |` -> ['a', 'b|c']), as `md_cell` wrote them."""
+    cells, cell, chars = [], [], iter(line.strip())
+    for c in chars:
+        if c == "\\":
+            cell.append(next(chars, ""))
+        elif c == "|":
+            cells.append("".join(cell).strip())
+            cell = []
+        else:
+            cell.append(c)
+    cells.append("".join(cell).strip())
+    return cells[1:-1]  # the row's leading and trailing `|`
+
+
 def _markdown_tables(text: str) -> str:
     """The sweep's table.md as HTML: markdown tables become tables, other lines paragraphs."""
     out, block = [], []
 
     def flush():
         if block:
-            cells = [[c.strip() for c in line.strip().strip("|").split("|")] for line in block
-                     if not set(line.replace("|", "").strip()) <= set("-: ")]
+            cells = [md_cells(line) for line in block if not set(line.replace("|", "").strip()) <= set("-: ")]
             out.append(_table([_e(c) for c in cells[0]], [[_e(c) for c in r] for r in cells[1:]],
                               numeric=set(range(1, len(cells[0])))))
             block.clear()
@@ -654,6 +716,21 @@ def _sweep_chart(rows: list[dict]) -> bytes | None:
     return _png(fig)
 
 
+def _run_links(rows: list[dict]) -> str:
+    """One row per run, linking to its own report.html (relative to the sweep folder, so the pages
+    work wherever the folder is copied)."""
+    from urllib.parse import quote
+
+    body = []
+    for r in rows:
+        folder = r.get("run_folder")
+        link = f'<a href="{_e(quote(folder + "/report.html"))}">{_e(folder)}</a>' if folder else "–"
+        body.append([_e(r["dataset"]), _e(method_label(r)), _e(r["seed"]), _pct(r.get("test_worst_group_acc")),
+                     _pct(r.get("test_avg_acc")), link])
+    return _table(["dataset", "method", "seed", "test worst-group", "test average", "run page"], body,
+                  numeric={2, 3, 4})
+
+
 def sweep_report_html(name: str, rows: list[dict], table_text: str) -> str:
     """A sweep's page: the per-task chart, the methods x datasets table and the suite aggregate."""
     chart = _sweep_chart(rows)
@@ -661,6 +738,8 @@ def sweep_report_html(name: str, rows: list[dict], table_text: str) -> str:
     if chart:
         sections.append(_section("tasks", "Worst-group accuracy per task", _img(chart, "per-task worst-group accuracy")))
     sections.append(_section("tables", "Tables", _markdown_tables(table_text)))
+    if any(r.get("run_folder") for r in rows):
+        sections.append(_section("runs", "Runs", _run_links(rows)))
     n_tasks = len({r["dataset"] for r in rows})
     return _page(f"groupcoop sweep {name}", f"{len(rows)} finished runs on {n_tasks} dataset(s)", sections)
 

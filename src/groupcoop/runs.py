@@ -32,6 +32,16 @@ class Run:
     metrics: dict
     head: Head
     learner: PromptLearner | None = None
+    started: float | None = None  # time.time() when it started (metrics.json's provenance)
+    wall_s: float | None = None  # seconds from its start to its end
+
+    def folder_metrics(self) -> dict:
+        """metrics.json's value: the metrics with their provenance (versions, host, start, wall time)."""
+        from .provenance import PROVENANCE, provenance
+
+        if self.started is None and PROVENANCE in self.metrics:  # a run read back from its folder
+            return self.metrics
+        return {**self.metrics, PROVENANCE: provenance(self.started, self.wall_s)}
 
     def save(self, folder: Path, overwrite: bool = False) -> Path:
         """Write the run folder atomically (refusing a folder that holds anything but a groupcoop run)."""
@@ -54,40 +64,69 @@ def read_run_config(folder: Path) -> dict:
     return config if isinstance(config, dict) else {}
 
 
-def holds_run(folder: Path, settings: dict) -> bool:
-    """Whether `folder` holds a finished run (metrics.json) whose config.yaml equals `settings`
-    (a `RunSettings.dump()`); a group source left unresolved (None) matches the one the run resolved.
-    A config.yaml that cannot be read (not UTF-8, a FIFO: never waited on) is not a finished run."""
-    folder = Path(folder)
+def read_metrics(folder: Path) -> dict | None:
+    """A run folder's metrics.json, or None when it is missing or damaged: not a regular file, not
+    JSON, not a mapping, or a split without the headline numbers (a damaged run is redone, never
+    an internal error)."""
+    from .files import read_text
+    from .metrics import HEADLINE
+
+    try:
+        metrics = json.loads(read_text(Path(folder) / "metrics.json", "metrics"))
+    except (UserError, ValueError):
+        return None
+    splits = metrics.get("splits") if isinstance(metrics, dict) else None
+    if not isinstance(splits, dict) or not splits or not all(
+            isinstance(m, dict) and all(isinstance(m.get(k), (int, float)) for k in HEADLINE) for m in splits.values()):
+        return None
+    return metrics
+
+
+def same_settings(folder: Path, settings: dict) -> bool:
+    """Whether `folder`'s config.yaml equals `settings` (a `RunSettings.dump()`); a group source left
+    unresolved (None) matches the one the run resolved. A config.yaml that cannot be read (not
+    UTF-8, a FIFO: never waited on) matches nothing."""
     try:
         done = read_run_config(folder)
     except UserError:
         return False
     wanted = dict(settings)
     groups = wanted.get("groups")
-    if isinstance(groups, dict) and groups.get("source") is None and isinstance(done, dict) \
-            and isinstance(done.get("groups"), dict):
+    if isinstance(groups, dict) and groups.get("source") is None and isinstance(done.get("groups"), dict):
         wanted["groups"] = {**groups, "source": done["groups"].get("source")}
-    return done == wanted and (folder / "metrics.json").is_file()
+    return done == wanted
 
 
-def fill_run_folder(folder: Path, run: Run) -> None:
-    """Write a run's files into `folder` (created if needed)."""
+def holds_run(folder: Path, settings: dict) -> bool:
+    """Whether `folder` holds a finished run of `settings` (`same_settings`) with intact metrics
+    (`read_metrics`)."""
+    return same_settings(folder, settings) and read_metrics(folder) is not None
+
+
+def fill_run_folder(folder: Path, run: Run, trackers: list[str] | tuple = (), name: str = "") -> None:
+    """Write a run's files into `folder` (created if needed); its epochs go to epochs.csv and to
+    each of `trackers` (`tracking.send`, the run named `name`)."""
+    from .csv_safe import csv_text
+    from .tracking import EPOCH_COLUMNS, epoch_rows, send
+
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.yaml").write_text(yaml.safe_dump(run.settings.dump(), sort_keys=False), encoding="utf-8")
-    (folder / "metrics.json").write_text(json.dumps(run.metrics, indent=1) + "\n", encoding="utf-8")
+    (folder / "metrics.json").write_text(json.dumps(run.folder_metrics(), indent=1) + "\n", encoding="utf-8")
+    (folder / "epochs.csv").write_text(csv_text(epoch_rows(run.metrics), EPOCH_COLUMNS), encoding="utf-8")
     (folder / "report.txt").write_text(run_report(run.metrics) + "\n", encoding="utf-8")
     tokens = nearest_tokens(run.learner) if run.learner is not None else None
     (folder / "report.html").write_text(run_report_html(run.metrics, tokens), encoding="utf-8")
     run.head.save(folder / "head.safetensors")
     if run.learner is not None:
         run.learner.save(folder)
+    if trackers:
+        send(list(trackers), folder, name or folder.name, run.settings.dump(), run.metrics)
 
 
-def write_run(out: Path, run: Run) -> None:
+def write_run(out: Path, run: Run, trackers: list[str] | tuple = ()) -> None:
     """Write the run folder into a temporary sibling, then move it into place."""
     with atomic_folder(Path(out), kind="run") as tmp:
-        fill_run_folder(tmp, run)
+        fill_run_folder(tmp, run, trackers, name=str(out))
 
 
 def discovery_line(d: dict) -> str:

@@ -120,10 +120,7 @@ def as_user_error(err: ValidationError, model: type[BaseModel], where: str, flag
     key = ".".join(loc) or "(value)"
     leaf_model, name = _leaf(model, loc)
     if first["type"] == "extra_forbidden":
-        known = list(leaf_model.model_fields)
-        unknown = f"there is no {flag} {key}" if flag else f"has no setting '{key}'"
-        return UserError(f"{where}{':' if flag else ''} {unknown}{close_matches(name, known)}; "
-                         f"valid: {', '.join(known)}")
+        return unknown_key(where, key, list(leaf_model.model_fields), flag, name)
     if first["type"] == "missing":
         return UserError(f"{where} needs '{key}'; give it" + (f" with {flag} {key}=..." if flag else ""))
     message = first["msg"].removeprefix("Value error, ")
@@ -135,14 +132,23 @@ def as_user_error(err: ValidationError, model: type[BaseModel], where: str, flag
     return UserError(f"{where}: {named}={shown} is not valid ({message})" + (f"; expected {valid}" if valid else ""))
 
 
-def build(model: type[BaseModel], values: Any, where: str, flag: str = ""):
-    """`model(**values)`, with any validation problem as one UserError line (see `as_user_error`)."""
+def unknown_key(where: str, key: str, known: list[str], flag: str = "", name: str | None = None) -> UserError:
+    """The one line for a key that is not a setting: where, the key as typed (`--set epcohs`), the
+    close matches of its last part `name` and every valid key."""
+    unknown = f"there is no {flag} {key}" if flag else f"has no setting '{key}'"
+    return UserError(f"{where}{':' if flag else ''} {unknown}{close_matches(name or key, known)}; "
+                     f"valid: {', '.join(known)}")
+
+
+def build(model: type[BaseModel], values: Any, where: str, flag: str = "", context: dict | None = None):
+    """`model(**values)`, with any validation problem as one UserError line (see `as_user_error`);
+    `context` reaches the model's validators (`ValidationInfo.context`)."""
     if values is None:
         values = {}
     if not isinstance(values, dict):
         raise UserError(f"{where} must be a mapping of keys to values, not {type(values).__name__}")
     try:
-        return model(**values)
+        return model.model_validate(values, context=context) if context is not None else model(**values)
     except ValidationError as err:
         raise as_user_error(err, model, where, flag) from None
     except TypeError as err:  # a key that is not a string

@@ -21,7 +21,7 @@ from .errors import UserError
 from .files import read_yaml_mapping  # noqa: F401 (config files are read with it; re-exported)
 from .labelers import GroupingOptions
 from .methods import get_method
-from .schema import Frozen, Seed, Text, build
+from .schema import Frozen, Seed, Text, build, unknown_key
 
 
 # --- a whole run -----------------------------------------------------------------------------
@@ -89,7 +89,9 @@ class RunSettings(Frozen):
         if "method" not in info.data:
             return value
         recipe = get_method(info.data["method"])
-        return build(recipe.schema, value, f"method {recipe.name} hyper-parameters", flag="--set").model_dump()
+        where = f"method {recipe.name} hyper-parameters"
+        check_hyperparameter_keys(value, [recipe.name], where, flag="--set")
+        return build(recipe.schema, value, where, flag="--set").model_dump()
 
     @property
     def params(self):
@@ -113,6 +115,18 @@ def make_settings(values: dict, where: str = "settings") -> RunSettings:
         if values.get(key) in (None, ""):
             raise UserError(f"missing --{key} (or `{key}:` in --config)")
     return build(RunSettings, values, where)
+
+
+def check_hyperparameter_keys(values: dict, methods: list[str], where: str, flag: str = "") -> None:
+    """The one check of hyper-parameter names, for `train --set` (one method) and a sweep's
+    `--set` and grid `hyperparameters:` (each key for every method that has it): a key that none of
+    `methods` has is refused with one line naming it and its close matches."""
+    if not isinstance(values, dict):
+        return  # not a mapping: the schema says so
+    known = list(dict.fromkeys(k for m in methods for k in get_method(m).schema.model_fields))
+    for key in values:
+        if key not in known:
+            raise unknown_key(where, str(key), known, flag)
 
 
 # --- KEY=VALUE flags and config files -----------------------------------------------------------

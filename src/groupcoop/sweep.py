@@ -17,19 +17,20 @@ from __future__ import annotations
 import math
 import os
 import re
+import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from .errors import UserError
 from .metrics import HEADLINE
-from .report import method_label
+from .report import md_cell, method_label
 from .schema import Frozen, Int, build
-from .settings import make_settings, read_yaml_mapping
+from .settings import check_hyperparameter_keys, make_settings, read_yaml_mapping
 
 
 # --- the grid file ----------------------------------------------------------------------------
@@ -99,8 +100,53 @@ def _expand_names(value):
     return out
 
 
+MAX_RUNS = 10_000  # runs a grid may make unless --max-runs allows more
+_RANGE = re.compile(r"(.*:)?(\d+)\.\.(\d+)")
+
+
+def _as_list(value) -> list:
+    return value if isinstance(value, list) else [] if value is None else [value]
+
+
+def _range_length(text: str, prefixed: bool) -> int | None:
+    """How many items 'lo..hi' (seeds) or 'name:lo..hi' (datasets) names, without listing them."""
+    m = _RANGE.fullmatch(text.strip())
+    if not m or bool(m.group(1)) != prefixed:
+        return None
+    return max(0, int(m.group(3)) - int(m.group(2)) + 1)
+
+
+def count_runs(values: dict) -> int:
+    """How many runs a grid's raw values make, counted from the axis lengths (ranges are never
+    listed), so that a grid of 10^11 runs is refused at once. Methods whose training ignores
+    groups count once per group source, as `expand` runs them."""
+    def items(value, prefixed: bool) -> int:
+        if isinstance(value, str) and not prefixed:  # seeds: '0..9' or '0,1,2'
+            n = _range_length(value, False)
+            return n if n is not None else len(value.split(","))
+        return sum((_range_length(v, True) or 1) if isinstance(v, str) else 1 for v in _as_list(value))
+
+    grid_groups = max(1, len(_as_list(values.get("groups"))))
+    per_method = 0
+    for m in _as_list(values.get("methods")):
+        name = m if isinstance(m, str) else m.get("method") if isinstance(m, dict) else None
+        own = _as_list(m.get("groups")) if isinstance(m, dict) else []
+        try:
+            trains_on_groups = uses_training_groups(name)
+        except (UserError, TypeError):  # an unknown method: refused by name later
+            trains_on_groups = False
+        per_method += len(own) or (grid_groups if trains_on_groups else 1)
+    seeds = values.get("seeds", [0])
+    return (items(values.get("datasets"), True) * max(1, len(_as_list(values.get("backbones")))) * per_method
+            * (items(seeds, False) if isinstance(seeds, str) else max(1, len(_as_list(seeds)))))
+
+
 class Grid(Frozen):
-    """A sweep: every combination of these axes is one run."""
+    """A sweep: every combination of these axes is one run.
+
+    A grid of more than MAX_RUNS runs is refused before it is expanded (validation context
+    `max_runs` raises the cap), and every key of `hyperparameters` must belong to one of its methods.
+    """
 
     name: str = "sweep"
     datasets: Annotated[list[DatasetEntry], Field(min_length=1)]
@@ -114,6 +160,23 @@ class Grid(Frozen):
     device: str = "cpu"  # torch device of every run (features are extracted there too)
     baseline_methods: list[str] = ["coop", "zeroshot"]  # gains in the suite aggregate are measured against these
     focus: str | None = None  # a method label ("groupcoop [gt]"): the suite summary adds its gain over every other method
+
+    @model_validator(mode="before")
+    @classmethod
+    def _size_cap(cls, values, info: ValidationInfo):
+        cap = (info.context or {}).get("max_runs", MAX_RUNS)
+        n = count_runs(values) if isinstance(values, dict) else 0
+        if n > cap:
+            raise UserError(f"the grid makes {n:,} runs, more than the cap of {cap:,}; check its ranges and axes "
+                            f"(e.g. `seeds: 0..4` is 5 seeds), or pass --max-runs {n} to run them all")
+        return values
+
+    @model_validator(mode="after")
+    def _known_hyperparameters(self):
+        check_hyperparameter_keys(self.hyperparameters, [m.method for m in self.methods],
+                                  f"grid hyperparameters (for every method that has the key: "
+                                  f"{', '.join(dict.fromkeys(m.method for m in self.methods))})")
+        return self
 
     @field_validator("datasets", mode="before")
     @classmethod
@@ -146,19 +209,39 @@ class Grid(Frozen):
         return value
 
 
-def load_grid(path: str | Path | None, overrides: dict | None = None) -> Grid:
-    """A grid from a YAML file (or none), with flag values replacing whole axes."""
+def load_grid(path: str | Path | None, overrides: dict | None = None, hyperparameters: dict | None = None,
+              max_runs: int = MAX_RUNS) -> Grid:
+    """A grid from a YAML file (or none), with flag values replacing whole axes and `hyperparameters`
+    (`--set`) added to the grid's; at most `max_runs` runs."""
     values = read_yaml_mapping(path, "grid file") if path else {}
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     if not values.get("datasets") or not values.get("methods"):
         raise UserError("the grid is empty: give datasets and methods (in the grid file or with --datasets/--methods)")
-    return build(Grid, values, f"grid {path}" if path else "grid")
+    grid = build(Grid, values, f"grid {path}" if path else "grid", context={"max_runs": max_runs})
+    if hyperparameters:
+        methods = [m.method for m in grid.methods]
+        check_hyperparameter_keys(hyperparameters, methods, f"sweep --set (for every method that has the key: "
+                                  f"{', '.join(dict.fromkeys(methods))})", flag="--set")
+        grid = grid.model_copy(update={"hyperparameters": {**grid.hyperparameters, **hyperparameters}})
+    return grid
 
 
 # --- runs ---------------------------------------------------------------------------------------
 
+SLUG_MAX = 64  # characters of one run-folder name part
+
+
 def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._=-]+", "_", text).strip("_") or "x"
+    """A label as one safe folder name: ASCII letters, digits and `._=-` only (anything else, `/`,
+    NUL, non-ASCII, becomes `_`), never empty, never starting or ending with `.` (so never `.`,
+    `..` or hidden) and at most SLUG_MAX characters (a long label keeps a hash of the whole)."""
+    import hashlib
+
+    slug = re.sub(r"[^A-Za-z0-9._=-]+", "_", text).strip("_.") or "x"
+    if len(slug) > SLUG_MAX:
+        digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+        slug = slug[:SLUG_MAX - 11].rstrip("_.") + "-" + digest
+    return slug
 
 
 @dataclass(frozen=True)
@@ -282,9 +365,37 @@ def _prepared(spec: RunSpec, cache_dir, workers):
     return _PREPARED[spec.data_key]
 
 
-def _init_worker(threads: int) -> None:
+_PARENT_PID: int | None = None  # in a --jobs worker: the sweep process that started it
+
+
+def _die_with_parent(parent: int) -> None:
+    """Make this worker end when the sweep process does, even by SIGKILL: Linux sends it SIGTERM
+    (prctl PR_SET_PDEATHSIG); elsewhere `_exit_if_orphaned` checks between runs."""
+    global _PARENT_PID
+    _PARENT_PID = parent
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        PR_SET_PDEATHSIG = 1
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        except (OSError, AttributeError):  # no libc prctl: the check between runs remains
+            pass
+    _exit_if_orphaned()  # the parent may have died before prctl
+
+
+def _exit_if_orphaned() -> None:
+    """End a worker whose sweep process is gone (it was reparented), before it starts another run."""
+    if _PARENT_PID is not None and os.getppid() != _PARENT_PID:
+        os._exit(1)  # nothing is being written between runs; nobody is left to report to
+
+
+def _init_worker(threads: int, parent: int | None = None) -> None:
     import torch
 
+    if parent is not None:
+        _die_with_parent(parent)
     torch.set_num_threads(threads)
 
 
@@ -294,7 +405,7 @@ def extract_one(spec: RunSpec, cache_dir, workers) -> str:
 
 
 def run_group(specs: list[RunSpec], out: Path, cache_dir, workers, fuse: bool = True,
-              max_prompts: int | None = None, report=None) -> list[tuple[str, float]]:
+              max_prompts: int | None = None, report=None, trackers: tuple = ()) -> list[tuple[str, float]]:
     """Train runs of one dataset and backbone into their folders (each written atomically as it
     finishes); with `fuse`, the learned-prompt runs in one fused pass (`fusion.py`). `report(folder,
     seconds)` is called as each finishes; returns every (folder, seconds)."""
@@ -302,12 +413,14 @@ def run_group(specs: list[RunSpec], out: Path, cache_dir, workers, fuse: bool = 
     from .pipeline import check_run
     from .runs import write_run
 
+    _exit_if_orphaned()
     prep = _prepared(specs[0], cache_dir, workers)
     settings = [check_run(make_settings(s.settings), prep.dataset, prep.backbone)[1] for s in specs]
     results = []
 
     def done(i: int, run, seconds: float) -> None:
-        write_run(out / specs[i].folder, run)
+        _exit_if_orphaned()
+        write_run(out / specs[i].folder, run, trackers)
         results.append((str(specs[i].folder), seconds))
         if report is not None:
             report(*results[-1])
@@ -346,6 +459,47 @@ def finished(spec: RunSpec, out: Path) -> bool:
     return holds_run(out / spec.folder, spec.settings)
 
 
+def check_run_folders(specs: list[RunSpec], out: Path, overwrite: bool = False) -> None:
+    """Before anything is written: every run folder lies inside `out` (no link or name leads out),
+    and one that holds a run of other settings is replaced only with `overwrite` (a folder holding
+    files groupcoop did not write, never). A folder of the same settings is resumed: kept when
+    finished, redone when its metrics are damaged."""
+    from .files import check_inside, check_replaceable
+    from .runs import same_settings
+
+    for spec in specs:
+        folder = out / spec.folder
+        check_inside(folder, out, "run folder", "remove the link, or choose another --out")
+        if not os.path.lexists(folder) or same_settings(folder, spec.settings):
+            continue
+        check_replaceable(folder, overwrite=True)  # never a folder of the user's files
+        if not overwrite:
+            raise UserError(f"run folder {folder} already holds a run of other settings (the grid changed?); "
+                            "pass --overwrite to replace such runs, or choose another --out")
+
+
+def remove_stale_temporaries(specs: list[RunSpec], out: Path) -> int:
+    """Remove the temporary folders a killed sweep left beside its run folders (`files.atomic_folder`
+    names them `.<run>.tmp-XXXXXXXX` and `.<run>.old-XXXXXXXX`); only those of these specs' runs,
+    whose writer is gone: the caller holds these specs' lock. Returns how many were removed."""
+    import shutil
+
+    from .files import check_inside
+
+    removed = 0
+    for spec in specs:
+        parent = out / spec.folder.parent
+        if not parent.is_dir() or parent.is_symlink():
+            continue
+        pattern = re.compile(rf"\.{re.escape(spec.folder.name)}\.(tmp|old)-[a-z0-9_]{{8}}")
+        for entry in os.scandir(parent):
+            if pattern.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False):
+                check_inside(entry.path, out, "temporary folder", "remove it by hand")
+                shutil.rmtree(entry.path)
+                removed += 1
+    return removed
+
+
 def check_roots(specs: list[RunSpec]) -> None:
     """A dataset folder left as an unset ${VARIABLE} is named before anything runs."""
     for s in specs:
@@ -356,14 +510,22 @@ def check_roots(specs: list[RunSpec]) -> None:
 
 
 def run_sweep(specs: list[RunSpec], out: Path, jobs: int = 1, cache_dir=None, workers: int | None = 0,
-              log=print, fuse: bool = True, max_prompts: int | None = None) -> dict:
+              log=print, fuse: bool = True, max_prompts: int | None = None, overwrite: bool = False,
+              trackers: tuple = ()) -> dict:
     """Run every unfinished spec; returns counts. Progress: done / total with an ETA.
 
     With `fuse`, the learned-prompt runs of each dataset and backbone train together in fused
-    passes (one per worker), at most `max_prompts` prompts per text-encoder call.
+    passes (one per worker), at most `max_prompts` prompts per text-encoder call. The caller holds
+    the lock of these specs (`cli.cmd_sweep`: one per shard). A run folder of other settings is
+    replaced only with `overwrite` (`check_run_folders`). Each run's epochs also go to `trackers`
+    (`tracking.send`).
     """
     out = Path(out)
     check_roots(specs)
+    check_run_folders(specs, out, overwrite)
+    stale = remove_stale_temporaries(specs, out)
+    if stale:
+        log(f"removed {stale} temporary folder(s) left by a killed sweep")
     todo = [s for s in specs if not finished(s, out)]
     total, done_before = len(specs), len(specs) - len(todo)
     log(f"sweep: {total} runs, {done_before} already finished, {len(todo)} to run with {jobs} job(s)"
@@ -385,18 +547,20 @@ def run_sweep(specs: list[RunSpec], out: Path, jobs: int = 1, cache_dir=None, wo
     if jobs == 1:
         _init_worker(threads)
         for unit in units:
-            run_group(unit, out, cache_dir, workers, fuse, max_prompts, report)
+            run_group(unit, out, cache_dir, workers, fuse, max_prompts, report, trackers)
     else:
         import multiprocessing
 
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool:
+        with ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker,
+                                 initargs=(threads, os.getpid())) as pool:
             # features first, one task per dataset, so that no two processes extract the same images
             for future in [pool.submit(extract_one, s, cache_dir, workers) for s in first_of_data]:
                 future.result()
             log(f"features ready ({(time.perf_counter() - start) / 60:.1f} min)")
             start = time.perf_counter()  # the ETA counts runs only
-            pending = {pool.submit(run_group, unit, out, cache_dir, workers, fuse, max_prompts) for unit in units}
+            pending = {pool.submit(run_group, unit, out, cache_dir, workers, fuse, max_prompts, None, trackers)
+                       for unit in units}
             while pending:  # a fused share reports its runs when the whole share is done
                 finished_now, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in finished_now:
@@ -414,15 +578,17 @@ def _progress(log, done, total, ran, to_run, start, folder, seconds) -> None:
 # --- summaries -------------------------------------------------------------------------------------
 
 def collect(specs: list[RunSpec], out: Path) -> list[dict]:
-    """One row per finished run of the grid: its keys and headline metrics (val and test)."""
-    import json
+    """One row per finished run of the grid: its keys, headline metrics (val and test), run folder
+    (relative to `out`) and provenance (versions, commit, host, start and wall time)."""
+    from .provenance import CSV_COLUMNS, PROVENANCE
+
+    from .runs import read_metrics
 
     rows = []
     for spec in specs:
-        path = out / spec.folder / "metrics.json"
-        if not path.is_file():
+        metrics = read_metrics(out / spec.folder)
+        if metrics is None:  # not run yet, or damaged (the next sweep redoes it)
             continue
-        metrics = json.loads(path.read_text(encoding="utf-8"))
         row = dict(spec.keys())
         for split in ("test", "val"):
             for key in HEADLINE:
@@ -431,6 +597,9 @@ def collect(specs: list[RunSpec], out: Path) -> list[dict]:
         if "group_quality" in metrics:
             row["group_agreement"] = metrics["group_quality"].get("accuracy")
             row["group_min_recall"] = metrics["group_quality"].get("min_recall")
+        row["run_folder"] = spec.folder.as_posix()
+        made = metrics.get(PROVENANCE) if isinstance(metrics.get(PROVENANCE), dict) else {}
+        row.update({key: made.get(key) for key in CSV_COLUMNS})
         rows.append(row)
     return rows
 
@@ -458,9 +627,9 @@ def table_md(rows: list[dict], split: str = "test") -> str:
     by_dataset = len(datasets) > len(methods)
     first, columns = ("dataset", methods) if by_dataset else ("method", datasets)
     lines = [f"{split} split, accuracy in % (mean ± std over seeds); each cell: worst-group / average", "",
-             f"| {first} | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+             f"| {first} | " + " | ".join(map(md_cell, columns)) + " |", "|---|" + "---|" * len(columns)]
     for r in (datasets if by_dataset else methods):
-        lines.append(f"| {r} | " + " | ".join(cell(c, r) if by_dataset else cell(r, c) for c in columns) + " |")
+        lines.append(f"| {md_cell(r)} | " + " | ".join(cell(c, r) if by_dataset else cell(r, c) for c in columns) + " |")
     return "\n".join(lines)
 
 
@@ -502,11 +671,11 @@ def suite_aggregate(rows: list[dict], baselines: list[str], split: str = "test")
         if label:
             header += [f"gain vs {b}", f"win rate vs {b}"]
     header += ["worst task"]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(md_cell, header)) + " |", "|" + "---|" * len(header)]
     data = {}
     for m, by_task in table.items():
         tasks = sorted(by_task)
-        cells = [m, str(len(tasks)), f"{100 * np.mean([by_task[t] for t in tasks]):.1f}"]
+        cells = [md_cell(m), str(len(tasks)), f"{100 * np.mean([by_task[t] for t in tasks]):.1f}"]
         entry = {"tasks": len(tasks), "mean": float(np.mean([by_task[t] for t in tasks]))}
         for b, label in baseline_labels.items():
             if not label:
@@ -522,7 +691,7 @@ def suite_aggregate(rows: list[dict], baselines: list[str], split: str = "test")
             entry[f"gain_vs_{b}"] = {"mean": float(diffs.mean()), "ci95": [lo, hi], "win_rate": win,
                                      "min": float(diffs.min())}
         worst = min(tasks, key=lambda t: by_task[t])
-        cells.append(f"{worst} ({100 * by_task[worst]:.1f})")
+        cells.append(f"{md_cell(worst)} ({100 * by_task[worst]:.1f})")
         entry["worst_task"] = {"task": worst, "wga": by_task[worst]}
         data[m] = entry
         lines.append("| " + " | ".join(cells) + " |")
@@ -540,7 +709,7 @@ def focus_table(rows: list[dict], focus: str, split: str = "test") -> str:
     mine = table[focus]
     lines = [f"{focus} against every other method, {split} worst-group accuracy (%), over the tasks both ran: "
              "mean gain with bootstrap 95% interval, share of tasks at least as good, largest loss and gain", "",
-             "| other method | tasks | its mean WGA | gain of " + focus + " | win rate | largest loss | largest gain |",
+             "| other method | tasks | its mean WGA | gain of " + md_cell(focus) + " | win rate | largest loss | largest gain |",
              "|---|---|---|---|---|---|---|"]
     for m, theirs in sorted(table.items(), key=lambda kv: -np.mean(list(kv[1].values()))):
         common = sorted(set(mine) & set(theirs))
@@ -549,9 +718,9 @@ def focus_table(rows: list[dict], focus: str, split: str = "test") -> str:
         diffs = np.array([mine[t] - theirs[t] for t in common])
         lo, hi = bootstrap_ci(diffs)
         worst, best = common[int(np.argmin(diffs))], common[int(np.argmax(diffs))]
-        lines.append(f"| {m} | {len(common)} | {100 * np.mean([theirs[t] for t in common]):.1f} | "
+        lines.append(f"| {md_cell(m)} | {len(common)} | {100 * np.mean([theirs[t] for t in common]):.1f} | "
                      f"{100 * diffs.mean():+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] | {100 * np.mean(diffs >= 0):.0f}% | "
-                     f"{100 * diffs.min():+.1f} ({worst}) | {100 * diffs.max():+.1f} ({best}) |")
+                     f"{100 * diffs.min():+.1f} ({md_cell(worst)}) | {100 * diffs.max():+.1f} ({md_cell(best)}) |")
     return "\n".join(lines)
 
 
