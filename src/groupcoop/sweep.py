@@ -480,7 +480,7 @@ def check_run_folders(specs: list[RunSpec], out: Path, overwrite: bool = False) 
 
 def remove_stale_temporaries(specs: list[RunSpec], out: Path) -> int:
     """Remove the temporary folders a killed sweep left beside its run folders (`files.atomic_folder`
-    names them `.<run>.tmp-XXXXXXXX` and `.<run>.old-XXXXXXXX`); only those of these specs' runs,
+    names them `.<run>.tmp-` or `.<run>.old-` plus 8 random characters); only those of these specs' runs,
     whose writer is gone: the caller holds these specs' lock. Returns how many were removed."""
     import shutil
 
