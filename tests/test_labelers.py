@@ -19,6 +19,7 @@ from groupcoop.labelers import (
     assign_groups,
     group_sizes,
     quality,
+    zeroshot_association,
 )
 
 
@@ -99,7 +100,56 @@ def test_pseudo_beats_noisy_zeroshot(variant):
 
 
 def test_variants_that_refit_or_rescore():
-    assert set(GEOMETRY_VARIANTS) | {"calibrated", "recall"} == set(PSEUDO_VARIANTS)
+    assert set(GEOMETRY_VARIANTS) | {"calibrated", "recall", "adaptive"} == set(PSEUDO_VARIANTS)
+
+
+def _spurious(n=1200, aligned=0.95, seed=0, scores_see_it=False):
+    """Two classes and a binary bias that agrees with the class on `aligned` of the images; the
+    features show the class faintly and the bias strongly. Zero-shot scores are noise about the
+    bias (a feature captions never named) unless `scores_see_it`."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    bias = np.where(rng.random(n) < aligned, y, 1 - y)
+    directions = rng.normal(size=(2, 32))
+    feats = rng.normal(size=(n, 32)) + 0.8 * directions[0] * (2 * y - 1)[:, None] \
+        + 3.0 * directions[1] * (2 * bias - 1)[:, None]
+    feats /= np.linalg.norm(feats, axis=1, keepdims=True)  # unit length, as CLIP's image features
+    said = bias if scores_see_it else rng.integers(0, 2, n)
+    scores = [0.25 + 0.05 * np.eye(2)[said] + 0.01 * rng.normal(size=(n, 2))]
+    return feats, y, bias[:, None], scores
+
+
+def test_adaptive_finds_a_bias_zero_shot_cannot_see():
+    feats, y, attrs, scores = _spurious()
+    truth = true_groups(y, attrs, [2])
+    recall = quality(truth, assign_groups("pseudo", feats, y, [2], scores, variant="recall"))
+    adaptive = quality(truth, assign_groups("pseudo", feats, y, [2], scores, variant="adaptive"))
+    assert recall["min_recall"] < 0.6  # zero-shot's guesses, refined, are still guesses
+    assert adaptive["min_recall"] > 0.9 and adaptive["accuracy"] > 0.95
+    assert np.all(assign_groups("pseudo", feats, y, [2], scores, variant="adaptive") // 2 == y)
+
+
+def test_adaptive_keeps_zero_shot_where_it_sees_the_bias():
+    feats, y, attrs, scores = _spurious(scores_see_it=True)
+    assert zeroshot_association(scores[0].argmax(axis=1), y, 2) > 0.8
+    np.testing.assert_array_equal(assign_attributes("pseudo", feats, y, [2], scores, variant="adaptive"),
+                                  assign_attributes("pseudo", feats, y, [2], scores, variant="recall"))
+
+
+def test_zeroshot_association_is_zero_for_independent_labels_and_one_for_the_class():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 3000)
+    assert zeroshot_association(rng.integers(0, 2, 3000), y, 2) < 0.1
+    assert zeroshot_association(y, y, 3) > 0.99
+    assert zeroshot_association(np.zeros(3000, dtype=int), y, 2) < 0.1  # one value only: no association
+
+
+def test_adaptive_with_one_class_keeps_recall():
+    """No second class, no ERM margin: the zero-shot-based labels stand."""
+    feats, _, _, scores = _spurious(n=200)
+    y = np.zeros(200, dtype=int)
+    np.testing.assert_array_equal(assign_attributes("pseudo", feats, y, [2], scores, variant="adaptive"),
+                                  assign_attributes("pseudo", feats, y, [2], scores, variant="recall"))
 
 
 def _imbalanced(seed=0):

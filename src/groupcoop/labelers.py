@@ -29,7 +29,18 @@ classes.
     `gmm`    - diagonal Gaussian mixture whose means, weights and variances start from the
                zero-shot assignment;
     `blend`  - K-means (zero-shot init) on features concatenated with the zero-shot score
-               vector, scaled to weigh `BLEND_WEIGHT` times the features' spread.
+               vector, scaled to weigh `BLEND_WEIGHT` times the features' spread;
+    `adaptive` - `recall` where zero-shot sees the attribute, the image geometry where it
+               does not. A bias attribute is one the classes lean on, so zero-shot labels of an
+               attribute it can see are associated with the class; where their association
+               (Cramer's V over the whole split) is below `WEAK_ASSOCIATION`, zero-shot cannot
+               see it (a feature captions never named) and the labels come from what an ERM
+               classifier learned instead: within each class and each cell of the attributes
+               zero-shot does see, the images with a low out-of-fold class margin (the low
+               component of a two-Gaussian mixture on the margin, posterior above
+               `CONFLICT_POSTERIOR`) are the bias-conflicting
+               ones. Their value names are then arbitrary (class c's aligned images get value
+               c mod size); the partition is what GroupCoOp needs.
 
 A class with fewer images than clusters cannot be clustered: `pseudo` falls back to
 zero-shot there and `kmeans` gives each image its own cluster. Everything is deterministic
@@ -59,6 +70,9 @@ from .schema import Frozen, Int, PhraseLists, Text
 KMEANS_N_INIT = 10  # restarts for plain `kmeans` (fixed so results do not depend on sklearn's default)
 SELFTRAIN_DROP = 0.3  # share of least-confident zero-shot assignments left out of the seeds
 BLEND_WEIGHT = 0.25  # `blend`: score block's spread relative to the features' spread
+WEAK_ASSOCIATION = 0.4  # `adaptive`: zero-shot labels less class-associated than this are not trusted (dev suite)
+CONFLICT_POSTERIOR = 0.9  # `adaptive`: how sure the margin mixture must be that an image is bias-conflicting (dev)
+MARGIN_FOLDS = 2  # `adaptive`: out-of-fold ERM margins, so an image's margin is not from a model that saw it
 
 _MISSING_SCORES = (
     "the '{method}' group labeler needs zero-shot scores for every bias attribute: give the "
@@ -231,6 +245,7 @@ PSEUDO_VARIANTS: dict[str, Callable[[np.ndarray, np.ndarray, int], np.ndarray]] 
     "kmeans": _pseudo_kmeans,
     "gmm": _pseudo_gmm,
     "blend": _pseudo_blend,
+    "adaptive": _pseudo_recall,  # per class as `recall`; then `_relabel_unseen` (whole split)
 }
 
 
@@ -248,6 +263,7 @@ LABELERS: dict[str, Labeler] = {  # the group sources: --groups takes these name
 }
 GROUP_SOURCES: tuple[str, ...] = tuple(LABELERS)
 DEFAULT_PSEUDO_VARIANT = "recall"  # chosen on the dev suite (docs/defaults.md)
+WHOLE_SPLIT_VARIANTS = ("adaptive",)  # variants that also look across classes (`assign_attributes`)
 
 
 class GroupingOptions(Frozen):
@@ -381,6 +397,72 @@ def assign_attributes(
                 variant=variant,
             )
             out[rows, j] = labeler.label(part)
+    if method == "pseudo" and variant in WHOLE_SPLIT_VARIANTS:
+        out = _relabel_unseen(out, feats, y, attr_sizes, attr_scores, seed)
+    return out
+
+
+# ---------------------------------------------------------------- adaptive: where zero-shot cannot see
+
+
+def zeroshot_association(values: np.ndarray, y: np.ndarray, size: int) -> float:
+    """Cramer's V between the class and an attribute's zero-shot values (add-one smoothed, so
+    an empty cell is no error): how much the labels track the class, 0..1."""
+    from scipy.stats.contingency import association
+
+    classes = np.unique(y)
+    if len(classes) < 2 or size < 2:  # nothing to be associated with
+        return 0.0
+    table = np.zeros((len(classes), size), dtype=np.int64)
+    np.add.at(table, (np.searchsorted(classes, y), values), 1)
+    return float(association(table + 1))
+
+
+def class_margins(feats: np.ndarray, y: np.ndarray, seed: int) -> np.ndarray | None:
+    """Out-of-fold log-odds of each image's own class under a logistic regression on the
+    features (ERM); None when there are not two classes with `MARGIN_FOLDS` images each."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    counts = np.unique(y, return_counts=True)[1]
+    if len(counts) < 2 or counts.min() < MARGIN_FOLDS:
+        return None
+    folds = StratifiedKFold(MARGIN_FOLDS, shuffle=True, random_state=seed)
+    model = LogisticRegression(C=1.0, max_iter=2000, random_state=seed)
+    prob = cross_val_predict(model, feats, np.searchsorted(np.unique(y), y), cv=folds, method="predict_proba")
+    own = np.clip(prob[np.arange(len(y)), np.searchsorted(np.unique(y), y)], 1e-6, 1 - 1e-6)
+    return np.log(own) - np.log1p(-own)
+
+
+def _low_margin(margins: np.ndarray, seed: int) -> np.ndarray:
+    """Which images belong to the lower of two Gaussian components of their margins with
+    posterior above `CONFLICT_POSTERIOR` (all False when there are too few to fit two)."""
+    from sklearn.mixture import GaussianMixture
+
+    if len(margins) < 4 or np.ptp(margins) == 0:
+        return np.zeros(len(margins), dtype=bool)
+    mixture = GaussianMixture(2, random_state=seed).fit(margins[:, None])
+    low = np.argmin(mixture.means_.ravel())
+    return mixture.predict_proba(margins[:, None])[:, low] > CONFLICT_POSTERIOR
+
+
+def _relabel_unseen(out: np.ndarray, feats, y, sizes, scores, seed: int) -> np.ndarray:
+    """`adaptive`: relabel the attributes whose zero-shot values hardly track the class by the
+    ERM margin, within each class x cell of the attributes zero-shot does see."""
+    unseen = [j for j, s in enumerate(sizes)
+              if zeroshot_association(np.argmax(scores[j], axis=1), y, int(s)) < WEAK_ASSOCIATION]
+    margins = class_margins(feats, y, seed) if unseen else None
+    if margins is None:
+        return out
+    seen = [j for j in range(len(sizes)) if j not in unseen]
+    cells = group_index(y, out[:, seen], [int(sizes[j]) for j in seen]) if seen else y
+    out = out.copy()
+    for j in unseen:
+        size = int(sizes[j])
+        for cell in np.unique(cells):
+            rows = np.flatnonzero(cells == cell)
+            aligned = int(y[rows[0]]) % size
+            out[rows, j] = np.where(_low_margin(margins[rows], seed), (aligned + 1) % size, aligned)
     return out
 
 
