@@ -18,6 +18,7 @@ from groupcoop.labelers import (
     assign_attributes,
     assign_groups,
     group_sizes,
+    Reference,
     quality,
     zeroshot_association,
 )
@@ -110,7 +111,7 @@ def _spurious(n=1200, aligned=0.95, seed=0, scores_see_it=False):
     rng = np.random.default_rng(seed)
     y = rng.integers(0, 2, n)
     bias = np.where(rng.random(n) < aligned, y, 1 - y)
-    directions = rng.normal(size=(2, 32))
+    directions = np.random.default_rng(99).normal(size=(2, 32))  # the same world for every split
     feats = rng.normal(size=(n, 32)) + 0.8 * directions[0] * (2 * y - 1)[:, None] \
         + 3.0 * directions[1] * (2 * bias - 1)[:, None]
     feats /= np.linalg.norm(feats, axis=1, keepdims=True)  # unit length, as CLIP's image features
@@ -127,6 +128,18 @@ def test_adaptive_finds_a_bias_zero_shot_cannot_see():
     assert recall["min_recall"] < 0.6  # zero-shot's guesses, refined, are still guesses
     assert adaptive["min_recall"] > 0.9 and adaptive["accuracy"] > 0.95
     assert np.all(assign_groups("pseudo", feats, y, [2], scores, variant="adaptive") // 2 == y)
+
+
+def test_adaptive_labels_a_balanced_split_by_what_the_training_split_taught():
+    """A group-balanced val split shows no class-bias association of its own: which attributes
+    zero-shot cannot see, and the ERM, come from the training split."""
+    train_x, train_y, _, train_scores = _spurious()
+    feats, y, attrs, scores = _spurious(n=600, aligned=0.5, seed=1)
+    truth = true_groups(y, attrs, [2])
+    alone = quality(truth, assign_groups("pseudo", feats, y, [2], scores, variant="adaptive"))
+    taught = quality(truth, assign_groups("pseudo", feats, y, [2], scores, variant="adaptive",
+                                          reference=Reference(train_x, train_y, train_scores)))
+    assert alone["min_recall"] < 0.7 and taught["min_recall"] > 0.9
 
 
 def test_adaptive_keeps_zero_shot_where_it_sees_the_bias():

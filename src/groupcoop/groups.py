@@ -218,17 +218,34 @@ def plan_groups(prep, options: GroupingOptions, seed: int, train_groups: bool = 
     rows = {s: ds.split_indices(s) for s in ("train", "val", "test")}
     labelled: dict[str, np.ndarray] = {}
 
+    whole_split = source == "pseudo" and options.variant in labelers.WHOLE_SPLIT_VARIANTS
+    kept: dict[str, tuple] = {}  # the training split's inputs, kept only for a whole-split variant
+
+    def labeler_inputs(split: str) -> tuple:
+        """(zero-shot scores, features) of a split, each None where the labeler reads none."""
+        if split in kept:
+            return kept[split]
+        r, needs = rows[split], labelers.LABELERS[source]
+        found = (attribute_scores(prep, r, spec.phrases) if needs.needs_scores else None,
+                 prep.feats.numpy(r) if needs.needs_feats else None)
+        if whole_split and split == "train":
+            kept[split] = found
+        return found
+
     def label(split: str) -> np.ndarray:
         r = rows[split]
         if split not in labelled:
             if source == "gt":
                 labelled[split] = ds.groups[r]
             else:
-                scores = attribute_scores(prep, r, spec.phrases) if labelers.LABELERS[source].needs_scores else None
-                feats = prep.feats.numpy(r) if labelers.LABELERS[source].needs_feats else None
+                scores, feats = labeler_inputs(split)
+                reference = None
+                if whole_split and split != "train":
+                    train_scores, train_feats = labeler_inputs("train")
+                    reference = labelers.Reference(train_feats, ds.y[rows["train"]], train_scores)
                 labelled[split] = labelers.assign_groups(
                     source, feats, ds.y[r], spec.sizes, attr_scores=scores, clusters=options.clusters, seed=seed,
-                    variant=options.variant)
+                    variant=options.variant, reference=reference)
         return labelled[split]
 
     report = {s: ((ds.groups[rows[s]], True) if ds.labelled(rows[s]) else (label(s), False))

@@ -332,12 +332,15 @@ def assign_attributes(
     *,
     attrs: np.ndarray | None = None,
     variant: str | None = None,
+    reference: "Reference | None" = None,
 ) -> np.ndarray:
     """Value index per image and attribute, (n, k) int64, labelled class by class.
 
     `attr_scores[j]` (n, attr_sizes[j]) are zero-shot scores (zeroshot, pseudo); `attrs`
     (n, k) true labels (gt); `clusters` overrides the cluster count of `kmeans` (int or one
-    per attribute); `variant` picks the `pseudo` variant (ignored by other methods).
+    per attribute); `variant` picks the `pseudo` variant (ignored by other methods);
+    `reference`, for a whole-split variant labelling val or test, is the training split it
+    learns from (its bias is the one to find; a balanced val split shows none).
     """
     if method not in LABELERS:
         raise UserError(
@@ -398,11 +401,19 @@ def assign_attributes(
             )
             out[rows, j] = labeler.label(part)
     if method == "pseudo" and variant in WHOLE_SPLIT_VARIANTS:
-        out = _relabel_unseen(out, feats, y, attr_sizes, attr_scores, seed)
+        out = _relabel_unseen(out, feats, y, attr_sizes, attr_scores, seed, reference)
     return out
 
 
 # ---------------------------------------------------------------- adaptive: where zero-shot cannot see
+
+
+class Reference(NamedTuple):
+    """The training split a whole-split variant learns from when it labels another split."""
+
+    feats: np.ndarray
+    y: np.ndarray
+    scores: Sequence[np.ndarray]
 
 
 def zeroshot_association(values: np.ndarray, y: np.ndarray, size: int) -> float:
@@ -418,19 +429,25 @@ def zeroshot_association(values: np.ndarray, y: np.ndarray, size: int) -> float:
     return float(association(table + 1))
 
 
-def class_margins(feats: np.ndarray, y: np.ndarray, seed: int) -> np.ndarray | None:
-    """Out-of-fold log-odds of each image's own class under a logistic regression on the
-    features (ERM); None when there are not two classes with `MARGIN_FOLDS` images each."""
+def class_margins(feats: np.ndarray, y: np.ndarray, seed: int, reference: Reference | None = None) -> np.ndarray | None:
+    """Log-odds of each image's own class under a logistic regression on the features (ERM):
+    out-of-fold, or fitted on `reference` (the training split) when given. None when the
+    training images do not hold two classes with `MARGIN_FOLDS` images each, or an image's
+    class is not among them."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
-    counts = np.unique(y, return_counts=True)[1]
-    if len(counts) < 2 or counts.min() < MARGIN_FOLDS:
+    train_x, train_y = (feats, y) if reference is None else (reference.feats, reference.y)
+    classes, counts = np.unique(train_y, return_counts=True)
+    if len(classes) < 2 or counts.min() < MARGIN_FOLDS or not np.isin(y, classes).all():
         return None
-    folds = StratifiedKFold(MARGIN_FOLDS, shuffle=True, random_state=seed)
     model = LogisticRegression(C=1.0, max_iter=2000, random_state=seed)
-    prob = cross_val_predict(model, feats, np.searchsorted(np.unique(y), y), cv=folds, method="predict_proba")
-    own = np.clip(prob[np.arange(len(y)), np.searchsorted(np.unique(y), y)], 1e-6, 1 - 1e-6)
+    if reference is None:
+        folds = StratifiedKFold(MARGIN_FOLDS, shuffle=True, random_state=seed)
+        prob = cross_val_predict(model, feats, np.searchsorted(classes, y), cv=folds, method="predict_proba")
+    else:
+        prob = model.fit(train_x, np.searchsorted(classes, train_y)).predict_proba(feats)
+    own = np.clip(prob[np.arange(len(y)), np.searchsorted(classes, y)], 1e-6, 1 - 1e-6)
     return np.log(own) - np.log1p(-own)
 
 
@@ -446,12 +463,14 @@ def _low_margin(margins: np.ndarray, seed: int) -> np.ndarray:
     return mixture.predict_proba(margins[:, None])[:, low] > CONFLICT_POSTERIOR
 
 
-def _relabel_unseen(out: np.ndarray, feats, y, sizes, scores, seed: int) -> np.ndarray:
+def _relabel_unseen(out: np.ndarray, feats, y, sizes, scores, seed: int, reference: Reference | None) -> np.ndarray:
     """`adaptive`: relabel the attributes whose zero-shot values hardly track the class by the
-    ERM margin, within each class x cell of the attributes zero-shot does see."""
+    ERM margin, within each class x cell of the attributes zero-shot does see. Which attributes
+    those are, and the ERM, come from the training split (`reference`, or this split itself)."""
+    ref = reference or Reference(feats, y, scores)
     unseen = [j for j, s in enumerate(sizes)
-              if zeroshot_association(np.argmax(scores[j], axis=1), y, int(s)) < WEAK_ASSOCIATION]
-    margins = class_margins(feats, y, seed) if unseen else None
+              if zeroshot_association(np.argmax(ref.scores[j], axis=1), ref.y, int(s)) < WEAK_ASSOCIATION]
+    margins = class_margins(feats, y, seed, reference) if unseen else None
     if margins is None:
         return out
     seen = [j for j in range(len(sizes)) if j not in unseen]
@@ -477,11 +496,12 @@ def assign_groups(
     *,
     attrs: np.ndarray | None = None,
     variant: str | None = None,
+    reference: "Reference | None" = None,
 ) -> np.ndarray:
     """Group index per image: class x product of the attributes from `assign_attributes`
     (radices from `group_sizes`, so kmeans with extra clusters never collides)."""
     a = assign_attributes(
-        method, feats, y, attr_sizes, attr_scores, clusters, seed, attrs=attrs, variant=variant
+        method, feats, y, attr_sizes, attr_scores, clusters, seed, attrs=attrs, variant=variant, reference=reference
     )
     return group_index(y, a, group_sizes(method, attr_sizes, clusters))
 
