@@ -6,8 +6,9 @@ A task's kind is that of its least-named bias attribute, by the world card's ban
 (`groupcoop.world.attribute_kind` on the bundled model's held-out zero-shot accuracy): tasks
 carrying the mark are "unnamed", tasks carrying the pattern but not the mark "rarely named",
 the others "well named". Reads the sweep's runs.csv; prints, per kind and per method [groups],
-the mean over tasks (of each task's mean over seeds) of test worst-group accuracy and of the
-labeler's minimum per-group recall on the training split.
+the mean over tasks (of each task's mean over seeds) of test worst-group accuracy (with its
+standard deviation over tasks) and of the labeler's minimum per-group recall on the training
+split; then the same for the rarely named and unnamed tasks together ("weakly named").
 """
 
 from __future__ import annotations
@@ -55,20 +56,20 @@ def main() -> None:
         entry = f"{row['method']} [{row['groups']}]" if row.get("groups") else row["method"]
         cells[(kind, entry)][row["dataset"]].append((wga, number(row.get("group_min_recall"))))
     print(f"kinds of the bundled model's attributes: {kind_of}")
-    for kind in KINDS:
-        entries = sorted(e for k, e in cells if k == kind)
+    for title, group in [*((k, (k,)) for k in KINDS), ("weakly named (rarely named or unnamed)", KINDS[1:])]:
+        entries = sorted({e for k, e in cells if k in group})
         if not entries:
             continue
-        n_tasks = len({d for k, e in cells if k == kind for d in cells[(k, e)]})
-        print(f"\n{kind}: {n_tasks} tasks\n")
-        print("| method [groups] | tasks | mean WGA | mean min recall of the groups |")
-        print("|---|---|---|---|")
+        n_tasks = len({d for k, e in cells if k in group for d in cells[(k, e)]})
+        print(f"\n{title}: {n_tasks} tasks\n")
+        print("| method [groups] | tasks | mean WGA | sd over tasks | mean min recall of the groups |")
+        print("|---|---|---|---|---|")
         for entry in entries:
-            per_task = cells[(kind, entry)].values()
-            wga = np.mean([np.mean([w for w, _ in runs]) for runs in per_task])
+            per_task = [runs for k in group for runs in cells.get((k, entry), {}).values()]
+            wgas = [np.mean([w for w, _ in runs]) for runs in per_task]
             recalls = [np.mean([r for _, r in runs]) for runs in per_task if all(r is not None for _, r in runs)]
             recall = f"{100 * np.mean(recalls):.1f}" if recalls else "-"
-            print(f"| {entry} | {len(per_task)} | {100 * wga:.1f} | {recall} |")
+            print(f"| {entry} | {len(per_task)} | {100 * np.mean(wgas):.1f} | {100 * np.std(wgas):.1f} | {recall} |")
 
 
 if __name__ == "__main__":
