@@ -72,6 +72,7 @@ SELFTRAIN_DROP = 0.3  # share of least-confident zero-shot assignments left out 
 BLEND_WEIGHT = 0.25  # `blend`: score block's spread relative to the features' spread
 WEAK_ASSOCIATION = 0.4  # `adaptive`: zero-shot labels less class-associated than this are not trusted (dev suite)
 CONFLICT_POSTERIOR = 0.9  # `adaptive`: how sure the margin mixture must be that an image is bias-conflicting (dev)
+MIN_CELL = 4  # `adaptive`: a class x cell with fewer images keeps its zero-shot-based labels
 MARGIN_FOLDS = 2  # `adaptive`: out-of-fold ERM margins, so an image's margin is not from a model that saw it
 
 _MISSING_SCORES = (
@@ -451,13 +452,13 @@ def class_margins(feats: np.ndarray, y: np.ndarray, seed: int, reference: Refere
     return np.log(own) - np.log1p(-own)
 
 
-def _low_margin(margins: np.ndarray, seed: int) -> np.ndarray:
+def _low_margin(margins: np.ndarray, seed: int) -> np.ndarray | None:
     """Which images belong to the lower of two Gaussian components of their margins with
-    posterior above `CONFLICT_POSTERIOR` (all False when there are too few to fit two)."""
+    posterior above `CONFLICT_POSTERIOR`; None when there are too few distinct margins to fit two."""
     from sklearn.mixture import GaussianMixture
 
-    if len(margins) < 4 or np.ptp(margins) == 0:
-        return np.zeros(len(margins), dtype=bool)
+    if len(margins) < MIN_CELL or np.ptp(margins) == 0:
+        return None
     mixture = GaussianMixture(2, random_state=seed).fit(margins[:, None])
     low = np.argmin(mixture.means_.ravel())
     return mixture.predict_proba(margins[:, None])[:, low] > CONFLICT_POSTERIOR
@@ -480,8 +481,11 @@ def _relabel_unseen(out: np.ndarray, feats, y, sizes, scores, seed: int, referen
         size = int(sizes[j])
         for cell in np.unique(cells):
             rows = np.flatnonzero(cells == cell)
+            low = _low_margin(margins[rows], seed)
+            if low is None:  # too few images to split: the zero-shot-based labels stand
+                continue
             aligned = int(y[rows[0]]) % size
-            out[rows, j] = np.where(_low_margin(margins[rows], seed), (aligned + 1) % size, aligned)
+            out[rows, j] = np.where(low, (aligned + 1) % size, aligned)
     return out
 
 
