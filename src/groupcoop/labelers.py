@@ -333,7 +333,7 @@ def assign_attributes(
     *,
     attrs: np.ndarray | None = None,
     variant: str | None = None,
-    reference: "Reference | None" = None,
+    reference: Reference | None = None,
 ) -> np.ndarray:
     """Value index per image and attribute, (n, k) int64, labelled class by class.
 
@@ -438,7 +438,7 @@ def class_margins(feats: np.ndarray, y: np.ndarray, seed: int, reference: Refere
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
-    train_x, train_y = (feats, y) if reference is None else (reference.feats, reference.y)
+    train_y = y if reference is None else reference.y
     classes, counts = np.unique(train_y, return_counts=True)
     if len(classes) < 2 or counts.min() < MARGIN_FOLDS or not np.isin(y, classes).all():
         return None
@@ -447,7 +447,7 @@ def class_margins(feats: np.ndarray, y: np.ndarray, seed: int, reference: Refere
         folds = StratifiedKFold(MARGIN_FOLDS, shuffle=True, random_state=seed)
         prob = cross_val_predict(model, feats, np.searchsorted(classes, y), cv=folds, method="predict_proba")
     else:
-        prob = model.fit(train_x, np.searchsorted(classes, train_y)).predict_proba(feats)
+        prob = model.fit(reference.feats, np.searchsorted(classes, train_y)).predict_proba(feats)
     own = np.clip(prob[np.arange(len(y)), np.searchsorted(classes, y)], 1e-6, 1 - 1e-6)
     return np.log(own) - np.log1p(-own)
 
@@ -500,7 +500,7 @@ def assign_groups(
     *,
     attrs: np.ndarray | None = None,
     variant: str | None = None,
-    reference: "Reference | None" = None,
+    reference: Reference | None = None,
 ) -> np.ndarray:
     """Group index per image: class x product of the attributes from `assign_attributes`
     (radices from `group_sizes`, so kmeans with extra clusters never collides)."""
