@@ -32,7 +32,7 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 def make_dataset(root: Path, n: int, size: int = 256) -> None:
-    from groupcoop.data.synthetic import make_task_dataset
+    from groupcoop.data.world.synthetic import make_task_dataset
 
     ds = make_task_dataset("synth-waterbirds")
     lines = ["path,y,place,split"]
@@ -59,7 +59,7 @@ def timed(fn) -> float:
 
 def run_rows(args, bb, dataset, root: Path, device: str) -> list[list[str]]:
     """Rows for one device: bare encoder and extract_features per precision."""
-    from groupcoop.features import extract_features, resolve_precision
+    from groupcoop.features.extract import extract_features, resolve_precision
 
     n = len(dataset.images)
     preloaded = torch.stack([bb.preprocess(dataset.images.load(i)) for i in range(n)]).to(device)
@@ -134,9 +134,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     args.procs = [int(v) for v in args.procs.split(",") if v]
     torch.set_num_threads(cpu_count())
-    from groupcoop.backbone import load_backbone
+    from groupcoop.backbones.families import load_backbone
     from groupcoop.data.registry import load_dataset
-    from groupcoop.features import default_workers
+    from groupcoop.features.extract import default_workers
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none visible"
     say("# groupcoop extraction benchmark")

@@ -31,14 +31,14 @@ TINY = "groupcoop-tiny"
 
 
 def load(name: str):
-    from groupcoop.backbone import load_backbone
+    from groupcoop.backbones.families import load_backbone
 
     return load_backbone(name, None if name == TINY else "random")
 
 
 def run_settings(prep, name: str, methods: list[str], seeds: int, epochs: int) -> list:
-    from groupcoop.pipeline import check_run
-    from groupcoop.settings import make_settings
+    from groupcoop.runs.pipeline import check_run
+    from groupcoop.runs.settings import make_settings
 
     return [check_run(make_settings({"dataset": prep.dataset.name, "backbone": name, "method": m, "seed": s,
                                      "hyperparameters": {"epochs": epochs}}), prep.dataset, prep.backbone)[1]
@@ -47,7 +47,7 @@ def run_settings(prep, name: str, methods: list[str], seeds: int, epochs: int) -
 
 def warm_up(prep, settings) -> None:
     """A few text-encoder steps of the biggest learner, so that neither way pays first-call costs."""
-    from groupcoop.pipeline import plan_run
+    from groupcoop.runs.pipeline import plan_run
 
     run = plan_run(prep, max(settings, key=lambda s: s.method == "groupcoop"), log=lambda _: None).start()
     run.start()
@@ -68,7 +68,7 @@ def max_differences(alone: list, fused: list) -> tuple[float, float, float]:
 
 
 def bench(name: str, args) -> list[str]:
-    from groupcoop.fusion import fit_runs
+    from groupcoop.runs.fusion import fit_runs
 
     bb = load(name)
     prep = waterbirds_like(bb, scale=args.scale)
@@ -112,7 +112,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     torch.set_num_threads(args.threads)
-    from groupcoop.fusion import DEFAULT_MAX_PROMPTS
+    from groupcoop.runs.fusion import DEFAULT_MAX_PROMPTS
 
     args.max_prompts = args.max_prompts or DEFAULT_MAX_PROMPTS
     say("# groupcoop fused-training benchmark")

@@ -58,7 +58,7 @@ def sizes(args) -> dict:
 
 
 def load(name: str, device: str):
-    from groupcoop.backbone import load_backbone
+    from groupcoop.backbones.families import load_backbone
 
     return load_backbone(name, None if name == TINY else "random", device=device)
 
@@ -137,7 +137,7 @@ def encode_all(bb, batch, size: int, device: str, precision: str):
 def section_extraction(args, ctx) -> dict:
     import torch
 
-    from groupcoop.features import default_workers, extract_features
+    from groupcoop.features.extract import default_workers, extract_features
 
     n, repeats = ctx["sizes"]["images"], ctx["sizes"]["repeats"]
     dataset = ctx["images"].get(n)
@@ -204,9 +204,9 @@ def section_train_step(args, ctx) -> dict:
     from fused import run_settings
     from train_step import waterbirds_like
 
-    from groupcoop.fusion import step_together
-    from groupcoop.pipeline import plan_run
-    from groupcoop.sweep import GPU_RUN_STEP_S, GPU_TEXT_CALL_S
+    from groupcoop.runs.fusion import step_together
+    from groupcoop.runs.pipeline import plan_run
+    from groupcoop.sweeps.sweep import GPU_RUN_STEP_S, GPU_TEXT_CALL_S
 
     steps = ctx["sizes"]["steps"]
     rows, fits = [], {}
@@ -263,10 +263,10 @@ def section_sweep(args, ctx) -> dict:
     from fused import max_differences
     from train_step import waterbirds_like
 
-    from groupcoop.fusion import DEFAULT_MAX_PROMPTS, fit_runs
-    from groupcoop.pipeline import check_run
-    from groupcoop.settings import make_settings
-    from groupcoop.sweep import fused_pass_seconds, step_seconds, TrainingCost
+    from groupcoop.runs.fusion import DEFAULT_MAX_PROMPTS, fit_runs
+    from groupcoop.runs.pipeline import check_run
+    from groupcoop.runs.settings import make_settings
+    from groupcoop.sweeps.sweep import fused_pass_seconds, step_seconds, TrainingCost
 
     arch = args.archs[0]
     epochs, seeds = ctx["sizes"]["sweep_epochs"], ctx["sizes"]["sweep_seeds"]
@@ -370,7 +370,7 @@ def main(argv=None) -> int:
         return 2
     import open_clip
 
-    from groupcoop.sweep import GPU_TEXT_CALL_S
+    from groupcoop.sweeps.sweep import GPU_TEXT_CALL_S
     from speed import cpu_count, cpu_model, say, table
 
     torch.manual_seed(0)

@@ -54,7 +54,7 @@ class FakeImages:
 def backbone():
     import open_clip
 
-    from groupcoop.backbone import load_backbone
+    from groupcoop.backbones.families import load_backbone
 
     folder = Path(tempfile.mkdtemp(prefix="groupcoop-memtest-"))
     (folder / f"{MODEL}.json").write_text(json.dumps(CONFIG))
@@ -77,7 +77,7 @@ def write_cache(n: int, cache_dir: Path, dim: int = 512, chunk: int = 65536) -> 
     """Random float16 rows written shard by shard as extraction would; returns the bytes of features."""
     import torch
 
-    from groupcoop.features import open_cache
+    from groupcoop.features.extract import open_cache
 
     cache, shards = open_cache(backbone(), FakeImages(n), cache_dir, "float16")
     gen = torch.Generator().manual_seed(0)
@@ -97,8 +97,8 @@ def measure(n: int, cache_dir: Path, batch_size: int, baseline: bool, groups: st
     """In this process: train one epoch on the cache (or stop before, for the baseline)."""
     import torch
 
-    from groupcoop.pipeline import check_run, prepare, run_method
-    from groupcoop.settings import make_settings
+    from groupcoop.runs.pipeline import check_run, prepare, run_method
+    from groupcoop.runs.settings import make_settings
 
     torch.set_num_threads(1)
     bb, ds = backbone(), dataset(n, held_out)

@@ -35,11 +35,11 @@ def main(argv=None) -> int:
     p.add_argument("--wait-idle", type=float, default=0.0, help="wait up to this many seconds for an idle machine")
     args = p.parse_args(argv)
     torch.set_num_threads(cpu_count())
-    from groupcoop.backbone import load_backbone
+    from groupcoop.backbones.families import load_backbone
     from groupcoop.data.registry import load_dataset
-    from groupcoop.features import default_workers, extract_features
-    from groupcoop.head import Head
-    from groupcoop.predict import GroupCoOpClassifier, predict_files
+    from groupcoop.features.extract import default_workers, extract_features
+    from groupcoop.methods.head import Head
+    from groupcoop.runs.predict import GroupCoOpClassifier, predict_files
 
     workers = default_workers() if args.workers is None else args.workers
     say("# groupcoop predict benchmark")

@@ -178,7 +178,7 @@ class FullLengthPrompts:
 
 def group_prompt_names() -> list[str]:
     """GroupCoOp's prompts for synth-waterbirds: 2 classes x 2 background groups."""
-    from groupcoop.data.synthetic import make_task_dataset
+    from groupcoop.data.world.synthetic import make_task_dataset
 
     ds = make_task_dataset("synth-waterbirds")
     return [phrase.format(c) for c in ds.class_names for phrase in ds.attribute_phrases[0]]
@@ -186,7 +186,7 @@ def group_prompt_names() -> list[str]:
 
 def many_prompt_names(n: int) -> list[str]:
     """n distinct group-style prompt names ("red circle on water") from the synthetic world."""
-    from groupcoop.data.synthetic import BACKGROUNDS, COLOURS, SHAPES, SIZES
+    from groupcoop.data.world.synthetic import BACKGROUNDS, COLOURS, SHAPES, SIZES
 
     names = [f"{z} {c} {s} on {b}" for b in BACKGROUNDS for c in COLOURS for s in SHAPES for z in SIZES]
     if n > len(names):
@@ -197,8 +197,8 @@ def many_prompt_names(n: int) -> list[str]:
 # --- 1. training step -------------------------------------------------------------------
 
 def bench_step(bb, args, timing_kw) -> dict:
-    from groupcoop.data.synthetic import SyntheticImages, make_task_dataset
-    from groupcoop.prompts import PromptLearner
+    from groupcoop.data.world.synthetic import SyntheticImages, make_task_dataset
+    from groupcoop.methods.prompts import PromptLearner
 
     names = group_prompt_names()
     learner = PromptLearner(bb, names, n_ctx=args.n_ctx, init="a photo of a", shared=False,
@@ -265,7 +265,7 @@ def bench_step(bb, args, timing_kw) -> dict:
 # --- 2. text forward+backward, cut vs 77 tokens -----------------------------------------
 
 def bench_text(bb, args, timing_kw) -> dict:
-    from groupcoop.prompts import PromptLearner
+    from groupcoop.methods.prompts import PromptLearner
 
     mon = CpuMonitor()
     rows, cut_rows, worst_diff = [], [], 0.0
@@ -319,8 +319,8 @@ def bench_text(bb, args, timing_kw) -> dict:
 # --- 3. extraction throughput -----------------------------------------------------------
 
 def bench_extract(bb, args) -> dict:
-    from groupcoop.data.synthetic import SyntheticImages, make_task_dataset
-    from groupcoop.features import default_workers, extract_features
+    from groupcoop.data.world.synthetic import SyntheticImages, make_task_dataset
+    from groupcoop.features.extract import default_workers, extract_features
 
     ds = make_task_dataset("synth-waterbirds")
     src = SyntheticImages(ds.images.table[:args.images], ds.images.seed)
@@ -430,7 +430,7 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     import open_clip
 
-    from groupcoop.backbone import load_backbone
+    from groupcoop.backbones.families import load_backbone
 
     say("# groupcoop speed benchmark")
     say()

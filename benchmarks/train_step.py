@@ -54,7 +54,7 @@ class Variant:
 
 
 def make_step(bb, n_prompts: int, variant: Variant, batch: int = 128, n_train: int = 4795):
-    from groupcoop.prompts import PromptLearner
+    from groupcoop.methods.prompts import PromptLearner
 
     learner = PromptLearner(bb, prompt_names(n_prompts), n_ctx=16, shared=False,
                             generator=torch.Generator().manual_seed(0))
@@ -177,8 +177,8 @@ def waterbirds_like(bb, seed: int = 0, scale: float = 1.0):
     """Waterbirds' split and group sizes (times `scale`, at least 2 per group) with random 'cached'
     features (no images)."""
     from groupcoop.data.base import GroupDataset
-    from groupcoop.features import Features
-    from groupcoop.pipeline import Prepared
+    from groupcoop.features.extract import Features
+    from groupcoop.runs.pipeline import Prepared
 
     sizes = {"train": [3498, 184, 56, 1057], "val": [467, 466, 133, 133], "test": [2255, 2255, 642, 642]}
     y, attrs, split = [], [], []
@@ -197,10 +197,10 @@ def waterbirds_like(bb, seed: int = 0, scale: float = 1.0):
 
 
 def bench_whole(bb, args) -> None:
-    import groupcoop.backbone_openclip as backbone_module
-    from groupcoop.demo import run_demo
-    from groupcoop.pipeline import check_run, run_method
-    from groupcoop.settings import make_settings
+    import groupcoop.backbones.open_clip as backbone_module
+    from groupcoop.runs.demo import run_demo
+    from groupcoop.runs.pipeline import check_run, run_method
+    from groupcoop.runs.settings import make_settings
 
     prep = waterbirds_like(bb)
     settings = make_settings({"dataset": "waterbirds-size", "backbone": "ViT-B-16", "pretrained": "random",
@@ -272,7 +272,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     import open_clip
 
-    from groupcoop.backbone import load_backbone
+    from groupcoop.backbones.families import load_backbone
 
     say("# groupcoop training-step benchmark")
     say()

@@ -3,7 +3,7 @@
     python scripts/by_attribute_kind.py runs/suite-report
 
 A task's kind is that of its least-named bias attribute, by the world card's bands
-(`groupcoop.world.attribute_kind` on the bundled model's held-out zero-shot accuracy): tasks
+(`groupcoop.data.world.card.attribute_kind` on the bundled model's held-out zero-shot accuracy): tasks
 carrying the mark are "unnamed", tasks carrying the pattern but not the mark "rarely named",
 the others "well named". Reads the sweep's runs.csv; prints, per kind and per method [groups],
 the mean over tasks (of each task's mean over seeds) of test worst-group accuracy (with its
@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from groupcoop.backbone import TINY, load_backbone
-from groupcoop.data.synthetic import parse_random_task_name, random_task
-from groupcoop.world import KINDS, attribute_kind, zero_shot_accuracy
+from groupcoop.backbones.families import TINY, load_backbone
+from groupcoop.data.world.synthetic import parse_random_task_name, random_task
+from groupcoop.data.world.card import KINDS, attribute_kind, zero_shot_accuracy
 
 
 def task_kind(dataset: str, kind_of: dict[str, str]) -> str | None:

@@ -9,7 +9,7 @@ per-group recall; a labeler that folds a 5-image group into the majority scores 
 however high its overall agreement). No training: features come from the cache, labelling
 takes seconds. Prints one row per task, a summary table, and the same table for each kind of
 task: a task's kind is that of its least-named bias attribute (the world card's bands:
-`groupcoop.world.attribute_kind`), so "unnamed" tasks carry the mark and "rarely named" ones the
+`groupcoop.data.world.card.attribute_kind`), so "unnamed" tasks carry the mark and "rarely named" ones the
 pattern without the mark.
 """
 
@@ -20,14 +20,14 @@ import argparse
 import numpy as np
 import torch
 
-from groupcoop.backbone import TINY, load_backbone
+from groupcoop.backbones.families import TINY, load_backbone
 from groupcoop.data.registry import load_dataset
-from groupcoop.groups import plan_groups, resolve_grouping
-from groupcoop.labelers import PSEUDO_VARIANTS, GroupingOptions
-from groupcoop.pipeline import prepare
+from groupcoop.grouping.plan import plan_groups, resolve_grouping
+from groupcoop.grouping.labelers import PSEUDO_VARIANTS, GroupingOptions
+from groupcoop.runs.pipeline import prepare
 from groupcoop.presets import resolve
-from groupcoop.sweep import load_grid
-from groupcoop.world import KINDS, attribute_kind, zero_shot_accuracy
+from groupcoop.sweeps.sweep import load_grid
+from groupcoop.data.world.card import KINDS, attribute_kind, zero_shot_accuracy
 
 DEFAULT_LABELERS = ["zeroshot", "kmeans"] + [f"pseudo:{v}" for v in PSEUDO_VARIANTS]
 

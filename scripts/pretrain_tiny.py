@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from groupcoop.backbone import TINY, load_backbone
-from groupcoop import world
+from groupcoop.backbones.families import TINY, load_backbone
+from groupcoop.data.world import card as world
 from groupcoop.data import synthetic
 
 MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)

@@ -4,9 +4,9 @@
     python scripts/readme_figures.py [runs/demo/summary.json] [--out docs/img]
 
 - world-grid.png: the demo task (synth-waterbirds) train split, one row per group
-  (`groupcoop.gallery.group_grid`, seed 0);
+  (`groupcoop.reports.gallery.group_grid`, seed 0);
 - demo-groups.png: the demo's per-group test accuracy per method, error bars over seeds,
-  group sizes under the names (`groupcoop.report.demo_groups_png`).
+  group sizes under the names (`groupcoop.reports.report.demo_groups_png`).
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import argparse
 import json
 from pathlib import Path
 
-from groupcoop.data.synthetic import make_task_dataset
-from groupcoop.files import atomic_write
-from groupcoop.gallery import group_grid
-from groupcoop.report import demo_groups_png
+from groupcoop.data.world.synthetic import make_task_dataset
+from groupcoop.io.write import atomic_write
+from groupcoop.reports.gallery import group_grid
+from groupcoop.reports.report import demo_groups_png
 
 TASK = "synth-waterbirds"
 

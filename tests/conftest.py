@@ -33,7 +33,7 @@ def feature_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_backbone():
-    from groupcoop.backbone import load_backbone
+    from groupcoop.backbones.families import load_backbone
 
     return load_backbone(TINY)
 
@@ -41,8 +41,8 @@ def tiny_backbone():
 @pytest.fixture(scope="session")
 def waterbirds_prep(feature_cache):
     """synth-waterbirds with groupcoop-tiny features (extracted once, into the session cache)."""
-    from groupcoop.data.synthetic import make_task_dataset
-    from groupcoop.pipeline import prepare
+    from groupcoop.data.world.synthetic import make_task_dataset
+    from groupcoop.runs.pipeline import prepare
 
     return prepare(make_task_dataset("synth-waterbirds"), TINY, progress=False)
 
@@ -57,7 +57,7 @@ class CliResult:
 @pytest.fixture
 def cli(capsys):
     """Run `groupcoop ARGS...` in-process; returns exit code, stdout and stderr."""
-    from groupcoop.cli import main
+    from groupcoop.cli.main import main
 
     def run(*argv) -> CliResult:
         capsys.readouterr()

@@ -71,8 +71,8 @@ def settings_values(run: dict) -> dict:
 
 def metrics_for(prep, runs: list[dict]) -> dict[str, dict]:
     """metrics.json of each run on one task's prepared features (the JSON round trip a run folder makes)."""
-    from groupcoop.pipeline import check_run, run_method
-    from groupcoop.settings import make_settings
+    from groupcoop.runs.pipeline import check_run, run_method
+    from groupcoop.runs.settings import make_settings
 
     out = {}
     for run in runs:
@@ -118,7 +118,7 @@ def compute(tasks, cache_dir=None) -> dict[str, dict]:
     import torch
 
     from groupcoop.data.registry import load_dataset
-    from groupcoop.pipeline import prepare
+    from groupcoop.runs.pipeline import prepare
 
     torch.set_num_threads(THREADS)
     out = {}

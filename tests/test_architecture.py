@@ -1,6 +1,7 @@
-"""The package's shape, read from its source: imports form no cycle (function-level imports
-included), each model family's library is imported by its adapter alone, nothing outside an
-adapter reaches into a backbone's model, and no code dispatches on hyper-parameter classes."""
+"""The package's shape, read from its source: folders by responsibility whose imports only run down
+the data's way through the house (function-level imports included) and form no cycle; no module over
+500 lines and no function over 80; each model family's library imported by its adapter alone; nothing
+outside an adapter reaching into a backbone's model; no dispatch on hyper-parameter classes."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 import groupcoop
 
 PACKAGE = Path(groupcoop.__file__).parent
-ADAPTERS = {"groupcoop.backbone_openclip": "open_clip", "groupcoop.backbone_transformers": "transformers"}
+ADAPTERS = {"groupcoop.backbones.open_clip": "open_clip", "groupcoop.backbones.transformers": "transformers"}
 
 
 def _modules() -> dict[str, Path]:
@@ -81,9 +82,62 @@ def test_the_cycle_finder_finds_cycles():
 
 def test_the_import_graph_sees_function_level_and_relative_imports():
     graph = _graph()
-    assert "groupcoop.train" in graph["groupcoop.methods.coop"]  # imported inside its trainer
-    assert "groupcoop.backbone_openclip" in graph["groupcoop.backbone"]  # `from . import backbone_openclip`
+    assert "groupcoop.methods.loop" in graph["groupcoop.methods.coop"]  # imported inside its trainer
+    assert "groupcoop.backbones.open_clip" in graph["groupcoop.backbones.families"]  # `from . import open_clip`
     assert "groupcoop.data.base" in graph["groupcoop.data.registry"]
+
+
+# The rooms in the order data flows through them (docs/design.md): a module imports only from its own
+# room or an earlier one. Leaves are the package's small shared modules; `top` only wires rooms together.
+ROOMS = ("leaves", "io", "data", "backbones", "features", "grouping", "methods", "reports", "runs", "sweeps",
+         "presets", "top")
+LEAVES = {"groupcoop", "groupcoop.errors", "groupcoop.schema", "groupcoop.choices", "groupcoop.templates",
+          "groupcoop.metrics"}
+TOP = {"groupcoop.api", "groupcoop.__main__"}
+MAX_MODULE_LINES, MAX_FUNCTION_LINES = 500, 80
+
+
+def room(module: str) -> str:
+    """The room a module lives in: its folder under the package, `leaves` or `top` for the root's."""
+    if module in LEAVES:
+        return "leaves"
+    if module in TOP:
+        return "top"
+    folder = module.split(".")[1]
+    return "top" if folder == "cli" else folder
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """'a -> b' for every import of a module from a later room."""
+    return [f"{a} ({room(a)}) -> {b} ({room(b)})" for a, targets in sorted(graph.items()) for b in sorted(targets)
+            if ROOMS.index(room(b)) > ROOMS.index(room(a))]
+
+
+def test_the_layer_check_finds_an_import_back_up():
+    assert upward_imports({"groupcoop.data.base": {"groupcoop.runs.folder"}}) == [
+        "groupcoop.data.base (data) -> groupcoop.runs.folder (runs)"]
+    assert upward_imports({"groupcoop.runs.folder": {"groupcoop.data.base", "groupcoop.errors"}}) == []
+
+
+def test_every_module_lives_in_a_room():
+    assert {room(name) for name in MODULES} <= set(ROOMS)
+
+
+def test_no_import_runs_back_up_the_rooms():
+    assert upward_imports(_graph()) == []
+
+
+def test_no_module_or_function_is_too_long():
+    long = []
+    for name, path in MODULES.items():
+        text = path.read_text(encoding="utf-8")
+        if text.count("\n") > MAX_MODULE_LINES:
+            long.append(f"{name}: {text.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                if node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES:
+                    long.append(f"{name}.{node.name}: {node.end_lineno - node.lineno + 1} lines")
+    assert not long, "split along a seam: " + "; ".join(long)
 
 
 def test_no_import_cycle_among_the_package_modules():
@@ -91,7 +145,7 @@ def test_no_import_cycle_among_the_package_modules():
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
-@pytest.mark.parametrize("leaf", ["groupcoop.errors", "groupcoop.schema", "groupcoop.choices", "groupcoop.templates"])
+@pytest.mark.parametrize("leaf", sorted(LEAVES))
 def test_leaf_modules_import_nothing_of_the_package_but_errors(leaf):
     assert _graph()[leaf] <= {"groupcoop.errors"}
 

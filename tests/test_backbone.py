@@ -6,7 +6,7 @@ import open_clip
 import pytest
 import torch
 
-from groupcoop.backbone import TINY, load_backbone
+from groupcoop.backbones.families import TINY, load_backbone
 from groupcoop.errors import UserError
 
 TEXTS = ["a photo of a dog.", "x", "a much longer prompt, with several words and punctuation, to check the cut"]
@@ -70,7 +70,7 @@ def test_cut_shortens_the_sequence():
 @pytest.mark.parametrize("name", [TINY, "ViT-B-16"])
 def test_fused_text_blocks_equal_open_clips_blocks_with_gradients(name):
     """The fused text blocks (training's default) give open_clip's outputs and context gradients."""
-    from groupcoop.prompts import PromptLearner
+    from groupcoop.methods.prompts import PromptLearner
 
     bb = load_backbone(name, "random" if name != TINY else None)
     learner = PromptLearner(bb, ["angular shape on grass", "x", "a much longer name with a few more words"],
@@ -135,7 +135,7 @@ def test_checkpoint_of_another_architecture_is_refused(tmp_path):
 
 def test_sequence_first_text_blocks_keep_open_clips_numbers():
     """The backbone runs text blocks sequence-first for speed; an untouched open_clip model agrees."""
-    from groupcoop.backbone_openclip import tiny_weights_path
+    from groupcoop.backbones.open_clip import tiny_weights_path
 
     bb = load_backbone(TINY)
     untouched = open_clip.create_model(TINY, pretrained=str(tiny_weights_path())).eval()

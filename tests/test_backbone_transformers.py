@@ -22,10 +22,10 @@ transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
 import replicas  # noqa: E402
-from groupcoop.backbone import load_backbone  # noqa: E402
+from groupcoop.backbones.families import load_backbone  # noqa: E402
 from groupcoop.errors import UserError  # noqa: E402
-from groupcoop.head import Head  # noqa: E402
-from groupcoop.prompts import PromptLearner  # noqa: E402
+from groupcoop.methods.head import Head  # noqa: E402
+from groupcoop.methods.prompts import PromptLearner  # noqa: E402
 
 WORDS = ("x a photo of on in the with cat dog indoor outdoor round angular shape water land grass . , "
          "much longer prompt several words and punctuation to check cut").split()
@@ -157,7 +157,7 @@ def test_identity_follows_the_weights_not_the_folder(folders, tmp_path):
 @pytest.fixture(scope="module")
 def runs(folders, tmp_path_factory):
     """(data root, run folder) per family: GroupCoOp for 2 epochs on the CSV replica."""
-    from groupcoop.cli import main
+    from groupcoop.cli.main import main
 
     out = {}
     for family in FAMILIES:
@@ -201,7 +201,7 @@ def test_export_is_a_transformers_folder_the_readme_block_loads_and_equals_predi
 
     from safetensors import safe_open
 
-    from groupcoop.predict import GroupCoOpClassifier
+    from groupcoop.runs.predict import GroupCoOpClassifier
     from test_predict import readme_block
 
     root, run = runs[family]

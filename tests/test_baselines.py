@@ -16,11 +16,11 @@ import pytest
 import torch
 from PIL import Image
 
-from groupcoop import groups, linear, train
+from groupcoop.grouping import plan as groups; from groupcoop.methods import linear; from groupcoop.methods import loop as train
 from groupcoop.methods import METHODS, NEEDS
 from groupcoop.methods.base import balanced_weights
-from groupcoop.pipeline import Prepared, check_run, run_method
-from groupcoop.settings import make_settings
+from groupcoop.runs.pipeline import Prepared, check_run, run_method
+from groupcoop.runs.settings import make_settings
 
 BASE = ["train", "--dataset", "synth-waterbirds", "--backbone", "groupcoop-tiny", "--quiet"]
 BASELINES = ["zeroshot_groups", "linear_probe", "linear_probe_balanced", "group_linear", "dfr", "coop_balanced",
@@ -131,7 +131,7 @@ def test_true_group_recipes_refused_without_them_before_extraction(cli, tmp_path
 
 def test_train_group_recipes_fall_back_to_pseudo_groups(tmp_path):
     """Recipes that train on groups take --groups like GroupCoOp: data without labels gets pseudo-groups."""
-    from groupcoop.data.synthetic import make_task_dataset
+    from groupcoop.data.world.synthetic import make_task_dataset
 
     ds = make_task_dataset("synth-waterbirds")
     unlabelled = dataclasses.replace(ds, attrs=np.full_like(ds.attrs, -1))

@@ -1,7 +1,7 @@
 """The command line as users meet it: run folders, reproducibility, evaluation, and bad input
 ending in one line on stderr with exit status 2 and nothing half-written left behind.
 
-Most commands run in-process (`groupcoop.cli.main`); two run the installed console script.
+Most commands run in-process (`groupcoop.cli.main.main`); two run the installed console script.
 Features for synth-waterbirds come from the session cache (see conftest.py).
 """
 
@@ -18,7 +18,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from groupcoop.cli import build_parser, main
+from groupcoop.cli.main import build_parser, main
 from groupcoop.methods import METHODS
 
 TRAIN = ["train", "--dataset", "synth-waterbirds", "--backbone", "groupcoop-tiny", "--method", "groupcoop",
@@ -200,7 +200,7 @@ def test_evaluate_checks_the_prompts_before_extracting_features(trained_run, cli
     def no_extraction(*args, **kwargs):
         raise AssertionError("features were extracted before the prompts were checked")
 
-    monkeypatch.setattr("groupcoop.pipeline.extract_features", no_extraction)
+    monkeypatch.setattr("groupcoop.runs.pipeline.extract_features", no_extraction)
     result = cli("evaluate", "--prompts", trained_run, "--dataset", "synth-waterbirds", "--backbone",
                  "groupcoop-tiny", "--pretrained", "random", "--quiet")
     assert_one_line_error(result, "backbone")

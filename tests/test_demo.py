@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from groupcoop.demo import run_demo
+from groupcoop.runs.demo import run_demo
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import replicas
-from groupcoop import labelers
+from groupcoop.grouping import labelers
 from groupcoop.data import registry
 from groupcoop.errors import UserError
 
@@ -106,8 +106,8 @@ def test_the_method_example_touches_two_files_and_trains(tmp_path, waterbirds_pr
 # --- a labeler --------------------------------------------------------------------------------------
 
 def test_the_labeler_example_labels_every_class(waterbirds_prep, monkeypatch, as_module):
-    from groupcoop.groups import attribute_scores, labeler_spec, plan_groups
-    from groupcoop.labelers import GroupingOptions
+    from groupcoop.grouping.plan import attribute_scores, labeler_spec, plan_groups
+    from groupcoop.grouping.labelers import GroupingOptions
 
     scope = as_module("groupcoop.labelers_example", block("labeler"), vars(labelers))
     monkeypatch.setitem(labelers.PSEUDO_VARIANTS, "nearest_mean", scope._pseudo_nearest_mean)
@@ -129,11 +129,11 @@ def test_the_labeler_example_labels_every_class(waterbirds_prep, monkeypatch, as
 # --- a backbone family ------------------------------------------------------------------------------
 
 def test_the_backbone_example_is_a_backbone_that_trains(tmp_path, as_module):
-    from groupcoop.backbone_protocol import Backbone
+    from groupcoop.backbones.protocol import Backbone
     from groupcoop.data.registry import load_dataset
-    from groupcoop.pipeline import check_run, prepare, run_method
-    from groupcoop.prompts import PromptLearner
-    from groupcoop.settings import make_settings
+    from groupcoop.runs.pipeline import check_run, prepare, run_method
+    from groupcoop.methods.prompts import PromptLearner
+    from groupcoop.runs.settings import make_settings
 
     adapter = as_module("groupcoop.backbone_bow", block("backbone"))
     assert 'name.startswith("bow:")' in block("backbone-branch")

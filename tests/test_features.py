@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from groupcoop.backbone import TINY, load_backbone
-from groupcoop.data.synthetic import SyntheticImages, make_task_dataset
-from groupcoop.features import FeatureCache, extract_features
+from groupcoop.backbones.families import TINY, load_backbone
+from groupcoop.data.world.synthetic import SyntheticImages, make_task_dataset
+from groupcoop.features.extract import FeatureCache, extract_features
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +41,9 @@ def test_cache_hit_equals_fresh_extraction(backbone, images, tmp_path):
 
 KILL_SCRIPT = """
 import sys, torch
-from groupcoop.backbone import load_backbone
-from groupcoop.data.synthetic import SyntheticImages, make_task_dataset
-from groupcoop.features import extract_features
+from groupcoop.backbones.families import load_backbone
+from groupcoop.data.world.synthetic import SyntheticImages, make_task_dataset
+from groupcoop.features.extract import extract_features
 torch.set_num_threads(1)
 full = make_task_dataset("synth-waterbirds").images
 images = SyntheticImages(full.table[:384], full.seed)
@@ -108,7 +108,7 @@ def test_float16_cache(backbone, images, tmp_path):
 
 def test_shard_size_is_remembered_by_the_cache_folder(backbone, images, tmp_path):
     from groupcoop.errors import UserError
-    from groupcoop.features import open_cache
+    from groupcoop.features.extract import open_cache
 
     first = _extract(backbone, images, tmp_path)  # shard_size=48
     again = extract_features(backbone, images, cache_dir=tmp_path, workers=0, progress=False)
@@ -119,7 +119,7 @@ def test_shard_size_is_remembered_by_the_cache_folder(backbone, images, tmp_path
 
 def test_precision_choices():
     from groupcoop.errors import UserError
-    from groupcoop.features import resolve_precision
+    from groupcoop.features.extract import resolve_precision
 
     assert resolve_precision("cuda:1") == "fp16" and resolve_precision("cpu") == "fp32"
     assert resolve_precision("cpu", "bf16") == "bf16" and resolve_precision("cuda", "fp32") == "fp32"

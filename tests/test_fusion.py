@@ -12,11 +12,11 @@ import torch
 
 import groupcoop
 from groupcoop.errors import UserError
-from groupcoop.fusion import drive_together, encode_together, fit_runs, fusable
+from groupcoop.runs.fusion import drive_together, encode_together, fit_runs, fusable
 from groupcoop.methods import METHODS
-from groupcoop.pipeline import check_run, run_method
-from groupcoop.prompts import PromptLearner
-from groupcoop.settings import make_settings
+from groupcoop.runs.pipeline import check_run, run_method
+from groupcoop.methods.prompts import PromptLearner
+from groupcoop.runs.settings import make_settings
 
 SHORT = {"epochs": 2, "batch_size": 1024}  # 5 steps per epoch on synth-waterbirds
 PROMPT_METHODS = ["coop", "groupcoop", "coop_balanced", "coop_groupdro", "jtt"]
@@ -158,9 +158,9 @@ def test_siglip_runs_fuse_exactly(tmp_path):
     import replicas
     from test_backbone_transformers import save_tiny_model
 
-    from groupcoop.backbone import load_backbone
+    from groupcoop.backbones.families import load_backbone
     from groupcoop.data.registry import load_dataset
-    from groupcoop.pipeline import prepare
+    from groupcoop.runs.pipeline import prepare
 
     bb = load_backbone(f"transformers:{save_tiny_model(tmp_path / 'siglip', 'siglip')}")
     assert not bb.pads_freely

@@ -10,7 +10,7 @@ from PIL import Image
 
 from groupcoop.data.base import SPLITS, GroupDataset, PathImages
 from groupcoop.errors import UserError
-from groupcoop.gallery import CELL, group_grid
+from groupcoop.reports.gallery import CELL, group_grid
 
 
 def make_folder(tmp_path, attrs_missing: bool = False) -> GroupDataset:
@@ -86,7 +86,7 @@ def test_grid_other_split_and_bad_arguments(tmp_path):
 
 
 def test_grid_of_the_synthetic_task(tmp_path):
-    from groupcoop.data.synthetic import make_task_dataset
+    from groupcoop.data.world.synthetic import make_task_dataset
 
     ds = make_task_dataset("synth-waterbirds")
     rows = rows_of(group_grid(ds, tmp_path / "grid.png", per_group=3))

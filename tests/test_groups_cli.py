@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 import replicas
-from groupcoop.cli import main
+from groupcoop.cli.main import main
 
 
 def test_groups_command_writes_assignments_and_quality(tmp_path, capsys, waterbirds_prep):
@@ -25,8 +25,8 @@ def test_groups_command_writes_assignments_and_quality(tmp_path, capsys, waterbi
 
 def test_pseudo_groups_keep_groupcoop_close_to_ground_truth(waterbirds_prep):
     """The paper's practical claim on the one-bias task: pseudo-groups within 5 points of true groups."""
-    from groupcoop.pipeline import check_run, run_method
-    from groupcoop.settings import make_settings
+    from groupcoop.runs.pipeline import check_run, run_method
+    from groupcoop.runs.settings import make_settings
 
     def run(groups):
         settings = make_settings({"dataset": "synth-waterbirds", "backbone": "groupcoop-tiny", "method": "groupcoop",

@@ -23,7 +23,7 @@ import pytest
 import torch
 from PIL import Image
 
-from groupcoop.files import output_lock, write_manifest
+from groupcoop.io.folders import output_lock, write_manifest
 
 from test_cli import assert_one_line_error
 
@@ -84,7 +84,7 @@ def no_extraction(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("features were extracted before the input was checked")
 
-    monkeypatch.setattr("groupcoop.pipeline.extract_features", refuse)
+    monkeypatch.setattr("groupcoop.runs.pipeline.extract_features", refuse)
 
 
 @pytest.fixture
@@ -104,7 +104,7 @@ def refused(tmp_path, cli):
 @pytest.fixture(scope="module")
 def zeroshot_run(tmp_path_factory) -> tuple[Path, Path]:
     """(dataset folder, run folder) of a zero-shot run on the tiny CSV dataset."""
-    from groupcoop.cli import main
+    from groupcoop.cli.main import main
 
     base = tmp_path_factory.mktemp("zs")
     root = make_csv_root(base / "data")
@@ -175,7 +175,7 @@ def test_groups_overwrite_keeps_user_files(data, tmp_path, refused, no_extractio
 
 def _extract(backbone, root: Path, n: int, cache: Path, **kw) -> torch.Tensor:
     from groupcoop.data.base import PathImages
-    from groupcoop.features import extract_features
+    from groupcoop.features.extract import extract_features
 
     images = PathImages(root, tuple(f"img/{i}.png" for i in range(n)))
     return extract_features(backbone, images, cache_dir=cache, shard_size=2, workers=0, progress=False, **kw).tensor()
@@ -274,7 +274,7 @@ def test_image_symlink_swapped_after_the_check_is_refused_when_read(data, tmp_pa
 # --- unreadable images, with the default (> 0) DataLoader workers --------------------------------------
 
 def test_default_workers_are_processes():
-    from groupcoop.features import default_workers
+    from groupcoop.features.extract import default_workers
 
     assert default_workers() >= 1
 
@@ -628,7 +628,7 @@ def test_config_yaml_reproduces_the_run(data, tmp_path, cli):
 
 @pytest.mark.parametrize("argv", [["--help"], ["--version"], ["train", "--help"]])
 def test_help_and_version_do_not_import_torch(argv):
-    code = ("import sys\nfrom groupcoop.cli import main\ntry:\n    main(%r)\nexcept SystemExit:\n    pass\n"
+    code = ("import sys\nfrom groupcoop.cli.main import main\ntry:\n    main(%r)\nexcept SystemExit:\n    pass\n"
             "print('torch' in sys.modules, 'open_clip' in sys.modules, file=sys.stderr)" % argv)
     proc = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, env=ENV, timeout=60)
     assert proc.stderr.strip().splitlines()[-1] == "False False", proc.stderr

@@ -63,7 +63,7 @@ def test_the_wheel_holds_the_presets_the_tiny_model_and_the_license(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    code = "import groupcoop, sys; from groupcoop.cli import main; print(groupcoop.__file__); sys.exit(main())"
+    code = "import groupcoop, sys; from groupcoop.cli.main import main; print(groupcoop.__file__); sys.exit(main())"
     proc = subprocess.run([sys.executable, "-c", code, "sweep", "report", "--dry-run"], capture_output=True, text=True,
                           cwd=elsewhere, env={**os.environ, "PYTHONPATH": str(site)}, timeout=300)
     assert proc.returncode == 0, proc.stderr

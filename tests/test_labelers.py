@@ -12,7 +12,7 @@ import pytest
 
 from groupcoop.data.base import group_index
 from groupcoop.errors import UserError
-from groupcoop.labelers import (
+from groupcoop.grouping.labelers import (
     LABELERS,
     PSEUDO_VARIANTS,
     assign_attributes,

@@ -12,10 +12,10 @@ import yaml
 
 import groupcoop
 import replicas
-from groupcoop import discovery
+from groupcoop.grouping import discovery
 from groupcoop.data.base import GroupDataset
 from groupcoop.errors import UserError
-from groupcoop.labelfree import AUTO_FALLBACK_LABELER, SELECTION_FALLBACK
+from groupcoop.grouping.labelfree import AUTO_FALLBACK_LABELER, SELECTION_FALLBACK
 
 AUTO = {"source": "pseudo", "bias_prompts": "auto"}
 
@@ -33,8 +33,8 @@ class _NoImages:
 def _one_hot_task():
     """8 training rows, 40 val rows (10 per group of class x attribute), 4 test rows; feature i = e_i,
     so a linear row's weight on e_i decides row i's prediction alone."""
-    from groupcoop.features import Features
-    from groupcoop.pipeline import Prepared
+    from groupcoop.features.extract import Features
+    from groupcoop.runs.pipeline import Prepared
 
     split = np.array([0] * 8 + [1] * 40 + [2] * 4)
     groups = np.concatenate([np.repeat(np.arange(4), 2), np.repeat(np.arange(4), 10), np.arange(4)])
@@ -61,10 +61,10 @@ def _weights(correct_per_group) -> torch.Tensor:
                                              ("worst_class", "B", "val_worst_class_acc"),
                                              ("average", "C", None)])
 def test_the_selection_rule_keeps_the_epoch_it_scores_best(rule, kept, key):
-    from groupcoop.groups import plan_groups
-    from groupcoop.labelers import GroupingOptions
+    from groupcoop.grouping.plan import plan_groups
+    from groupcoop.grouping.labelers import GroupingOptions
     from groupcoop.methods import FitTask, LoopParams
-    from groupcoop.train import LinearRows, Objective, loop_run
+    from groupcoop.methods.loop import LinearRows, Objective, loop_run
 
     prep = _one_hot_task()
     plan = plan_groups(prep, GroupingOptions(source="gt"), seed=0, selection=rule)
@@ -185,8 +185,8 @@ def test_nothing_discovered_falls_back_to_a_labeler_without_phrases_and_says_so(
     assert metrics["groups_source"] == AUTO_FALLBACK_LABELER
     assert metrics["discovery"]["used"] == [] and AUTO_FALLBACK_LABELER in metrics["discovery"]["fallback"]
     assert metrics["selection_groups"] == "true val groups"  # val keeps its labels: auto selects on them
-    from groupcoop.report import run_report_html
-    from groupcoop.runs import run_report
+    from groupcoop.reports.report import run_report_html
+    from groupcoop.runs.folder import run_report
 
     assert "nothing discovered" in run_report(metrics)
     assert "Nothing was discovered" in run_report_html(metrics)

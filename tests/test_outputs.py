@@ -31,7 +31,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from groupcoop.csv_safe import FORMULA_STARTS, csv_text, neutralise
+from groupcoop.io.csv_safe import FORMULA_STARTS, csv_text, neutralise
 from groupcoop.errors import UserError
 
 from test_cli import assert_one_line_error
@@ -94,7 +94,7 @@ def test_dev_null_as_out_is_refused_and_left_alone(zeroshot_run, cli, tmp_path):
 
 def test_a_special_file_swapped_in_while_writing_is_not_replaced(tmp_path):
     """The writer checks the target again just before its rename."""
-    from groupcoop.files import atomic_text
+    from groupcoop.io.write import atomic_text
 
     target = tmp_path / "out.csv"
 
@@ -102,7 +102,7 @@ def test_a_special_file_swapped_in_while_writing_is_not_replaced(tmp_path):
         Path(tmp).write_text("x")
         os.mkfifo(target)
 
-    from groupcoop.files import atomic_write
+    from groupcoop.io.write import atomic_write
 
     with pytest.raises(UserError, match="FIFO"):
         atomic_write(target, swap)
@@ -112,7 +112,7 @@ def test_a_special_file_swapped_in_while_writing_is_not_replaced(tmp_path):
 
 
 def test_a_failed_write_leaves_no_folders_behind(tmp_path):
-    from groupcoop.files import atomic_write
+    from groupcoop.io.write import atomic_write
 
     def fail(tmp):
         raise RuntimeError("disk full")
@@ -213,7 +213,7 @@ def test_a_fifo_where_a_file_is_read_is_one_line(where, zeroshot_run, tmp_path):
 
 def test_train_into_a_run_folder_whose_config_is_a_fifo_never_waits_on_it(zeroshot_run, tmp_path):
     """`train` (and `sweep`) ask whether --out already holds this run: a FIFO config.yaml is not one."""
-    from groupcoop.runs import holds_run
+    from groupcoop.runs.folder import holds_run
 
     root, run = zeroshot_run
     copy = tmp_path / "run"
@@ -386,7 +386,7 @@ def test_a_damaged_head_is_refused_by_every_loader(case, zeroshot_run, tmp_path,
 @PROPERTY
 @given(st.one_of(st.lists(st.text(max_size=4), max_size=4), st.text(max_size=4), st.integers(), st.none()))
 def test_names_are_accepted_exactly_when_they_are_distinct_non_empty_strings(names):
-    from groupcoop.head import check_names
+    from groupcoop.methods.head import check_names
 
     good = isinstance(names, list) and all(isinstance(n, str) and n.strip() for n in names) \
         and len(set(names)) == len(names)
@@ -422,7 +422,7 @@ def test_a_bad_environment_value_is_one_line_before_any_work(name, value, fragme
 def test_every_groupcoop_variable_the_project_reads_is_known():
     """A GROUPCOOP_* name used anywhere in the project but missing from the table would be refused
     as misspelt by every command."""
-    from groupcoop.environment import VARIABLES
+    from groupcoop.io.environment import VARIABLES
 
     project = Path(__file__).resolve().parents[1]
     used = {name for folder in ("src", "tests", "scripts", "benchmarks") for path in (project / folder).rglob("*.py")
@@ -445,7 +445,7 @@ def test_world_size_without_torchrun_is_one_line(zeroshot_run, tmp_path, monkeyp
 @PROPERTY
 @given(st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12))
 def test_any_pixel_limit_text_parses_or_is_one_line(text):
-    from groupcoop.environment import value
+    from groupcoop.io.environment import value
 
     try:
         limit = value("GROUPCOOP_MAX_IMAGE_PIXELS", {"GROUPCOOP_MAX_IMAGE_PIXELS": text})
@@ -459,7 +459,7 @@ def test_any_pixel_limit_text_parses_or_is_one_line(text):
 
 @pytest.fixture(scope="module")
 def classifier(zeroshot_run):
-    from groupcoop.predict import GroupCoOpClassifier
+    from groupcoop.runs.predict import GroupCoOpClassifier
 
     return GroupCoOpClassifier.from_run(zeroshot_run[1])
 
@@ -491,7 +491,7 @@ def test_api_predict_features_still_predicts(classifier, zeroshot_run):
 
 def test_every_preset_loads_and_resolves_by_name_outside_a_checkout(tmp_path, monkeypatch, cli):
     from groupcoop.presets import available
-    from groupcoop.sweep import load_grid
+    from groupcoop.sweeps.sweep import load_grid
 
     presets = available()
     assert {"dev", "report", "report-all-methods", "waterbirds", "celeba", "training-dev"} <= set(presets)

@@ -28,7 +28,7 @@ def test_synth_waterbirds_metrics_are_pinned(waterbirds_prep):
 @pytest.mark.parametrize("task", [t for t in pin_metrics.TASKS if t != "synth-waterbirds"])
 def test_other_tasks_metrics_are_pinned(task):
     from groupcoop.data.registry import load_dataset
-    from groupcoop.pipeline import prepare
+    from groupcoop.runs.pipeline import prepare
 
     _check(prepare(load_dataset(task), "groupcoop-tiny", progress=False), task)
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from groupcoop.cli import main
+from groupcoop.cli.main import main
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 TRAIN = ["train", "--dataset", "synth-waterbirds", "--backbone", "groupcoop-tiny", "--method", "groupcoop",
@@ -154,7 +154,7 @@ def test_readme_export_block_runs_verbatim_with_plain_open_clip_and_equals_predi
     result = cli("predict", run_folder, "--images", image, "--out", preds, "--quiet", "--workers", "0")
     assert result.code == 0, result.err
     row = read_preds(preds)[0]
-    from groupcoop.predict import GroupCoOpClassifier
+    from groupcoop.runs.predict import GroupCoOpClassifier
 
     clf = GroupCoOpClassifier.from_run(run_folder)
     expected = clf.predict([image]).probabilities[0]
@@ -171,7 +171,7 @@ def test_an_export_folder_predicts_like_its_run_and_its_checksum_is_checked(expo
 
     folder, rows = test_images
     images = [folder / f"{i:05d}.png" for i in rows[:6]]
-    from groupcoop.predict import GroupCoOpClassifier
+    from groupcoop.runs.predict import GroupCoOpClassifier
 
     a, b = GroupCoOpClassifier.from_run(run_folder).predict(images), GroupCoOpClassifier.from_run(exported).predict(images)
     assert (a.classes == b.classes).all() and np.abs(a.probabilities - b.probabilities).max() <= 1e-5
@@ -227,7 +227,7 @@ def test_readme_python_api_trains_saves_loads_and_predicts(tmp_path, monkeypatch
 
 
 def test_classifier_accepts_tensors_and_features(run_folder, waterbirds_prep):
-    from groupcoop.predict import GroupCoOpClassifier
+    from groupcoop.runs.predict import GroupCoOpClassifier
 
     clf = GroupCoOpClassifier.from_run(run_folder)
     ds = waterbirds_prep.dataset

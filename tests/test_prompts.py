@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from groupcoop.backbone import load_backbone
+from groupcoop.backbones.families import load_backbone
 from groupcoop.data.base import GroupDataset
 from groupcoop.errors import UserError
 from groupcoop.methods import GroupCoOpParams
-from groupcoop.pipeline import Prepared, check_run, run_method
-from groupcoop.prompts import PromptLearner, load_prompts
-from groupcoop.settings import make_settings
+from groupcoop.runs.pipeline import Prepared, check_run, run_method
+from groupcoop.methods.prompts import PromptLearner, load_prompts
+from groupcoop.runs.settings import make_settings
 
 CLASSES = ["angular shape", "round shape"]
 
@@ -133,7 +133,7 @@ def test_loading_from_a_folder_without_prompts_is_refused(tiny_backbone, tmp_pat
 def test_fit_on_a_loaded_dataset_refuses_a_bad_context_before_extraction(monkeypatch):
     """groupcoop.fit goes through check_run for a GroupDataset too: prompt checks come before any image."""
     import groupcoop
-    from groupcoop import pipeline
+    from groupcoop.runs import pipeline
 
     def no_extraction(*args, **kwargs):
         raise AssertionError("features were extracted before the refusal")

@@ -17,8 +17,8 @@ import pytest
 import torch
 
 import groupcoop
-from groupcoop import provenance
-from groupcoop.tracking import EPOCH_COLUMNS
+from groupcoop.runs import provenance
+from groupcoop.runs.tracking import EPOCH_COLUMNS
 
 TRAIN = ["train", "--dataset", "synth-waterbirds", "--backbone", "groupcoop-tiny", "--method", "coop",
          "--set", "epochs=3", "--set", "batch_size=2048", "--set", "patience=10", "--quiet"]

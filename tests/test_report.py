@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from groupcoop.labelers import quality
-from groupcoop.report import demo_report_html, run_report_html, write_html
+from groupcoop.grouping.labelers import quality
+from groupcoop.reports.report import demo_report_html, run_report_html, write_html
 
 EVIL = "<script>alert(1)</script>"
 
@@ -168,7 +168,7 @@ def test_write_html_is_atomic_and_complete(tmp_path):
 
 
 def test_demo_report(tmp_path):
-    from groupcoop.demo import summarise
+    from groupcoop.runs.demo import summarise
 
     runs = {}
     for m, method in enumerate(["zeroshot", EVIL]):
@@ -192,7 +192,7 @@ def test_demo_report(tmp_path):
 
 def demo_summary(wga: dict[str, float]) -> dict:
     """A demo summary with these test worst-group accuracies (one seed)."""
-    from groupcoop.demo import summarise, training_groups
+    from groupcoop.runs.demo import summarise, training_groups
     from groupcoop.methods import get_method
 
     runs = {}
@@ -228,14 +228,14 @@ def test_demo_report_opens_with_its_conclusion_and_shows_training_groups():
 
 
 def test_demo_conclusion_when_zero_shot_is_best():
-    from groupcoop.demo import conclusion
+    from groupcoop.runs.demo import conclusion
 
     line = conclusion(demo_summary({"zeroshot": 0.6, "coop": 0.2}))
     assert line.startswith("On the test split zeroshot has the best") and "over zero-shot" not in line
 
 
 def test_sweep_page_links_each_run_page():
-    from groupcoop.report import sweep_report_html
+    from groupcoop.reports.report import sweep_report_html
 
     rows = [{"dataset": "d<1>", "method": "coop", "groups": "-", "seed": s, "test_worst_group_acc": 0.5,
              "test_avg_acc": 0.7, "run_folder": f"runs/d_1/groupcoop-tiny/coop/-/seed-{s}"} for s in (0, 1)]
@@ -249,7 +249,7 @@ def test_sweep_page_links_each_run_page():
 
 
 def test_nearest_tokens_of_an_initialised_prompt(tiny_backbone):
-    from groupcoop.prompts import PromptLearner, nearest_tokens
+    from groupcoop.methods.prompts import PromptLearner, nearest_tokens
 
     learner = PromptLearner(tiny_backbone, ["cat", "dog"], n_ctx=4, init="a photo of a")
     out = nearest_tokens(learner, k=3)
@@ -277,8 +277,8 @@ def test_token_text(tiny_backbone):
 @pytest.fixture(scope="module")
 def mini_run(tiny_backbone):
     """groupcoop with pseudo groups, 1 epoch, on a 400-image slice of synth-waterbirds."""
-    from groupcoop.data.synthetic import SyntheticImages, make_task_dataset
-    from groupcoop.pipeline import check_run, prepare, run_method
+    from groupcoop.data.world.synthetic import SyntheticImages, make_task_dataset
+    from groupcoop.runs.pipeline import check_run, prepare, run_method
 
     full = make_task_dataset("synth-waterbirds")
     keep = []
@@ -289,7 +289,7 @@ def mini_run(tiny_backbone):
     mini = dataclasses.replace(
         full, name="synth-mini", images=SyntheticImages(tuple(full.images.table[i] for i in keep), full.images.seed),
         y=full.y[keep], attrs=full.attrs[keep], split=full.split[keep])
-    from groupcoop.settings import make_settings
+    from groupcoop.runs.settings import make_settings
 
     prep = prepare(mini, tiny_backbone, progress=False)
     settings = make_settings({"dataset": "synth-mini", "backbone": "groupcoop-tiny", "method": "groupcoop",
@@ -299,7 +299,7 @@ def mini_run(tiny_backbone):
 
 
 def test_report_of_a_real_run(mini_run):
-    from groupcoop.prompts import nearest_tokens
+    from groupcoop.methods.prompts import nearest_tokens
 
     metrics, learner = mini_run
     metrics = json.loads(json.dumps(metrics))  # as read back from metrics.json

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from groupcoop.presets import resolve
-from groupcoop.sweep import Grid, bootstrap_ci, expand, load_grid, shard
+from groupcoop.sweeps.sweep import Grid, bootstrap_ci, expand, load_grid, shard
 
 CONSOLE_SCRIPT = Path(sys.executable).parent / "groupcoop"
 FAST = {"epochs": 1, "batch_size": 2048}  # 3 steps on synth-waterbirds: the grid machinery is under test
@@ -86,7 +86,7 @@ def test_sweep_writes_runs_csv_and_table(tmp_path, cli, waterbirds_prep):
 
 KILLABLE = """
 import sys
-from groupcoop.cli import main
+from groupcoop.cli.main import main
 sys.exit(main(["sweep", sys.argv[1], "--out", sys.argv[2], "--quiet", "--no-fuse"]))
 """  # one run after another, so that the kill lands between two (fused, the four would end together)
 
@@ -171,7 +171,7 @@ def test_suite_presets_are_disjoint():
 
 
 def test_focus_table_compares_one_method_with_every_other():
-    from groupcoop.sweep import focus_table
+    from groupcoop.sweeps.sweep import focus_table
 
     rows = [{"dataset": f"t{t}", "method": m, "groups": g, "seed": 0, "test_worst_group_acc": acc}
             for t in range(4)

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from groupcoop.backbone import TINY, load_backbone
+from groupcoop.backbones.families import TINY, load_backbone
 from groupcoop.data import synthetic
-from groupcoop.data.synthetic import TASKS, make_task_dataset
+from groupcoop.data.world.synthetic import TASKS, make_task_dataset
 
 
 def test_same_seed_renders_identical_bytes():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from groupcoop.data import synthetic
-from groupcoop.data.synthetic import (
+from groupcoop.data.world.synthetic import (
     ATTRIBUTES,
     TASKS,
     caption_orientation,

@@ -5,7 +5,7 @@ import json
 import pytest
 
 import replicas
-from groupcoop.cli import main
+from groupcoop.cli.main import main
 from groupcoop.data import multiceleba
 from groupcoop.methods import GroupCoOpParams
 

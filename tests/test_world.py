@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from groupcoop.data import synthetic
-from groupcoop.data.synthetic import ATTRIBUTES, SyntheticTask, make_task_dataset
+from groupcoop.data.world.synthetic import ATTRIBUTES, SyntheticTask, make_task_dataset
 from groupcoop.errors import UserError
-from groupcoop.world import KINDS, attribute_kind, world_card, zero_shot_accuracy
+from groupcoop.data.world.card import KINDS, attribute_kind, world_card, zero_shot_accuracy
 
 SCENE = ("square", "red", "grass", "large")
 

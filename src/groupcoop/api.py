@@ -11,9 +11,9 @@ from pathlib import Path
 
 from .data.base import GroupDataset
 from .errors import UserError
-from .pipeline import check_run, prepare, run_method
-from .runs import Run, read_run_config
-from .settings import RunSettings, make_settings
+from .runs.pipeline import check_run, prepare, run_method
+from .runs.folder import Run, read_run_config
+from .runs.settings import RunSettings, make_settings
 
 
 def fit(dataset: str | GroupDataset, backbone: str = "groupcoop-tiny", pretrained: str | None = None,
@@ -57,7 +57,7 @@ def fit_many(dataset: str | GroupDataset, runs: list[str | dict | RunSettings], 
     together, one text-encoder call per step for all their prompts (at most `max_prompts` per
     call); each equals what `fit` gives for its settings, up to float rounding.
     """
-    from .fusion import DEFAULT_MAX_PROMPTS, fit_runs
+    from .runs.fusion import DEFAULT_MAX_PROMPTS, fit_runs
 
     if isinstance(runs, (str, dict, RunSettings)) or not runs:
         raise UserError("fit_many() takes a non-empty list of runs (method names, dicts of settings or RunSettings)")
@@ -101,9 +101,9 @@ def discover(dataset: str | GroupDataset, backbone: str = "groupcoop-tiny", pret
     is a YAML file, a `discovery.Vocabulary`, or None for the shipped one (world for synth-*
     datasets, clip otherwise). Reads image features and class labels, never a bias label.
     """
-    from .backbone import check_device
+    from .backbones.families import check_device
     from .data.registry import load_dataset
-    from .discovery import DISCOVERY_SCORE, Vocabulary, check_score, discover_on, load_vocabulary
+    from .grouping.discovery import DISCOVERY_SCORE, Vocabulary, check_score, discover_on, load_vocabulary
 
     ds = dataset if isinstance(dataset, GroupDataset) else load_dataset(dataset, root)
     score = check_score(score or DISCOVERY_SCORE)
@@ -117,9 +117,9 @@ def discover(dataset: str | GroupDataset, backbone: str = "groupcoop-tiny", pret
 
 def load_run(folder: str | Path) -> Run:
     """A saved run: its settings, metrics and classifier head (prompts stay in the folder)."""
-    from .head import load_head
+    from .methods.head import load_head
 
-    from .files import read_if_present
+    from .io.read import read_if_present
 
     folder = Path(folder).expanduser()
     metrics_path = folder / "metrics.json"

@@ -44,7 +44,7 @@ MAX_PIXELS_ENV = "GROUPCOOP_MAX_IMAGE_PIXELS"
 
 def _pixel_limit() -> int | None:
     """Pillow's decompression-bomb limit, raised by $GROUPCOOP_MAX_IMAGE_PIXELS (0: no limit)."""
-    from ..environment import value
+    from ..io.environment import value
 
     if not os.environ.get(MAX_PIXELS_ENV, "").strip():
         return Image.MAX_IMAGE_PIXELS
@@ -90,7 +90,7 @@ class PathImages:
                 self._resolved(i)
 
     def load(self, i: int) -> Image.Image:
-        from ..files import open_regular
+        from ..io.read import open_regular
 
         path = self._resolved(i)
         shown = self.root / self.paths[i]
@@ -132,7 +132,7 @@ class PathImages:
         (`cp -p`, `mv`, `rsync -t` keep the mtime); nothing but the content hash catches an edit
         that also resets the change time, which needs root.
         """
-        from ..files import open_regular
+        from ..io.read import open_regular
 
         digest = hashlib.sha256()
         for p in self.paths[start:stop]:

@@ -19,7 +19,7 @@ from .base import SPLITS, GroupDataset
 
 
 def require_file(path: Path, fix: str) -> Path:
-    from ..files import not_regular
+    from ..io.read import not_regular
 
     if path.is_dir():
         raise UserError(f"{path} is a folder, not a file; {fix}")
@@ -32,7 +32,7 @@ def require_file(path: Path, fix: str) -> Path:
 
 def read_table(path: Path, **read_csv_options) -> pd.DataFrame:
     """pandas.read_csv of a regular file (never a FIFO or a device), parse errors as one-line UserErrors."""
-    from ..files import open_regular
+    from ..io.read import open_regular
 
     try:
         with open_regular(path, "table", "give the CSV file itself") as fh:

@@ -20,7 +20,7 @@ from .celeba import CelebAOptions, load_celeba
 from .csv_dataset import CsvOptions, load_csv
 from .multiceleba import MultiCelebAOptions, load_multiceleba
 from .subpopbench import KnownSubpopOptions, SubpopBenchOptions, load_subpopbench
-from .synthetic import RANDOM_TASK_PREFIX, TASKS, make_task_dataset, parse_random_task_name
+from .world.synthetic import RANDOM_TASK_PREFIX, TASKS, make_task_dataset, parse_random_task_name
 from .waterbirds import load_waterbirds
 
 

@@ -25,13 +25,13 @@ from ..metrics import group_accuracies, worst_group_accuracy
 from ..schema import Frozen, Int, Number, Text, build
 
 if TYPE_CHECKING:  # type hints only: importing these would import torch
-    from ..backbone_protocol import Backbone
+    from ..backbones.protocol import Backbone
     from ..data.base import GroupDataset, GroupSpec
-    from ..features import Features
-    from ..groups import GroupPlan
-    from ..head import Head
-    from ..labelers import GroupingOptions
-    from ..prompts import PromptLearner
+    from ..features.extract import Features
+    from ..grouping.plan import GroupPlan
+    from .head import Head
+    from ..grouping.labelers import GroupingOptions
+    from .prompts import PromptLearner
 
 Needs = Literal["none", "train", "val"]
 NEEDS: tuple[str, ...] = get_args(Needs)
@@ -215,7 +215,7 @@ def prompts_fit(names: Callable[[Any, GroupSpec], list[str]]) -> Callable[[RunPl
     """The `check` of a learned-prompt method whose prompts' frozen text is `names(hp, spec)`:
     the prompts fit the text encoder with `n_ctx` context vectors (tokenising only)."""
     def check(plan: RunPlan, hp) -> None:
-        from ..prompts import check_prompts_fit
+        from .prompts import check_prompts_fit
 
         check_prompts_fit(plan.backbone, names(hp, plan.spec), hp.n_ctx, hp.ctx_init)
 

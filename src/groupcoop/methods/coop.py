@@ -45,13 +45,13 @@ def class_prompts(hp, spec) -> list[str]:
 
 
 def start_coop(task: FitTask, hp: CoOpParams):
-    from ..train import Objective, loop_run, prompt_rows
+    from .loop import Objective, loop_run, prompt_rows
 
     return loop_run(task, prompt_rows(task, class_prompts(hp, task.spec), hp), hp, Objective("class", hp.sampler))
 
 
 def start_coop_groupdro(task: FitTask, hp: CoOpGroupDROParams):
-    from ..train import GroupDROObjective, loop_run, prompt_rows
+    from .loop import GroupDROObjective, loop_run, prompt_rows
 
     objective = GroupDROObjective("class", hp.sampler, eta=hp.eta, group_names=task.spec.names())
     return loop_run(task, prompt_rows(task, class_prompts(hp, task.spec), hp), hp, objective)

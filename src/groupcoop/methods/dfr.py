@@ -41,7 +41,7 @@ def fit_dfr(task: FitTask, hp: DFRParams) -> Fitted:
 
     Reads only the validation split (features, classes, true groups).
     """
-    from ..linear import Scaler, balanced_subsample, fit_logreg, head_from_logreg, logreg_parameters
+    from .linear import Scaler, balanced_subsample, fit_logreg, head_from_logreg, logreg_parameters
 
     val, n_classes, seed = task.true_val, task.n_classes, task.seed
     x, y, g = val.feats.numpy(), val.y, val.groups

@@ -26,7 +26,7 @@ class GroupLinearParams(LoopParams):
 
 
 def start(task: FitTask, hp: GroupLinearParams):
-    from ..train import LinearRows, Objective, loop_run
+    from .loop import LinearRows, Objective, loop_run
 
     rows = LinearRows(task.spec.n_groups, task.feats.dim, hp.bias, task.backbone.device)
     return loop_run(task, rows, hp, Objective("group", hp.sampler, hp.aggregate, hp.class_loss_weight))

@@ -35,7 +35,7 @@ def group_prompts(hp: GroupCoOpParams, spec) -> list[str]:
 
 
 def start(task: FitTask, hp: GroupCoOpParams):
-    from ..train import Objective, loop_run, prompt_rows
+    from .loop import Objective, loop_run, prompt_rows
 
     objective = Objective("group", hp.sampler, hp.aggregate, hp.class_loss_weight, anchor_weight=hp.ctx_reg)
     return loop_run(task, prompt_rows(task, group_prompts(hp, task.spec), hp), hp, objective)

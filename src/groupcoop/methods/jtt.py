@@ -41,7 +41,7 @@ class JTTRun:
     second starts on fresh prompts with the first's training errors upsampled."""
 
     def __init__(self, task: FitTask, hp: JTTParams):
-        from ..train import Objective, loop_run
+        from .loop import Objective, loop_run
 
         self.task, self.hp = task, hp
         self.stage = loop_run(task, self._rows(), hp.model_copy(update={"epochs": hp.first_epochs}),
@@ -49,7 +49,7 @@ class JTTRun:
         self.first, self.block = None, None
 
     def _rows(self):
-        from ..train import prompt_rows
+        from .loop import prompt_rows
 
         return prompt_rows(self.task, class_prompts(self.hp, self.task.spec), self.hp)
 
@@ -75,7 +75,7 @@ class JTTRun:
             return True
         if self.first is not None:
             return False
-        from ..train import Objective, loop_run
+        from .loop import Objective, loop_run
 
         task, hp = self.task, self.hp
         self.first = self.stage.result()

@@ -33,7 +33,7 @@ class LinearProbeBalancedParams(LinearProbeParams):
 
 def fit_probe(task: FitTask, hp: LinearProbeParams, balanced: bool = False) -> Fitted:
     """Logistic regression on the training features for every C; keep the best by the run's selection rule."""
-    from ..linear import Scaler, fit_logreg, head_from_logreg, logreg_parameters
+    from .linear import Scaler, fit_logreg, head_from_logreg, logreg_parameters
 
     train, val, n_classes = task.train, task.val, task.n_classes
     x, y = train.feats.numpy(), train.y

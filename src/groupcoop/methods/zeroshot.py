@@ -40,7 +40,7 @@ class ZeroShotGroupsParams(ZeroShotParams):
 
 
 def _head(task: FitTask, texts: list[str], templates, aggregate: str) -> Fitted:
-    from ..head import Head
+    from .head import Head
 
     bb = task.backbone
     return Fitted(Head.from_text(bb.text_features(texts, templates), bb.logit_scale, task.n_classes, aggregate,

@@ -1,0 +1,192 @@
+"""The backbone protocol: what groupcoop asks of a frozen image-text model.
+
+A `Backbone` is used only through the operations below; nothing outside an adapter module
+(`backbone_openclip.py`, `backbone_transformers.py`) touches a model's internals.
+
+A prompt is `[prefix specials] [V1..VM] <text> [EOS] [padding]`; `prefix_length` says how many
+special tokens come before the text (1 for CLIP's [SOS], 0 for SigLIP), `eos_positions` where
+the text ends, `pool_positions` where the text encoder pools (the [EOS] for CLIP, the last
+position for SigLIP) and `text_length` how many leading positions it reads (a causal encoder
+ignores everything after its pooled token; `pads_freely` says so). `encode_text_embeddings` runs the text encoder
+from token embeddings, which prompt learning needs; scores are `logit_scale * cos + logit_bias`
+(the bias is SigLIP's; CLIP has none).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import UserError
+from ..templates import TEMPLATES
+
+TINY = "groupcoop-tiny"  # the bundled model, an open_clip architecture
+TRANSFORMERS_PREFIX = "transformers:"
+
+
+class Backbone(ABC):
+    """A frozen image-text model, seen through the operations groupcoop needs."""
+
+    name: str  # as the user spelled it (`--backbone`)
+    identity: str  # the weights' identity: part of the feature-cache key, checked when a run is loaded
+    preprocess: object  # PIL image -> (3, H, W) tensor; its repr is part of the feature-cache key
+    pretrained: str | None = None  # the --pretrained value it was loaded with (for `export`)
+    weights_path: str | None = None  # the weights file, when loaded from one (for `export`)
+
+    # -- the model ---------------------------------------------------------------------------------
+
+    @property
+    @abstractmethod
+    def device(self) -> torch.device: ...
+
+    @property
+    @abstractmethod
+    def logit_scale(self) -> float: ...
+
+    @property
+    def logit_bias(self) -> float | None:
+        """A constant added to every logit (SigLIP's sigmoid scoring); None when there is none."""
+        return None
+
+    @abstractmethod
+    def parameter_count(self) -> int: ...
+
+    @abstractmethod
+    def to(self, device) -> "Backbone": ...
+
+    def tune_for_gpu(self) -> None:
+        """Layout changes that make image encoding faster on CUDA (none by default)."""
+
+    def export_model(self, folder: Path) -> dict:
+        """Write into `folder` what the model's own library needs to build this backbone without
+        groupcoop (`groupcoop export`); return the head metadata that says how: `library`, `model`,
+        `pretrained`, and `weights` (a file in `folder`, None when the library fetches the model by
+        name) with its `weights_sha256`. An adapter's `load_export` reads the folder back."""
+        raise UserError(f"backbone {self.name}: export cannot write this model family; use the run folder itself "
+                        "(groupcoop predict RUN, GroupCoOpClassifier.from_run)")
+
+    # -- images ------------------------------------------------------------------------------------
+
+    @abstractmethod
+    def encode_images(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """Image features for a preprocessed batch (B, 3, H, W)."""
+
+    # -- text --------------------------------------------------------------------------------------
+
+    @property
+    @abstractmethod
+    def context_length(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def token_width(self) -> int:
+        """The width W of a token embedding (a context vector's size)."""
+
+    @property
+    @abstractmethod
+    def prefix_length(self) -> int:
+        """Special tokens the tokenizer puts before the text."""
+
+    @abstractmethod
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        """Token ids (B, context_length), padded as the text encoder expects."""
+
+    @abstractmethod
+    def token_embeddings(self, ids: torch.Tensor) -> torch.Tensor:
+        """(B, L) ids -> (B, L, W) token embeddings."""
+
+    @abstractmethod
+    def vocabulary(self) -> torch.Tensor:
+        """The (V, W) token-embedding matrix (nearest tokens of learned context vectors)."""
+
+    @abstractmethod
+    def token_text(self, ids) -> list[str]:
+        """A readable string per vocabulary id."""
+
+    @abstractmethod
+    def eos_positions(self, ids: torch.Tensor) -> torch.Tensor:
+        """Index of the end-of-text token per sequence."""
+
+    @abstractmethod
+    def pool_positions(self, ids: torch.Tensor) -> torch.Tensor:
+        """Index of the token the text encoder pools, per sequence."""
+
+    @abstractmethod
+    def text_length(self, pool_at: torch.Tensor, length: int) -> int:
+        """How many leading positions of a length-`length` batch pooled at `pool_at` the encoder reads."""
+
+    @property
+    def pads_freely(self) -> bool:
+        """Whether a prompt's text features ignore every position after its pooled one (a causal
+        mask pooling at the [EOS]): prompts of different lengths padded at the end then encode in
+        one batch as each alone (fused training). False, the safe default, fuses only prompts of
+        equal length."""
+        return False
+
+    @abstractmethod
+    def encode_text_embeddings(self, x: torch.Tensor, pool_at: torch.Tensor, cut: bool = True) -> torch.Tensor:
+        """Text features from token embeddings `x` (B, L, W) pooled at `pool_at` (B,); equals the
+        model's own text encoding of the same tokens. With `cut`, positions after `text_length`
+        are dropped first (same numbers, less work)."""
+
+    # -- built on the above ------------------------------------------------------------------------
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.encode_text(["a"]).shape[-1])
+
+    @torch.inference_mode()
+    def encode_text(self, texts: list[str], normalize: bool = False) -> torch.Tensor:
+        ids = self.tokenize(texts)
+        out = self.encode_text_embeddings(self.token_embeddings(ids), self.pool_positions(ids))
+        return F.normalize(out, dim=-1) if normalize else out
+
+    def text_features(self, texts: list[str], templates=TEMPLATES) -> torch.Tensor:
+        """Normalised text features per text, averaged over templates (the usual CLIP ensemble)."""
+        return torch.stack([F.normalize(self.encode_text([t.format(x) for t in templates], normalize=True).mean(0),
+                                        dim=-1) for x in texts])
+
+    def row_bias(self, n_rows: int) -> torch.Tensor | None:
+        """The logit bias as a classifier head's per-row bias (None when the model has none)."""
+        return None if self.logit_bias is None else torch.full((n_rows,), float(self.logit_bias))
+
+
+def weights_checksum(path) -> str:
+    """sha256 of a weights file (hex), read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def checked_export_weights(folder: Path, info: dict, expected: str) -> Path:
+    """The weights file `expected` of an export folder, checked against the sha256 its head recorded
+    (a missing, special or changed file is one line)."""
+    from ..io.read import open_regular
+
+    head = Path(folder) / "head.safetensors"
+    weights, recorded = info.get("weights"), info.get("weights_sha256")
+    if weights != expected or not isinstance(recorded, str):
+        raise UserError(f"{head}: the weights file or its checksum is missing from the metadata; export the run again")
+    path = Path(folder) / weights
+    open_regular(path, "exported weights", "export the run again").close()
+    if weights_checksum(path) != recorded:
+        raise UserError(f"{path} does not match the sha256 recorded when it was exported ({recorded[:16]}...); "
+                        "the file was changed or damaged; export the run again")
+    return path
+
+
+def special_prefix_length(tokenizer) -> int:
+    """How many special tokens a Hugging Face tokenizer puts before a text ([SOS]/[BOS]: 1 for CLIP's, 0 for SigLIP's)."""
+    content = tokenizer("x", add_special_tokens=False)["input_ids"]
+    full = tokenizer("x", add_special_tokens=True)["input_ids"]
+    for start in range(len(full) - len(content) + 1):
+        if full[start:start + len(content)] == content:
+            return start
+    raise UserError("the checkpoint's tokenizer does not keep a text's tokens between its special tokens; "
+                    "prompt learning cannot place context vectors")

@@ -1,0 +1,310 @@
+"""Bias discovery: which attributes of a vocabulary go with the class on the training split.
+
+A candidate is a vocabulary attribute with its value phrases ("{} on grass", "{} on water", ...).
+Every training image gets a class-agnostic zero-shot value: its cosine with each value phrase
+applied to every class name, averaged over the class names (template-ensembled as everywhere),
+then the best value. Values given to fewer than `labelfree.DISCOVERY_MIN_VALUE_SHARE` of the
+images are dropped one at a time (the smallest first, the images re-assigned among the rest), so
+an attribute listing the world's five backgrounds keeps the two a task uses; a candidate needs
+two values left. Its score says how strongly those assignments go with the class, i.e. how
+spurious the attribute would be; three scores are offered (`choices.DiscoveryScore`):
+
+- `cramers_v`: Cramér's V of the class x value table (0 independent, 1 one determines the other);
+- `nmi`: normalised mutual information of class and value (arithmetic normalisation);
+- `error_concentration`: in the spirit of B2T [Kim et al., CVPR 2024]: a cross-validated linear
+  probe's training errors; per class, the share of its errors in a value minus the share of its
+  correctly classified images in that value; the score is the largest over classes and values
+  (a class needs `MIN_CLASS_ERRORS` errors to count).
+
+Nothing here reads a bias label: only image features, class labels and the vocabulary.
+`bias_prompts: auto` keeps the candidates above the score's threshold, at most `discover_top`
+(`auto_attributes`); the choices are named in `labelfree.py`.
+
+A vocabulary is a YAML file `{attributes: {name: [phrase, ...]}}`, optionally with `extends:
+clip|world` to add to (or replace attributes of) a shipped one (`vocabularies/*.yaml`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+import numpy as np
+from pydantic import Field, field_validator
+
+from ..choices import DISCOVERY_SCORES
+from ..data.base import apply_phrase
+from ..errors import UserError, close_matches
+from ..io.read import read_yaml_mapping
+from .labelfree import DISCOVERY_MIN_VALUE_SHARE, DISCOVERY_SCORE, DISCOVERY_THRESHOLDS
+from ..schema import Frozen, build
+
+SHIPPED = {"clip": "vocabularies/clip.yaml", "world": "vocabularies/world.yaml"}
+PROBE_FOLDS = 3  # error_concentration: folds of the cross-validated probe
+PROBE_MAX_ROWS = 20000  # error_concentration: the probe sees at most this many training images (seeded draw)
+MIN_CLASS_ERRORS = 5  # error_concentration: a class with fewer probe errors says nothing
+SHOWN = 10  # candidates a run's metrics.json and report list
+
+
+# --- vocabularies --------------------------------------------------------------------------------
+
+Phrase = Annotated[str, Field(strict=True, min_length=1)]
+
+
+class VocabularyFile(Frozen):
+    """What a vocabulary file holds."""
+
+    extends: Literal[tuple(SHIPPED)] | None = None
+    attributes: Annotated[dict[Annotated[str, Field(strict=True, min_length=1)],
+                               Annotated[list[Phrase], Field(min_length=2)]], Field(min_length=1)]
+
+    @field_validator("attributes")
+    @classmethod
+    def _distinct(cls, value):
+        for name, phrases in value.items():
+            normalised = [with_slot(p) for p in phrases]
+            if len(set(normalised)) != len(normalised):
+                raise ValueError(f"attribute {name} lists a value twice")
+        return value
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    name: str  # where it came from, for reports: "world (shipped)" or the file's path
+    attributes: dict[str, tuple[str, ...]]  # name -> value phrases, each with "{}"
+
+
+def with_slot(phrase: str) -> str:
+    """A value phrase with "{}" where the class name goes ("on water" -> "{} on water", as apply_phrase reads it)."""
+    phrase = phrase.strip()
+    return phrase if "{}" in phrase else f"{{}} {phrase}"
+
+
+def value_name(phrase: str) -> str:
+    """A value's short name from its phrase: "{} on water" -> "on water"."""
+    return " ".join(phrase.replace("{}", " ").split()) or phrase
+
+
+def _read(path: Path, what: str) -> VocabularyFile:
+    return build(VocabularyFile, read_yaml_mapping(path, what), f"{what} {path}")
+
+
+def _shipped(name: str) -> Path:
+    """The file of a vocabulary that ships inside the package."""
+    from importlib import resources
+
+    return Path(str(resources.files("groupcoop") / SHIPPED[name]))
+
+
+def load_vocabulary(path: str | Path | None = None, dataset=None) -> Vocabulary:
+    """A vocabulary file (or, with no path, the shipped one for the dataset: `world` for the
+    synthetic world, `clip` otherwise); a bad file is one UserError line."""
+    if path is None:
+        name = default_vocabulary(dataset)
+        shipped = _shipped(name)
+        return Vocabulary(f"{name} (shipped)", _attributes(_read(shipped, "shipped vocabulary")))
+    path = Path(path).expanduser()
+    given = _read(path, "vocabulary file")
+    attributes = {}
+    if given.extends:
+        attributes = _attributes(_read(_shipped(given.extends), "shipped vocabulary"))
+    attributes.update(_attributes(given))
+    return Vocabulary(str(path) + (f" (extends {given.extends})" if given.extends else ""), attributes)
+
+
+def _attributes(vocabulary: VocabularyFile) -> dict[str, tuple[str, ...]]:
+    return {name: tuple(with_slot(p) for p in phrases) for name, phrases in vocabulary.attributes.items()}
+
+
+def default_vocabulary(dataset) -> str:
+    """The shipped vocabulary a dataset uses by default: `world` for synthetic tasks, `clip` otherwise."""
+    from ..data.world.synthetic import SyntheticImages
+
+    return "world" if dataset is not None and isinstance(dataset.images, SyntheticImages) else "clip"
+
+
+def check_score(score: str) -> str:
+    if score not in DISCOVERY_SCORES:
+        raise UserError(f"unknown discovery score '{score}'{close_matches(score, DISCOVERY_SCORES)}; "
+                        f"choose one of: {', '.join(DISCOVERY_SCORES)}")
+    return score
+
+
+# --- scores on arrays (no model) ---------------------------------------------------------------------
+
+def assign_values(scores: np.ndarray, min_share: float = DISCOVERY_MIN_VALUE_SHARE) -> tuple[list[int], np.ndarray]:
+    """(kept value indices, each image's value as an index into them) from (n, V) zero-shot scores.
+
+    While a kept value holds fewer than `min_share` of the images, the smallest is dropped and its
+    images go to their best remaining value. Fewer than two kept values: ([], empty)."""
+    kept = list(range(scores.shape[1]))
+    while len(kept) >= 2:
+        assigned = np.argmax(scores[:, kept], axis=1)
+        shares = np.bincount(assigned, minlength=len(kept)) / max(len(assigned), 1)
+        if shares.min() >= min_share:
+            return kept, assigned
+        kept.pop(int(np.argmin(shares)))
+    return [], np.zeros(0, dtype=np.int64)
+
+
+def cramers_v(y: np.ndarray, values: np.ndarray) -> float:
+    """Cramér's V of the class x value contingency table (no continuity correction)."""
+    from scipy.stats.contingency import association, crosstab
+
+    table = crosstab(y, values).count
+    if min(table.shape) < 2:
+        return 0.0
+    return float(association(table, method="cramer", correction=False))
+
+
+def nmi(y: np.ndarray, values: np.ndarray) -> float:
+    from sklearn.metrics import normalized_mutual_info_score
+
+    return float(normalized_mutual_info_score(y, values))
+
+
+def probe_errors(x: np.ndarray, y: np.ndarray, seed: int = 0) -> np.ndarray | None:
+    """Which training images a cross-validated logistic regression on the features gets wrong
+    (None when a class has too few images to cross-validate). At most PROBE_MAX_ROWS images,
+    a seeded draw; the rest count as correct (they are left out of the score)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    rng = np.random.default_rng(seed)
+    rows = np.arange(len(y)) if len(y) <= PROBE_MAX_ROWS else np.sort(rng.choice(len(y), PROBE_MAX_ROWS, replace=False))
+    folds = min(PROBE_FOLDS, int(np.bincount(y[rows]).min()))
+    if folds < 2 or len(np.unique(y[rows])) < 2:
+        return None
+    probe = LogisticRegression(C=1.0, max_iter=1000, random_state=seed)
+    pred = cross_val_predict(probe, x[rows], y[rows], cv=StratifiedKFold(folds, shuffle=True, random_state=seed))
+    errors = np.full(len(y), -1, dtype=np.int64)  # -1: not seen by the probe
+    errors[rows] = (pred != y[rows]).astype(np.int64)
+    return errors
+
+
+def error_concentration(errors: np.ndarray | None, y: np.ndarray, values: np.ndarray) -> float:
+    """Largest, over classes c and values v, of P(v | c, error) - P(v | c, correct) (B2T's score on
+    zero-shot value assignments); 0 when no class has MIN_CLASS_ERRORS probe errors."""
+    if errors is None:
+        return 0.0
+    best = 0.0
+    n_values = int(values.max()) + 1 if len(values) else 0
+    for c in np.unique(y):
+        wrong, right = (y == c) & (errors == 1), (y == c) & (errors == 0)
+        if wrong.sum() < MIN_CLASS_ERRORS or not right.any():
+            continue
+        share_wrong = np.bincount(values[wrong], minlength=n_values) / wrong.sum()
+        share_right = np.bincount(values[right], minlength=n_values) / right.sum()
+        best = max(best, float((share_wrong - share_right).max()))
+    return best
+
+
+SCORE_FUNCTIONS = {"cramers_v": cramers_v, "nmi": nmi}  # error_concentration needs the probe's errors too
+
+
+def rank_candidates(x: np.ndarray, y: np.ndarray, value_features: dict[str, tuple[tuple[str, ...], np.ndarray]],
+                    score: str = DISCOVERY_SCORE, compute: tuple[str, ...] | None = None,
+                    min_share: float = DISCOVERY_MIN_VALUE_SHARE, seed: int = 0) -> list[dict]:
+    """Candidates ranked by `score`, best first, from image features `x` (n, D), classes `y` and,
+    per attribute, its value phrases with their class-averaged text features (V, D).
+
+    Each candidate: attribute, values (the kept phrases), score, scores (every score of
+    `compute`, default just `score`), shares (of the training images per kept value), dropped."""
+    compute = tuple(dict.fromkeys([score, *(compute or ())]))
+    errors = probe_errors(x, y, seed) if "error_concentration" in compute else None
+    out = []
+    for attribute, (phrases, text) in value_features.items():
+        kept, assigned = assign_values(x @ text.T, min_share)
+        if not kept:
+            continue
+        scores = {name: (error_concentration(errors, y, assigned) if name == "error_concentration"
+                         else SCORE_FUNCTIONS[name](y, assigned)) for name in compute}
+        shares = np.bincount(assigned, minlength=len(kept)) / len(assigned)
+        out.append({"attribute": attribute, "values": [phrases[k] for k in kept], "score": scores[score],
+                    "scores": scores, "shares": [round(float(s), 4) for s in shares],
+                    "dropped": [p for k, p in enumerate(phrases) if k not in kept]})
+    return sorted(out, key=lambda c: (-c["score"], c["attribute"]))
+
+
+def auto_attributes(candidates: list[dict], score: str, top: int) -> list[dict]:
+    """What `bias_prompts: auto` keeps: the candidates scoring above the score's threshold, at most `top`."""
+    threshold = DISCOVERY_THRESHOLDS[score]
+    return [c for c in candidates if c["scores"][score] > threshold][:top]
+
+
+# --- on a dataset's cached features ---------------------------------------------------------------------
+
+def value_features(backbone, class_names, vocabulary: Vocabulary) -> dict[str, tuple[tuple[str, ...], np.ndarray]]:
+    """Per attribute: its phrases and, per phrase, the mean over class names of the text features of
+    the phrase applied to the class name (template-ensembled, normalised per text)."""
+    out = {}
+    for attribute, phrases in vocabulary.attributes.items():
+        texts = [apply_phrase(p, c) for p in phrases for c in class_names]
+        feats = backbone.text_features(texts).float().cpu().numpy()
+        out[attribute] = (phrases, feats.reshape(len(phrases), len(class_names), -1).mean(axis=1))
+    return out
+
+
+def discover_on(prep, vocabulary: Vocabulary, score: str = DISCOVERY_SCORE, compute: tuple[str, ...] | None = None,
+                seed: int = 0) -> list[dict]:
+    """Ranked candidates on a prepared dataset's training split (features and class labels only)."""
+    ds = prep.dataset
+    rows = ds.split_indices("train")
+    if not len(rows):
+        raise UserError(f"{ds.name} has no training images to discover biases on")
+    x = prep.feats.numpy(rows).astype(np.float64)
+    return rank_candidates(x, ds.y[rows], value_features(prep.backbone, ds.class_names, vocabulary),
+                           score, compute, seed=seed)
+
+
+@dataclass(frozen=True)
+class Discovered:
+    """What `bias_prompts: auto` found for a run: the ranked candidates and the ones it uses."""
+
+    vocabulary: str
+    score: str
+    top: int
+    candidates: list[dict]
+    used: list[dict]
+
+    @property
+    def phrases(self) -> list[list[str]]:
+        return [list(c["values"]) for c in self.used]
+
+    def report(self, fallback: str | None) -> dict:
+        """The metrics.json block."""
+        shown = [{k: c[k] for k in ("attribute", "values", "score", "shares")} for c in self.candidates[:SHOWN]]
+        return {"vocabulary": self.vocabulary, "score": self.score, "threshold": DISCOVERY_THRESHOLDS[self.score],
+                "top": self.top, "min_value_share": DISCOVERY_MIN_VALUE_SHARE, "candidates": shown,
+                "used": [c["attribute"] for c in self.used],
+                "fallback": None if fallback is None else
+                f"{fallback}: no candidate scored above {DISCOVERY_THRESHOLDS[self.score]} ({self.score})"}
+
+
+def discover_for_run(prep, options, seed: int = 0) -> Discovered:
+    """Discovery for `bias_prompts: auto` with a run's grouping options (vocabulary, score, top)."""
+    vocabulary = load_vocabulary(options.vocabulary, prep.dataset)
+    candidates = discover_on(prep, vocabulary, options.discover_score, seed=seed)
+    return Discovered(vocabulary.name, options.discover_score, options.discover_top, candidates,
+                      auto_attributes(candidates, options.discover_score, options.discover_top))
+
+
+def format_candidates(candidates: list[dict], dataset, vocabulary: Vocabulary, score: str | None = None) -> str:
+    """The ranked candidates as a table for the terminal, with what `bias_prompts: auto` would keep."""
+    score = score or DISCOVERY_SCORE
+    n_train = len(dataset.split_indices("train"))
+    threshold = DISCOVERY_THRESHOLDS[score]
+    lines = [f"bias candidates on {dataset.name} train ({n_train} images), vocabulary {vocabulary.name}, score {score} "
+             f"(bias_prompts auto uses those above {threshold}):", ""]
+    if not candidates:
+        return "\n".join(lines + ["  no attribute kept two values (each value must match at least "
+                                  f"{100 * DISCOVERY_MIN_VALUE_SHARE:g}% of the images)"])
+    width = max(len("attribute"), *(len(c["attribute"]) for c in candidates))
+    lines.append(f"  {'rank':>4}  {'attribute':<{width}}  {'score':>6}  values (share of training images)")
+    for rank, c in enumerate(candidates, 1):
+        values = ", ".join(f"{v} {100 * s:.0f}%" for v, s in zip(c["values"], c["shares"]))
+        mark = " *" if c["score"] > threshold else ""
+        lines.append(f"  {rank:>4}  {c['attribute']:<{width}}  {c['score']:6.3f}  {values}{mark}")
+    lines += ["", f"* above the threshold ({threshold})"]
+    return "\n".join(lines)

@@ -1,0 +1,303 @@
+"""Group planning: where a run's groups come from, resolved once, and the groups of every split.
+
+`resolve_method_grouping` decides the group source from the dataset and the method, and
+`check_selection` the model-selection rule against them (no features needed; `pipeline.check_run`
+calls both once, before any image is read, and every later stage trusts the answer).
+`labeler_spec` says how those groups are numbered, named and put into prompts. `plan_groups`
+then labels the splits (with features, for the labelers that need them) into a `GroupPlan`: the
+training groups, the validation partition model selection uses (`Selection`), and the groups
+each split is reported by.
+
+With `bias_prompts: auto` the labeler's attributes are discovered on the training split
+(discovery.py) when the groups are planned: they may have nothing to do with the dataset's own
+attributes, so every split without true groups is reported by the labeler's, the splits with
+true groups by those; where nothing is discovered, `labelfree.AUTO_FALLBACK_LABELER` (a labeler
+that needs no phrases) makes the groups, and the plan's `discovery` says so.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import labelers
+from ..io.csv_safe import csv_text
+from ..data.base import SPLITS, GroupDataset, GroupSpec, apply_phrase
+from ..errors import UserError
+from ..io.folders import atomic_folder
+from ..io.write import atomic_text
+from .labelers import GroupingOptions
+from .labelfree import AUTO_FALLBACK_LABELER, SELECTION_FALLBACK
+
+
+# --- resolved once, before any image is read -------------------------------------------------
+
+def _hidden_note(ds: GroupDataset, split: str) -> str:
+    return " (hidden by hide_bias_labels)" if split in ds.hidden_splits else ""
+
+
+def resolve_grouping(ds: GroupDataset, options: GroupingOptions) -> GroupingOptions:
+    """The options with the source decided, checked against what the dataset offers (no features needed)."""
+    train_rows = ds.split_indices("train")
+    attrs = ds.attrs[~np.isin(ds.split, [SPLITS[s] for s in ds.hidden_splits])]  # hidden labels are not missing ones
+    if options.source is None and ds.attribute_names and (attrs < 0).any() and (attrs >= 0).any():
+        missing = int((attrs < 0).any(axis=1).sum())
+        columns = ", ".join(a for j, a in enumerate(ds.attribute_names) if (attrs[:, j] < 0).any())
+        raise UserError(f"{ds.name}: {missing} rows have no value for bias attribute {columns} while others have "
+                        "one; fill them in, or pass --groups pseudo (or zeroshot, kmeans) to label every row "
+                        "with a labeler")
+    options = options.resolved(ds.labelled(train_rows))
+    if options.source == "gt" and not ds.labelled(train_rows):
+        raise UserError(f"--groups gt needs bias labels, but {ds.name} has none for its training split"
+                        f"{_hidden_note(ds, 'train')}; use --groups pseudo, zeroshot or kmeans")
+    if options.discovers:
+        if not labelers.LABELERS[options.source].needs_scores:
+            raise UserError(f"--bias-prompts auto discovers the attributes a labeler names groups by, and --groups "
+                            f"{options.source} names none; use --groups pseudo or zeroshot with it")
+        from .discovery import load_vocabulary
+
+        load_vocabulary(options.vocabulary, ds)  # a bad file is refused now, before any image is read
+        return options
+    if options.vocabulary is not None:
+        raise UserError("--vocabulary is the vocabulary of bias discovery; it applies with --bias-prompts auto")
+    spec = labeler_spec(ds, options)
+    if labelers.LABELERS[options.source].needs_scores and spec.phrases is None:
+        raise UserError(f"--groups {options.source} needs attribute phrases, and {ds.name} has none; pass "
+                        '--bias-prompts "on land,on water" (one phrase per value), --bias-prompts auto (discovered) '
+                        "or use --groups kmeans")
+    return options
+
+
+def resolve_method_grouping(recipe, ds: GroupDataset, options: GroupingOptions) -> GroupingOptions:
+    """`resolve_grouping`, plus what the method needs of the data (no features needed).
+
+    A recipe that trains on the true groups of the validation split (DFR) is refused when
+    that split lacks them or when `--groups` names a labeler; it never looks at the training
+    split's labels.
+    """
+    if recipe.needs_groups == "val":
+        val_rows = ds.split_indices("val")
+        if not len(val_rows) or not ds.labelled(val_rows):
+            raise UserError(f"--method {recipe.name} trains on the true group labels of the validation split, and "
+                            f"{ds.name} has none there{_hidden_note(ds, 'val')}; use a method that takes --groups "
+                            "pseudo or one that needs no groups (`groupcoop methods` lists the labels each method needs)")
+        if options.discovers:
+            raise UserError(f"--method {recipe.name} trains on the validation split's true groups, so --bias-prompts "
+                            "auto (attributes for a labeler) does not apply to it; drop --bias-prompts")
+        if options.source not in (None, "gt"):
+            raise UserError(f"--method {recipe.name} trains on the validation split's true groups, so --groups "
+                            f"{options.source} does not apply to it; drop --groups, or use a method that trains on "
+                            "pseudo-groups (`groupcoop methods`)")
+        return options.model_copy(update={"source": "gt"})
+    return resolve_grouping(ds, options)
+
+
+def check_selection(recipe, ds: GroupDataset, options: GroupingOptions, selection: str) -> None:
+    """Refuse a model-selection rule the run cannot follow (no features needed): any rule but `auto`
+    for a method that tunes on val's true groups by its own rule (DFR), and `labeler` where the
+    labeler is gt and val has no bias labels."""
+    if recipe.needs_groups == "val" and selection != "auto":
+        raise UserError(f"--method {recipe.name} trains on the validation split's true groups and tunes itself on "
+                        f"held-out halves of them, so --selection {selection} does not apply to it; drop --selection")
+    val_rows = ds.split_indices("val")
+    if selection == "labeler" and options.source == "gt" and len(val_rows) and not ds.labelled(val_rows):
+        raise UserError(f"--selection labeler selects on the labeler's validation groups, and --groups gt cannot "
+                        f"label {ds.name}'s validation split, which has no bias labels{_hidden_note(ds, 'val')}; "
+                        "pass --selection worst_class or average, or --groups pseudo")
+
+
+def labeler_spec(ds: GroupDataset, options: GroupingOptions) -> GroupSpec:
+    """How the labeler's groups are numbered, named and phrased in prompts.
+
+    A dataset without bias attributes takes them from --bias-prompts (one attribute per
+    ';'-separated list) or, for kmeans, from --clusters (default 2); kmeans clusters have no names.
+    (With `bias_prompts: auto` the attributes are known only once discovered: `plan_groups`.)
+    """
+    if options.discovers:
+        raise ValueError("bias_prompts auto: the labeler's attributes are discovered in plan_groups")
+    bias_prompts = options.bias_prompts
+    if ds.attribute_names:
+        if bias_prompts and [len(p) for p in bias_prompts] != ds.attr_sizes:
+            raise UserError(f"--bias-prompts gives {[len(p) for p in bias_prompts]} phrases per attribute, but "
+                            f"{ds.name} has attribute sizes {ds.attr_sizes}; give one phrase per value")
+        values = ds.attribute_values
+        phrases = bias_prompts or ds.attribute_phrases
+    elif bias_prompts:
+        values, phrases = bias_prompts, bias_prompts
+    else:
+        values, phrases = [[f"cluster {k}" for k in range(options.clusters or 2)]], None
+    if options.source == "kmeans":
+        sizes = labelers.group_sizes("kmeans", [len(v) for v in values], options.clusters)
+        values, phrases = [[f"cluster {k}" for k in range(s)] for s in sizes], None
+    as_tuple = lambda lists: tuple(tuple(x) for x in lists)  # noqa: E731
+    return GroupSpec(tuple(ds.class_names), as_tuple(values), as_tuple(phrases) if phrases else None)
+
+
+# --- the groups of every split ------------------------------------------------------------------
+
+def attribute_scores(prep, rows: np.ndarray, phrases, chunk: int = 65536) -> list[np.ndarray]:
+    """Per attribute: cosine of each image with '<its class> <value phrase>' prompts (template ensemble)."""
+    import torch
+
+    ds, bb = prep.dataset, prep.backbone
+    texts = [torch.stack([bb.text_features([apply_phrase(v, c) for v in values]) for c in ds.class_names]).cpu()
+             for values in phrases]  # (C, V, D) per attribute
+    scores = [[] for _ in phrases]
+    for start in range(0, len(rows), chunk):  # a chunk of features at a time: memory stays flat
+        part = rows[start:start + chunk]
+        feats, y = prep.feats.rows(part), torch.as_tensor(ds.y[part])
+        for out, text in zip(scores, texts):
+            out.append(torch.einsum("nd,nvd->nv", feats, text[y]).numpy())
+    return [np.concatenate(s) if s else np.zeros((0, len(v)), dtype=np.float32) for s, v in zip(scores, phrases)]
+
+
+@dataclass(frozen=True)
+class Selection:
+    """How a run's validation split selects its model: the rule asked for (`choices.Selection`),
+    what it used, in words (metrics.json `selection_groups`), and the name of its worst-part
+    accuracy in histories (None for `average`, which has none)."""
+
+    rule: str
+    used: str
+    key: str | None
+
+    @property
+    def describe(self) -> str:
+        """The rule in words, for logs and reports."""
+        what = {"val_worst_group_acc": "worst-group", "val_worst_class_acc": "worst-class"}.get(self.key)
+        return f"validation {what} accuracy (ties: average)" if what else "validation average accuracy"
+
+
+@dataclass
+class GroupPlan:
+    """Group ids used for training, selection and reporting, and where each came from."""
+
+    source: str
+    spec: GroupSpec
+    train: np.ndarray | None  # None when the method does not read the training split's groups
+    val_select: np.ndarray  # the validation partition selection takes the worst part of (groups, classes, or one)
+    selection: Selection
+    report: dict  # split -> (group ids, whether they are the true groups)
+    quality: dict | None = None
+    discovery: dict | None = None  # bias_prompts auto: what was discovered (metrics.json `discovery`)
+
+
+def _discovered(prep, options: GroupingOptions, seed: int) -> tuple[str, GroupSpec, dict]:
+    """Source, spec and report of `bias_prompts: auto`: the discovered attributes, or the fallback
+    labeler's unnamed clusters (`clusters` per class, default 2) when nothing was discovered."""
+    from .discovery import discover_for_run, value_name
+
+    found = discover_for_run(prep, options, seed)
+    classes = tuple(prep.dataset.class_names)
+    if found.used:
+        phrases = tuple(tuple(p) for p in found.phrases)
+        spec = GroupSpec(classes, tuple(tuple(value_name(p) for p in attr) for attr in phrases), phrases)
+        return options.source, spec, found.report(None)
+    fallback = AUTO_FALLBACK_LABELER
+    spec = GroupSpec(classes, (tuple(f"cluster {k}" for k in range(options.clusters or 2)),), None)
+    return fallback, spec, found.report(fallback)
+
+
+def plan_groups(prep, options: GroupingOptions, seed: int, train_groups: bool = True,
+                selection: str = "auto") -> GroupPlan:
+    """The groups of every split, from resolved options (`resolve_method_grouping`), and the
+    validation partition of the selection rule (`check_selection` has refused what cannot be).
+
+    `train_groups=False` (a method that never trains on the training split, DFR) leaves the
+    training split's labels unread: `train` is None, no quality report."""
+    if options.source is None:
+        raise ValueError("plan_groups needs resolved grouping options (resolve_method_grouping)")
+    ds = prep.dataset
+    discovery = None
+    if options.discovers:
+        source, spec, discovery = _discovered(prep, options, seed)
+    else:
+        source, spec = options.source, labeler_spec(ds, options)
+    rows = {s: ds.split_indices(s) for s in ("train", "val", "test")}
+    labelled: dict[str, np.ndarray] = {}
+
+    whole_split = source == "pseudo" and options.variant in labelers.WHOLE_SPLIT_VARIANTS
+    kept: dict[str, tuple] = {}  # the training split's inputs, kept only for a whole-split variant
+
+    def labeler_inputs(split: str) -> tuple:
+        """(zero-shot scores, features) of a split, each None where the labeler reads none."""
+        if split in kept:
+            return kept[split]
+        r, needs = rows[split], labelers.LABELERS[source]
+        found = (attribute_scores(prep, r, spec.phrases) if needs.needs_scores else None,
+                 prep.feats.numpy(r) if needs.needs_feats else None)
+        if whole_split and split == "train":
+            kept[split] = found
+        return found
+
+    def label(split: str) -> np.ndarray:
+        r = rows[split]
+        if split not in labelled:
+            if source == "gt":
+                labelled[split] = ds.groups[r]
+            else:
+                scores, feats = labeler_inputs(split)
+                reference = None
+                if whole_split and split != "train":
+                    train_scores, train_feats = labeler_inputs("train")
+                    reference = labelers.Reference(train_feats, ds.y[rows["train"]], train_scores)
+                labelled[split] = labelers.assign_groups(
+                    source, feats, ds.y[r], spec.sizes, attr_scores=scores, clusters=options.clusters, seed=seed,
+                    variant=options.variant, reference=reference)
+        return labelled[split]
+
+    report = {s: ((ds.groups[rows[s]], True) if ds.labelled(rows[s]) else (label(s), False))
+              for s in ("val", "test") if len(rows[s])}
+    val_groups, chosen = _selection(selection, source, report.get("val", (None, False))[1], rows["val"], ds, label)
+    quality = None
+    if train_groups and source != "gt" and ds.labelled(rows["train"]):
+        quality = labelers.quality(ds.groups[rows["train"]], label("train"), names=ds.group_names())
+    return GroupPlan(source, spec, label("train") if train_groups else None, val_groups, chosen, report, quality,
+                     discovery)
+
+
+def _selection(rule: str, source: str, val_labelled: bool, val_rows: np.ndarray, ds: GroupDataset,
+               label) -> tuple[np.ndarray, Selection]:
+    """The validation partition a rule selects on, and the Selection saying so.
+
+    `auto`: the true groups where val has them; else `labelfree.SELECTION_FALLBACK`, except
+    that a gt labeler cannot label val, so then worst_class."""
+    used = rule
+    if rule == "auto":
+        used = "true" if val_labelled else SELECTION_FALLBACK if source != "gt" else "worst_class"
+    if used == "true":
+        return ds.groups[val_rows], Selection(rule, "true val groups", "val_worst_group_acc")
+    if used == "labeler":
+        return label("val"), Selection(rule, f"{source} val groups", "val_worst_group_acc")
+    if used == "worst_class":
+        return ds.y[val_rows], Selection(rule, "val classes (worst-class accuracy)", "val_worst_class_acc")
+    return np.zeros(len(val_rows), dtype=np.int64), Selection(rule, "all of val (average accuracy)", None)
+
+
+def write_groups(prep, out: Path, options: GroupingOptions, seed: int = 0) -> str:
+    """Label the training split with a labeler; write groups.csv and quality.json; return a summary."""
+    import pandas as pd
+
+    ds = prep.dataset
+    plan = plan_groups(prep, options, seed)
+    rows = ds.split_indices("train")
+    names = plan.spec.names()
+    table = pd.DataFrame({"index": rows, "y": ds.y[rows], "group": plan.train,
+                          "group_name": [names[g] for g in plan.train]})
+    if ds.has_group_labels:
+        table["true_group"] = ds.groups[rows]
+    quality = plan.quality or {"note": "the dataset has no bias labels to compare with"}
+    if plan.discovery:
+        quality = {**quality, "discovery": plan.discovery}
+    with atomic_folder(Path(out), kind="groups") as tmp:
+        atomic_text(tmp / "groups.csv", csv_text(table.to_dict("records")))
+        atomic_text(tmp / "quality.json", json.dumps(quality, indent=1) + "\n")
+    method = plan.source
+    if plan.quality:
+        q = plan.quality
+        return (f"{method} groups on {ds.name} train ({len(rows)} images): accuracy {100 * q['accuracy']:.1f}  "
+                f"NMI {q['nmi']:.3f}  ARI {q['ari']:.3f}; wrote {out}/groups.csv and quality.json")
+    return f"{method} groups on {ds.name} train ({len(rows)} images); no true groups to compare; wrote {out}/groups.csv"

@@ -1,0 +1,105 @@
+"""Epoch logs: every run's epochs.csv, and `--log tensorboard|wandb|mlflow` for the user's own tools.
+
+`epoch_rows` turns a run's training history into the rows of `epochs.csv` (epoch, train loss,
+validation worst-group and average accuracy, whether it is the selected epoch); a method that
+trains in one go (zero-shot, linear probes, DFR) has none, and its epochs.csv holds the header
+only. `send` hands the same rows, the run's settings and its test numbers to each tracker when
+the run is written. The trackers are imported only when asked for and are no dependency of
+groupcoop: `check_trackers` refuses a missing one with one line before any training.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from ..errors import UserError
+
+TRACKERS = {  # name: (module imported, what to install)
+    "tensorboard": ("torch.utils.tensorboard", "tensorboard"),
+    "wandb": ("wandb", "wandb"),
+    "mlflow": ("mlflow", "mlflow"),
+}
+EPOCH_COLUMNS = ("epoch", "train_loss", "val_worst_group_acc", "val_avg_acc", "selected")
+TENSORBOARD_FOLDER = "tensorboard"  # inside the run folder
+
+
+def check_trackers(names: list[str] | None) -> list[str]:
+    """The trackers asked for, each importable, or one UserError line naming what to install."""
+    names = list(dict.fromkeys(names or []))
+    for name in names:
+        if name not in TRACKERS:
+            raise UserError(f"--log {name}: unknown; choose from {', '.join(TRACKERS)}")
+        module, package = TRACKERS[name]
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise UserError(f"--log {name} needs `pip install {package}`") from None
+    return names
+
+
+def epoch_rows(metrics: dict) -> list[dict]:
+    """One row per trained epoch (1-based); `val_worst_group_acc` is the worst part the selection
+    rule scores (groups, or classes for a label-free rule)."""
+    best = metrics.get("best_epoch")
+    rows = []
+    for i, h in enumerate(metrics.get("history") or []):
+        epoch = int(h.get("epoch", i)) + 1
+        worst = h.get("val_worst_group_acc", h.get("val_worst_class_acc"))
+        rows.append({"epoch": epoch, "train_loss": h.get("loss"), "val_worst_group_acc": worst,
+                     "val_avg_acc": h.get("val_avg_acc"), "selected": int(epoch == best)})
+    return rows
+
+
+def _flat(values: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        elif value is not None:
+            out[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return out
+
+
+def _final(metrics: dict) -> dict:
+    return {f"{split}/{key}": m[key] for split, m in metrics.get("splits", {}).items()
+            for key in ("worst_group_acc", "avg_acc") if isinstance(m.get(key), (int, float))}
+
+
+def send(names: list[str], folder: Path, name: str, settings: dict, metrics: dict) -> None:
+    """The run's epoch rows, settings and final numbers to each tracker in `names`; tensorboard's
+    event files go into `folder`/tensorboard (the run folder being written)."""
+    rows, final = epoch_rows(metrics), _final(metrics)
+    for tracker in names:
+        if tracker == "tensorboard":
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(log_dir=str(Path(folder) / TENSORBOARD_FOLDER))
+            try:
+                for row in rows:
+                    for key in ("train_loss", "val_worst_group_acc", "val_avg_acc"):
+                        if row[key] is not None:
+                            writer.add_scalar(key, row[key], row["epoch"])
+                for key, value in final.items():
+                    writer.add_scalar(key, value, 0)
+            finally:
+                writer.close()
+        elif tracker == "wandb":
+            import wandb
+
+            run = wandb.init(project="groupcoop", name=name, config=_flat(settings), reinit=True)
+            try:
+                for row in rows:
+                    run.log({k: v for k, v in row.items() if k != "epoch" and v is not None}, step=row["epoch"])
+                run.summary.update(final)
+            finally:
+                run.finish()
+        elif tracker == "mlflow":
+            import mlflow
+
+            with mlflow.start_run(run_name=name):
+                mlflow.log_params(_flat(settings))
+                for row in rows:
+                    mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch" and v is not None},
+                                       step=row["epoch"])
+                mlflow.log_metrics({k.replace("/", "_"): v for k, v in final.items()})
