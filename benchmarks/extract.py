@@ -32,7 +32,7 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 def make_dataset(root: Path, n: int, size: int = 256) -> None:
-    from groupcoop.data.world.synthetic import make_task_dataset
+    from groupcoop.data.world.datasets import make_task_dataset
 
     ds = make_task_dataset("synth-waterbirds")
     lines = ["path,y,place,split"]
@@ -136,7 +136,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(cpu_count())
     from groupcoop.backbones.families import load_backbone
     from groupcoop.data.registry import load_dataset
-    from groupcoop.features.extract import default_workers
+    from groupcoop.features.decode import default_workers
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none visible"
     say("# groupcoop extraction benchmark")

@@ -17,7 +17,8 @@ JSON file is rewritten after each, so a crash or a time limit keeps what was mea
 3. train_step: k GroupCoOp runs of 4 prompts (n_ctx 4) stepped one by one against the same k
    runs fused into one text-encoder call, 4 to 256 prompts in all, ViT-B-16 and ViT-L-14 text
    towers, batches of 128 cached features; and the dry-run cost model's constants fitted to it
-   (`sweep.GPU_TEXT_CALL_S`, `GPU_RUN_STEP_S`) beside their assumed values.
+   (each architecture's `text_call_s` in backbones/families.py, `sweeps.cost.GPU_RUN_STEP_S`) beside
+   their assumed values.
 4. sweep: the learned-prompt runs of one (dataset, backbone) of the paper presets but JTT (whose
    second run on random features would upsample half the set): CoOp, coop_balanced,
    coop_groupdro and GroupCoOp x 3 seeds on Waterbirds-size random features, ViT-B-16, no early
@@ -137,7 +138,8 @@ def encode_all(bb, batch, size: int, device: str, precision: str):
 def section_extraction(args, ctx) -> dict:
     import torch
 
-    from groupcoop.features.extract import default_workers, extract_features
+    from groupcoop.features.decode import default_workers
+    from groupcoop.features.extract import extract_features
 
     n, repeats = ctx["sizes"]["images"], ctx["sizes"]["repeats"]
     dataset = ctx["images"].get(n)
@@ -206,7 +208,8 @@ def section_train_step(args, ctx) -> dict:
 
     from groupcoop.runs.fusion import step_together
     from groupcoop.runs.pipeline import plan_run
-    from groupcoop.sweeps.sweep import GPU_RUN_STEP_S, GPU_TEXT_CALL_S
+    from groupcoop.backbones.families import cost_facts
+    from groupcoop.sweeps.cost import GPU_RUN_STEP_S
 
     steps = ctx["sizes"]["steps"]
     rows, fits = [], {}
@@ -244,7 +247,8 @@ def section_train_step(args, ctx) -> dict:
             slope, floor = np.polyfit([r["runs"] for r in mine], [r["fused_ms"] / 1e3 for r in mine], 1)
             fits[arch] = {"text_call_s_fitted": float(floor), "per_run_s_fitted": float(slope),
                           "one_run_step_s": mine[0]["one_by_one_ms"] / 1e3 / mine[0]["runs"],
-                          "assumed_text_call_s": GPU_TEXT_CALL_S.get(arch), "assumed_run_step_s": GPU_RUN_STEP_S}
+                          "assumed_text_call_s": getattr(cost_facts(arch), "text_call_s", None),
+                          "assumed_run_step_s": GPU_RUN_STEP_S}
         del bb, prep
         free(args.device)
     table = [[r["arch"], str(r["runs"]), str(r["prompts"]), str(r["tokens"]), f"{r['one_by_one_ms']:.1f}",
@@ -266,7 +270,7 @@ def section_sweep(args, ctx) -> dict:
     from groupcoop.runs.fusion import DEFAULT_MAX_PROMPTS, fit_runs
     from groupcoop.runs.pipeline import check_run
     from groupcoop.runs.settings import make_settings
-    from groupcoop.sweeps.sweep import fused_pass_seconds, step_seconds, TrainingCost
+    from groupcoop.sweeps.cost import fused_pass_seconds, step_seconds, TrainingCost
 
     arch = args.archs[0]
     epochs, seeds = ctx["sizes"]["sweep_epochs"], ctx["sizes"]["sweep_seeds"]
@@ -370,7 +374,7 @@ def main(argv=None) -> int:
         return 2
     import open_clip
 
-    from groupcoop.sweeps.sweep import GPU_TEXT_CALL_S
+    from groupcoop.backbones.families import cost_facts
     from speed import cpu_count, cpu_model, say, table
 
     torch.manual_seed(0)
@@ -384,7 +388,7 @@ def main(argv=None) -> int:
     say(table(["setting", "value"], [[k, str(v)] for k, v in data["machine"].items()]))
     say()
     write_json(path, data)
-    ctx = {"sizes": sizes(args), "say": say, "model_archs": set(GPU_TEXT_CALL_S)}
+    ctx = {"sizes": sizes(args), "say": say, "model_archs": {a for a in args.archs if cost_facts(a)}}
     start_all = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=args.tmp, prefix="groupcoop-gpu-") as tmp:
         ctx["tmp"], ctx["images"] = tmp, Images(Path(tmp))

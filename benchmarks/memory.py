@@ -77,7 +77,7 @@ def write_cache(n: int, cache_dir: Path, dim: int = 512, chunk: int = 65536) -> 
     """Random float16 rows written shard by shard as extraction would; returns the bytes of features."""
     import torch
 
-    from groupcoop.features.extract import open_cache
+    from groupcoop.features.cache import open_cache
 
     cache, shards = open_cache(backbone(), FakeImages(n), cache_dir, "float16")
     gen = torch.Generator().manual_seed(0)

@@ -37,9 +37,10 @@ def main(argv=None) -> int:
     torch.set_num_threads(cpu_count())
     from groupcoop.backbones.families import load_backbone
     from groupcoop.data.registry import load_dataset
-    from groupcoop.features.extract import default_workers, extract_features
+    from groupcoop.features.decode import default_workers
+    from groupcoop.features.extract import extract_features
     from groupcoop.methods.head import Head
-    from groupcoop.runs.predict import GroupCoOpClassifier, predict_files
+    from groupcoop.runs.predict import Classifier, predict_files
 
     workers = default_workers() if args.workers is None else args.workers
     say("# groupcoop predict benchmark")
@@ -51,7 +52,7 @@ def main(argv=None) -> int:
     head = Head.from_text(torch.randn(4, bb.embed_dim, generator=gen), bb.logit_scale, 2,
                           class_names=["a", "b"], row_names=["a, x", "a, y", "b, x", "b, y"],
                           info={"backbone": bb.identity})
-    classifier = GroupCoOpClassifier(head, bb)
+    classifier = Classifier(head, bb)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "data"
         root.mkdir()

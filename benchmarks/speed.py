@@ -178,7 +178,7 @@ class FullLengthPrompts:
 
 def group_prompt_names() -> list[str]:
     """GroupCoOp's prompts for synth-waterbirds: 2 classes x 2 background groups."""
-    from groupcoop.data.world.synthetic import make_task_dataset
+    from groupcoop.data.world.datasets import make_task_dataset
 
     ds = make_task_dataset("synth-waterbirds")
     return [phrase.format(c) for c in ds.class_names for phrase in ds.attribute_phrases[0]]
@@ -186,7 +186,7 @@ def group_prompt_names() -> list[str]:
 
 def many_prompt_names(n: int) -> list[str]:
     """n distinct group-style prompt names ("red circle on water") from the synthetic world."""
-    from groupcoop.data.world.synthetic import BACKGROUNDS, COLOURS, SHAPES, SIZES
+    from groupcoop.data.world.attributes import BACKGROUNDS, COLOURS, SHAPES, SIZES
 
     names = [f"{z} {c} {s} on {b}" for b in BACKGROUNDS for c in COLOURS for s in SHAPES for z in SIZES]
     if n > len(names):
@@ -197,7 +197,8 @@ def many_prompt_names(n: int) -> list[str]:
 # --- 1. training step -------------------------------------------------------------------
 
 def bench_step(bb, args, timing_kw) -> dict:
-    from groupcoop.data.world.synthetic import SyntheticImages, make_task_dataset
+    from groupcoop.data.world.datasets import make_task_dataset
+    from groupcoop.data.world.render import SyntheticImages
     from groupcoop.methods.prompts import PromptLearner
 
     names = group_prompt_names()
@@ -319,8 +320,10 @@ def bench_text(bb, args, timing_kw) -> dict:
 # --- 3. extraction throughput -----------------------------------------------------------
 
 def bench_extract(bb, args) -> dict:
-    from groupcoop.data.world.synthetic import SyntheticImages, make_task_dataset
-    from groupcoop.features.extract import default_workers, extract_features
+    from groupcoop.data.world.datasets import make_task_dataset
+    from groupcoop.data.world.render import SyntheticImages
+    from groupcoop.features.decode import default_workers
+    from groupcoop.features.extract import extract_features
 
     ds = make_task_dataset("synth-waterbirds")
     src = SyntheticImages(ds.images.table[:args.images], ds.images.seed)

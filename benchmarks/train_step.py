@@ -3,7 +3,7 @@ groupcoop's fused text blocks (the default now), on CPU, run alternately.
 
 ViT-B-16's text tower with seeded random weights (`load_backbone("ViT-B-16", "random")`), M=16
 context vectors per prompt, 4-32 group prompts of ~23 tokens, a batch of 128 cached image
-features, cross-entropy, AdamW: what `train.py` does each step. Every round times each variant
+features, cross-entropy, AdamW: what `methods/loop.py` does each step. Every round times each variant
 on the same learner (median of --steps steps after one warm-up step), so a drift of the machine
 hits both; the table gives the median over rounds and the range (min-max of the round medians),
 and the speedup's range over rounds. A round during which other processes took more than
@@ -177,7 +177,7 @@ def waterbirds_like(bb, seed: int = 0, scale: float = 1.0):
     """Waterbirds' split and group sizes (times `scale`, at least 2 per group) with random 'cached'
     features (no images)."""
     from groupcoop.data.base import GroupDataset
-    from groupcoop.features.extract import Features
+    from groupcoop.features.store import Features
     from groupcoop.runs.pipeline import Prepared
 
     sizes = {"train": [3498, 184, 56, 1057], "val": [467, 466, 133, 133], "test": [2255, 2255, 642, 642]}

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from groupcoop.backbones.families import TINY, load_backbone
-from groupcoop.data.world.synthetic import parse_random_task_name, random_task
+from groupcoop.data.world.random_tasks import parse_random_task_name, random_task
 from groupcoop.data.world.card import KINDS, attribute_kind, zero_shot_accuracy
 
 

@@ -23,13 +23,16 @@ import torch
 from groupcoop.backbones.families import TINY, load_backbone
 from groupcoop.data.registry import load_dataset
 from groupcoop.grouping.plan import plan_groups, resolve_grouping
-from groupcoop.grouping.labelers import PSEUDO_VARIANTS, GroupingOptions
+from groupcoop.grouping.labelers import LABELERS
+from groupcoop.grouping.options import GroupingOptions
 from groupcoop.runs.pipeline import prepare
 from groupcoop.presets import resolve
-from groupcoop.sweeps.sweep import load_grid
+from groupcoop.sweeps.grid import load_grid
 from groupcoop.data.world.card import KINDS, attribute_kind, zero_shot_accuracy
 
-DEFAULT_LABELERS = ["zeroshot", "kmeans"] + [f"pseudo:{v}" for v in PSEUDO_VARIANTS]
+# every labeler that needs no bias labels, a labeler with variants once per variant ("pseudo:recall")
+DEFAULT_LABELERS = [name for name, lab in LABELERS.items() if not lab.needs_truth and not lab.variants] + \
+    [f"{name}:{v}" for name, lab in LABELERS.items() if not lab.needs_truth and lab.variants for v in lab.variants]
 
 
 def main() -> None:

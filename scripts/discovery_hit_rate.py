@@ -29,7 +29,7 @@ from groupcoop.grouping.discovery import discover_on, load_vocabulary
 from groupcoop.grouping.labelfree import DISCOVER_TOP, DISCOVERY_THRESHOLDS
 from groupcoop import presets
 from groupcoop.runs.pipeline import prepare
-from groupcoop.sweeps.sweep import load_grid
+from groupcoop.sweeps.grid import load_grid
 
 THRESHOLDS = {  # the thresholds the table tries, per score (each score's own scale)
     "cramers_v": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8],

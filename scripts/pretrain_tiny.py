@@ -15,7 +15,7 @@ it, with the caption rates, in the weights file's metadata.
 
 Calibration (docs/world.md): `--caption-rate pattern=0.05` overrides how often captions name
 an attribute, to measure how held-out zero-shot accuracy follows it; the shipped weights use the
-world's own rates (synthetic.CAPTION_RATES).
+world's own rates (pretraining.CAPTION_RATES).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from safetensors.torch import save_file
 
 from groupcoop.backbones.families import TINY, load_backbone
 from groupcoop.data.world import card as world
-from groupcoop.data import synthetic
+from groupcoop.data.world import pretraining
 
 MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
 STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
@@ -53,8 +53,8 @@ class Batches(torch.utils.data.Dataset):
         return self.steps
 
     def __getitem__(self, step):
-        images, captions = synthetic.sample_pretraining_batch(self.seed, step, self.batch, self.rates)
-        second = synthetic.pretraining_views(self.seed, step, self.batch, self.views)
+        images, captions = pretraining.sample_pretraining_batch(self.seed, step, self.batch, self.rates)
+        second = pretraining.pretraining_views(self.seed, step, self.batch, self.views)
         return to_tensor(images), captions, to_tensor(second)
 
 
@@ -69,8 +69,8 @@ def parse_rates(pairs: list[str]) -> dict[str, float]:
     rates = {}
     for pair in pairs:
         name, _, value = pair.partition("=")
-        if name not in synthetic.CAPTION_RATES or not value:
-            raise SystemExit(f"--caption-rate {pair}: expected ATTR=RATE with ATTR one of {', '.join(synthetic.CAPTION_RATES)}")
+        if name not in pretraining.CAPTION_RATES or not value:
+            raise SystemExit(f"--caption-rate {pair}: expected ATTR=RATE with ATTR one of {', '.join(pretraining.CAPTION_RATES)}")
         rates[name] = float(value)
     return rates
 
@@ -95,7 +95,7 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    rates = {**synthetic.CAPTION_RATES, **parse_rates(args.caption_rate)}
+    rates = {**pretraining.CAPTION_RATES, **parse_rates(args.caption_rate)}
     print("caption rates:", rates, flush=True)
     torch.manual_seed(args.seed)
     backbone = load_backbone(TINY, "random", device=args.device)

@@ -6,7 +6,7 @@
 - world-grid.png: the demo task (synth-waterbirds) train split, one row per group
   (`groupcoop.reports.gallery.group_grid`, seed 0);
 - demo-groups.png: the demo's per-group test accuracy per method, error bars over seeds,
-  group sizes under the names (`groupcoop.reports.report.demo_groups_png`).
+  group sizes under the names (`groupcoop.reports.demo.demo_groups_png`).
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import argparse
 import json
 from pathlib import Path
 
-from groupcoop.data.world.synthetic import make_task_dataset
+from groupcoop.data.world.datasets import make_task_dataset
 from groupcoop.io.write import atomic_write
 from groupcoop.reports.gallery import group_grid
-from groupcoop.reports.report import demo_groups_png
+from groupcoop.reports.demo import demo_groups_png
 
 TASK = "synth-waterbirds"
 

@@ -41,7 +41,7 @@ def tiny_backbone():
 @pytest.fixture(scope="session")
 def waterbirds_prep(feature_cache):
     """synth-waterbirds with groupcoop-tiny features (extracted once, into the session cache)."""
-    from groupcoop.data.world.synthetic import make_task_dataset
+    from groupcoop.data.world.datasets import make_task_dataset
     from groupcoop.runs.pipeline import prepare
 
     return prepare(make_task_dataset("synth-waterbirds"), TINY, progress=False)

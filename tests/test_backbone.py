@@ -156,3 +156,54 @@ def test_unreachable_hub_is_one_clear_error(monkeypatch):
         load_backbone("ViT-B-32", "openai")
     with pytest.raises(UserError, match="could not fetch the weights of hf-hub:org/model"):
         load_backbone("hf-hub:org/model")
+
+
+# --- the family table ------------------------------------------------------------------------------
+
+def test_every_family_is_reachable_by_its_own_names():
+    """Names with a family's prefix go to it; every other name to the one family that takes the rest."""
+    from groupcoop.backbones.families import FAMILIES, backbone_help, family_of
+
+    rest = [f for f in FAMILIES if f.prefix is None]
+    assert len(rest) == 1 and family_of(TINY) is rest[0]
+    for family in FAMILIES:
+        assert family.help in backbone_help()
+        if family.prefix:
+            assert family_of(family.prefix + "x") is family
+    assert len({f.library for f in FAMILIES}) == len(FAMILIES)  # an export is read back by exactly one
+
+
+def test_a_family_appended_to_the_table_is_loaded_listed_and_costed(monkeypatch, cli):
+    """One entry in FAMILIES (here the bundled model under another name) is all a family needs: it
+    loads by name, `groupcoop backbones` lists it, the --backbone help names it and the dry run costs it."""
+    from types import SimpleNamespace
+
+    from groupcoop.backbones import families
+    from groupcoop.backbones.families import CostFacts, Family, backbone_help, cost_facts, describe_models
+    from groupcoop.data.registry import dataset_facts
+    from groupcoop.sweeps.cost import GPU_EFFECTIVE_TFLOPS, estimate, sweep_cost
+    from groupcoop.sweeps.grid import Grid, expand
+
+    name = "wrapped:tiny"
+    wrapped = Family("wrapped", "wrapped:", "wrapped:<name> for the bundled model under another name",
+                     load=lambda _, pretrained, device: load_backbone(TINY, pretrained, device),
+                     load_export=lambda folder, info, device: load_backbone(TINY, device=device),
+                     describe=lambda: SimpleNamespace(models=[name], pretrained=[(name, "bundled")], unusable={}),
+                     library="wrapped", costs={name: CostFacts(image_gflops=100.0, text_gflops_per_token=0.01,
+                                                              text_call_s=0.004)})
+    monkeypatch.setattr(families, "FAMILIES", (*families.FAMILIES, wrapped))
+
+    bb = load_backbone(name)
+    assert bb.encode_text(["a photo of a dog."]).shape == load_backbone(TINY).encode_text(["x"]).shape
+    assert name in describe_models().models and wrapped.help in backbone_help()
+    assert backbone_help().endswith(", or " + wrapped.help)
+    listing = cli("backbones")
+    assert listing.code == 0 and f"{name} " in listing.out and "bundled" in listing.out
+    assert cost_facts(name) == wrapped.costs[name] and cost_facts("wrapped:other") is None
+
+    specs = expand(Grid(datasets=["waterbirds"], backbones=[name], methods=["coop"]))
+    cost = sweep_cost(specs)
+    images = dataset_facts("waterbirds")[0][0]
+    assert not cost.unknown and cost.fused > 0
+    assert cost.extraction == pytest.approx(images * 100.0 * 1e9 / (GPU_EFFECTIVE_TFLOPS * 1e12))
+    assert "not in the estimate" not in estimate(specs)

@@ -201,7 +201,7 @@ def test_export_is_a_transformers_folder_the_readme_block_loads_and_equals_predi
 
     from safetensors import safe_open
 
-    from groupcoop.runs.predict import GroupCoOpClassifier
+    from groupcoop.runs.predict import Classifier
     from test_predict import readme_block
 
     root, run = runs[family]
@@ -215,8 +215,8 @@ def test_export_is_a_transformers_folder_the_readme_block_loads_and_equals_predi
     assert meta["library"] == "transformers" and meta["weights"] == "model.safetensors"
     assert has_bias == (family == "siglip")
     image = root / "pics" / "3.png"
-    expected = GroupCoOpClassifier.from_run(run).predict([image]).probabilities[0]
-    assert abs(GroupCoOpClassifier.from_run(out).predict([image]).probabilities[0] - expected).max() <= 1e-5
+    expected = Classifier.from_run(run).predict([image]).probabilities[0]
+    assert abs(Classifier.from_run(out).predict([image]).probabilities[0] - expected).max() <= 1e-5
     snippet = readme_block("export-transformers")
     assert "import groupcoop" not in snippet and "from groupcoop" not in snippet  # transformers, torch, safetensors only
     (tmp_path / "classifier").symlink_to(out, target_is_directory=True)

@@ -16,8 +16,10 @@ import pytest
 import torch
 from PIL import Image
 
-from groupcoop.grouping import plan as groups; from groupcoop.methods import linear; from groupcoop.methods import loop as train
-from groupcoop.methods import METHODS, NEEDS
+from groupcoop.grouping import plan as groups
+from groupcoop.methods import METHODS, NEEDS, linear
+from groupcoop.methods import loop
+from groupcoop.methods.coop import GroupDRO
 from groupcoop.methods.base import balanced_weights
 from groupcoop.runs.pipeline import Prepared, check_run, run_method
 from groupcoop.runs.settings import make_settings
@@ -131,7 +133,7 @@ def test_true_group_recipes_refused_without_them_before_extraction(cli, tmp_path
 
 def test_train_group_recipes_fall_back_to_pseudo_groups(tmp_path):
     """Recipes that train on groups take --groups like GroupCoOp: data without labels gets pseudo-groups."""
-    from groupcoop.data.world.synthetic import make_task_dataset
+    from groupcoop.data.world.datasets import make_task_dataset
 
     ds = make_task_dataset("synth-waterbirds")
     unlabelled = dataclasses.replace(ds, attrs=np.full_like(ds.attrs, -1))
@@ -266,9 +268,9 @@ def test_logreg_head_matches_sklearn(waterbirds_prep):
 
 
 def test_group_linear_rows_are_c_x_g_x_d():
-    rows = train.LinearRows(2 * 2, 128, bias=False)
+    rows = loop.LinearRows(2 * 2, 128, bias=False)
     assert rows.trainable_parameters() == 2 * 2 * 128 and rows.parameters == [rows.weight]
-    with_bias = train.LinearRows(2 * 3, 64, bias=True)
+    with_bias = loop.LinearRows(2 * 3, 64, bias=True)
     assert with_bias.trainable_parameters() == 2 * 3 * 64 + 2 * 3
     head = with_bias.head(2, "max")
     assert head.weight.shape == (6, 64) and head.bias.shape == (6,) and head.scale == 1.0
@@ -280,7 +282,7 @@ def test_zeroshot_groups_trains_nothing_and_takes_the_max(monkeypatch, waterbird
     def no_training(*args, **kwargs):
         raise AssertionError("zeroshot_groups must not train")
 
-    monkeypatch.setattr(train.LoopRun, "start", no_training)
+    monkeypatch.setattr(loop.LoopRun, "start", no_training)
     result = run(waterbirds_prep, "zeroshot_groups")
     bb, ds = waterbirds_prep.backbone, waterbirds_prep.dataset
     assert result.metrics["trainable_params"] == 0 and "history" not in result.metrics and result.learner is None
@@ -297,7 +299,7 @@ def test_zeroshot_groups_trains_nothing_and_takes_the_max(monkeypatch, waterbird
 # --- coop_groupdro -----------------------------------------------------------------------------------
 
 def test_groupdro_update_moves_weight_to_the_worst_group():
-    dro = train.GroupDRO(np.array([0, 1, 2, 2, 3]), 5, eta=0.5)  # group 4 absent from training
+    dro = GroupDRO(np.array([0, 1, 2, 2, 3]), 5, eta=0.5)  # group 4 absent from training
     assert torch.allclose(dro.q, torch.tensor([0.25, 0.25, 0.25, 0.25, 0.0]))
     losses = torch.tensor([0.1, 2.0, 0.5, 0.3, 0.2, 0.1])
     groups = torch.tensor([0, 1, 2, 2, 3, 3])
@@ -306,7 +308,7 @@ def test_groupdro_update_moves_weight_to_the_worst_group():
     assert int(dro.q.argmax()) == 1 and float(dro.q[4]) == 0.0
     assert dro.q[1] > dro.q[2] > dro.q[0] and float(dro.q.sum()) == pytest.approx(1.0)
     # one step by hand: q <- q * exp(eta * loss_g), normalised
-    dro = train.GroupDRO(np.array([0, 1]), 2, eta=1.0)
+    dro = GroupDRO(np.array([0, 1]), 2, eta=1.0)
     loss = dro.loss(torch.tensor([1.0, 3.0]), torch.tensor([0, 1]))
     q = torch.tensor([np.e, np.e ** 3]) / (np.e + np.e ** 3)
     assert torch.allclose(dro.q, q.float()) and float(loss) == pytest.approx(float(q[0] + 3 * q[1]), rel=1e-5)
@@ -330,7 +332,7 @@ def test_coop_groupdro_weights_move_toward_the_worst_group(cli, tmp_path, check_
 
 def test_jtt_upweights_exactly_the_first_runs_errors(cli, tmp_path, check_metrics, monkeypatch, waterbirds_prep):
     calls, orders = [], []
-    real_result, real_order = train.LoopRun.result, train.epoch_order
+    real_result, real_order = loop.LoopRun.result, loop.epoch_order
 
     def spy_result(run):  # each stage of JTT is one run of the loop
         result = real_result(run)
@@ -343,8 +345,8 @@ def test_jtt_upweights_exactly_the_first_runs_errors(cli, tmp_path, check_metric
         orders.append((sampler, repeats, order))
         return order
 
-    monkeypatch.setattr(train.LoopRun, "result", spy_result)
-    monkeypatch.setattr(train, "epoch_order", spy_order)
+    monkeypatch.setattr(loop.LoopRun, "result", spy_result)
+    monkeypatch.setattr(loop, "epoch_order", spy_order)
     metrics = train_cli(cli, tmp_path / "jtt", "jtt")
     check_metrics(metrics, n_groups=4)
     first, second = calls
@@ -365,7 +367,7 @@ def test_jtt_upweights_exactly_the_first_runs_errors(cli, tmp_path, check_metric
 
 def test_epoch_order_with_repeats_balances_within_groups():
     groups = np.array([0, 0, 0, 1])
-    order = train.epoch_order("group_balanced", groups, torch.Generator().manual_seed(0), np.array([3, 1, 1, 1]))
+    order = loop.epoch_order("group_balanced", groups, torch.Generator().manual_seed(0), np.array([3, 1, 1, 1]))
     assert len(order) == 6
-    order = train.epoch_order("natural", groups, torch.Generator().manual_seed(0), np.array([3, 1, 1, 2]))
+    order = loop.epoch_order("natural", groups, torch.Generator().manual_seed(0), np.array([3, 1, 1, 2]))
     assert sorted(order.tolist()) == [0, 0, 0, 1, 2, 3, 3]

@@ -298,6 +298,22 @@ def test_top_level_help_lists_every_command(cli):
         assert command in result.out
 
 
+def test_settings_flags_follow_the_schemas():
+    """train has a flag for every RunSettings field set by one value and every GroupingOptions knob
+    (`groups` too), under the field's own name: run_settings_from_args reads them by those names."""
+    from groupcoop.cli.args import grouping_flags
+    from groupcoop.grouping.options import GroupingOptions
+    from groupcoop.runs.settings import RunSettings
+
+    commands = _subcommands()
+    knobs = set(GroupingOptions.model_fields) - {"source"}
+    assert set(grouping_flags()) == knobs
+    train = {a.dest for a in commands["train"]._actions}
+    assert set(RunSettings.model_fields) - {"dataset_options", "hyperparameters"} <= train
+    assert knobs <= {a.dest for a in commands["groups"]._actions}
+    assert knobs <= train
+
+
 # --- the installed console script -------------------------------------------------------------
 
 def test_console_script_bad_input(tmp_path):

@@ -95,7 +95,7 @@ def test_multiceleba_takes_the_first_n_rows_of_each_train_cell(tmp_path, monkeyp
             expected_files.append(f"{i + 1:06d}.jpg")
     assert list(ds.images.paths) == expected_files
     assert counts(ds) == {"train": [2, 1, 3, 2, 2, 4, 1, 1], "val": [1] * 8, "test": [1] * 8}
-    assert ds.info["metric_family"] == "multiceleba"
+    assert ds.extra_metrics == ["multiceleba"]
     assert ds.info["short_train_cells"] == {7: {"wanted": 2, "available": 1}}
     assert ds.class_names == ["low cheekbones", "high cheekbones"]
     assert ds.attribute_names == ["Young", "Male"]
@@ -106,6 +106,7 @@ def test_multiceleba_third_bias(tmp_path, monkeypatch):
     rows = replicas.multiceleba_rows()
     ds = load_multiceleba(replicas.celeba_replica(tmp_path, rows), mouth_slightly_open=True)
     assert ds.attribute_names == ["Young", "Male", "Mouth_Slightly_Open"] and ds.n_groups == 16
+    assert ds.extra_metrics == []  # its pair averages are of the 8 two-bias groups
     assert ds.group_counts("train").reshape(2, 2, 4).sum(axis=1).ravel().tolist() == [2, 1, 3, 2, 2, 4, 1, 1]
 
 

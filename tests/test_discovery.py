@@ -8,7 +8,8 @@ import pytest
 
 import groupcoop
 from groupcoop.choices import DISCOVERY_SCORES
-from groupcoop.data.world.synthetic import ATTRIBUTES, RANDOM_BIAS_ATTRIBUTES, _phrase
+from groupcoop.data.world.attributes import ATTRIBUTES, value_phrase as _phrase
+from groupcoop.data.world.random_tasks import RANDOM_BIAS_ATTRIBUTES
 from groupcoop.grouping.discovery import assign_values, load_vocabulary, rank_candidates
 from groupcoop.errors import UserError
 
@@ -74,7 +75,8 @@ def test_every_score_ranks_an_attribute_that_goes_with_the_class_first(score):
 
 
 def test_discovery_ranks_a_planted_bias_first_and_keeps_the_two_values_the_task_uses():
-    from groupcoop.data.world.synthetic import SyntheticTask, make_task_dataset
+    from groupcoop.data.world.datasets import make_task_dataset
+    from groupcoop.data.world.tasks import SyntheticTask
     from groupcoop.grouping.discovery import discover_on
     from groupcoop.runs.pipeline import prepare
 

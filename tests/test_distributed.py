@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 import groupcoop
+from groupcoop.features.cache import FeatureCache
 from groupcoop.features.distributed import Ranks
-from groupcoop.features.extract import FeatureCache
 
 N_IMAGES, SHARD = 384, 16  # 24 shards: 12 per rank
 ENV = {**os.environ, "PYTHONPATH": str(Path(groupcoop.__file__).parents[1]), "OMP_NUM_THREADS": "1"}
@@ -22,7 +22,7 @@ ENV = {**os.environ, "PYTHONPATH": str(Path(groupcoop.__file__).parents[1]), "OM
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     """A csv dataset of rendered synthetic images (train/val/test)."""
-    from groupcoop.data.world.synthetic import make_task_dataset
+    from groupcoop.data.world.datasets import make_task_dataset
 
     root = tmp_path_factory.mktemp("images")
     ds = make_task_dataset("synth-waterbirds")

@@ -18,7 +18,8 @@ import pytest
 import torch
 
 import replicas
-from groupcoop.grouping import labelers
+from groupcoop.grouping import labelers, pseudo
+from groupcoop.grouping.quality import quality as group_quality
 from groupcoop.data import registry
 from groupcoop.errors import UserError
 
@@ -107,10 +108,10 @@ def test_the_method_example_touches_two_files_and_trains(tmp_path, waterbirds_pr
 
 def test_the_labeler_example_labels_every_class(waterbirds_prep, monkeypatch, as_module):
     from groupcoop.grouping.plan import attribute_scores, labeler_spec, plan_groups
-    from groupcoop.grouping.labelers import GroupingOptions
+    from groupcoop.grouping.options import GroupingOptions
 
-    scope = as_module("groupcoop.labelers_example", block("labeler"), vars(labelers))
-    monkeypatch.setitem(labelers.PSEUDO_VARIANTS, "nearest_mean", scope._pseudo_nearest_mean)
+    scope = as_module("groupcoop.labelers_example", block("labeler"), vars(pseudo))
+    monkeypatch.setitem(pseudo.PSEUDO_VARIANTS, "nearest_mean", pseudo.Variant(scope._pseudo_nearest_mean))
     ds = waterbirds_prep.dataset
     options = GroupingOptions(source="pseudo")
     rows = ds.split_indices("train")
@@ -118,8 +119,8 @@ def test_the_labeler_example_labels_every_class(waterbirds_prep, monkeypatch, as
     groups = labelers.assign_groups("pseudo", waterbirds_prep.feats.numpy(rows), ds.y[rows], ds.attr_sizes,
                                     attr_scores=scores, variant="nearest_mean")
     assert (groups // 2 == ds.y[rows]).all(), "a group never crosses classes"
-    quality = labelers.quality(ds.groups[rows], groups)
-    zeroshot = labelers.quality(ds.groups[rows], labelers.assign_groups("zeroshot", None, ds.y[rows], ds.attr_sizes,
+    quality = group_quality(ds.groups[rows], groups)
+    zeroshot = group_quality(ds.groups[rows], labelers.assign_groups("zeroshot", None, ds.y[rows], ds.attr_sizes,
                                                                           attr_scores=scores))
     assert quality["named_accuracy"] > 0.7 and abs(quality["named_accuracy"] - zeroshot["named_accuracy"]) < 0.2
     plan = plan_groups(waterbirds_prep, options.model_copy(update={"variant": "recall"}), seed=0)

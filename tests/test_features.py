@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from groupcoop.backbones.families import TINY, load_backbone
-from groupcoop.data.world.synthetic import SyntheticImages, make_task_dataset
-from groupcoop.features.extract import FeatureCache, extract_features
+from groupcoop.data.world.datasets import make_task_dataset
+from groupcoop.data.world.render import SyntheticImages
+from groupcoop.features.cache import FeatureCache
+from groupcoop.features.extract import extract_features
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +44,8 @@ def test_cache_hit_equals_fresh_extraction(backbone, images, tmp_path):
 KILL_SCRIPT = """
 import sys, torch
 from groupcoop.backbones.families import load_backbone
-from groupcoop.data.world.synthetic import SyntheticImages, make_task_dataset
+from groupcoop.data.world.datasets import make_task_dataset
+from groupcoop.data.world.render import SyntheticImages
 from groupcoop.features.extract import extract_features
 torch.set_num_threads(1)
 full = make_task_dataset("synth-waterbirds").images
@@ -108,7 +111,7 @@ def test_float16_cache(backbone, images, tmp_path):
 
 def test_shard_size_is_remembered_by_the_cache_folder(backbone, images, tmp_path):
     from groupcoop.errors import UserError
-    from groupcoop.features.extract import open_cache
+    from groupcoop.features.cache import open_cache
 
     first = _extract(backbone, images, tmp_path)  # shard_size=48
     again = extract_features(backbone, images, cache_dir=tmp_path, workers=0, progress=False)
@@ -133,3 +136,45 @@ def test_bf16_autocast_on_cpu_is_close_to_fp32(backbone, images, tmp_path):
     bf16 = _extract(backbone, small, tmp_path / "b", precision="bf16")
     cosine = (fp32 * bf16).sum(dim=1)
     assert not torch.equal(fp32, bf16) and cosine.min() > 0.99
+
+
+class _ReplacedWhileRead:
+    """PathImages whose image `index` is replaced on disk right after it is read for encoding."""
+
+    def __init__(self, images, index: int, replacement: Path):
+        self.images, self.index, self.replacement = images, index, replacement
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def identity(self) -> str:
+        return self.images.identity()
+
+    def stamp(self, start: int, stop: int, verify: bool = False) -> str:
+        return self.images.stamp(start, stop, verify)
+
+    def load(self, i: int):
+        image = self.images.load(i)
+        if i == self.index and self.replacement.exists():
+            self.replacement.replace(self.images.root / self.images.paths[i])  # a new inode, new bytes
+        return image
+
+
+def test_an_image_replaced_during_extraction_leaves_its_shard_stale(backbone, images, tmp_path):
+    from groupcoop.data.base import PathImages
+    from groupcoop.features.cache import open_cache, stale_shards
+
+    root = tmp_path / "images"
+    root.mkdir()
+    for i in range(96):
+        images.load(i).save(root / f"{i:03d}.png")
+    files = PathImages(root, tuple(f"{i:03d}.png" for i in range(96)))
+    images.load(200).save(tmp_path / "new.png")
+    _extract(backbone, _ReplacedWhileRead(files, 50, tmp_path / "new.png"), tmp_path / "cache")
+    assert not (tmp_path / "new.png").exists(), "the image was replaced mid-way"
+    # the shard holds the old image's features, so it must not pass for current with the new file
+    cache, shards = open_cache(backbone, files, tmp_path / "cache", "float32")
+    assert stale_shards(cache, files, shards) == [1]
+    reencoded = _extract(backbone, files, tmp_path / "cache")
+    assert torch.allclose(reencoded, _extract(backbone, files, tmp_path / "fresh"), atol=1e-6)
+    assert stale_shards(cache, files, shards) == []

@@ -86,7 +86,7 @@ def test_grid_other_split_and_bad_arguments(tmp_path):
 
 
 def test_grid_of_the_synthetic_task(tmp_path):
-    from groupcoop.data.world.synthetic import make_task_dataset
+    from groupcoop.data.world.datasets import make_task_dataset
 
     ds = make_task_dataset("synth-waterbirds")
     rows = rows_of(group_grid(ds, tmp_path / "grid.png", per_group=3))

@@ -274,7 +274,7 @@ def test_image_symlink_swapped_after_the_check_is_refused_when_read(data, tmp_pa
 # --- unreadable images, with the default (> 0) DataLoader workers --------------------------------------
 
 def test_default_workers_are_processes():
-    from groupcoop.features.extract import default_workers
+    from groupcoop.features.decode import default_workers
 
     assert default_workers() >= 1
 
@@ -526,25 +526,12 @@ def _damaged(zeroshot_run, tmp_path, how: str) -> Path:
         (copy / "head.safetensors").unlink()
     elif how == "head-empty":
         (copy / "head.safetensors").write_bytes(b"")
-    elif how == "prompts-json-list":
-        from safetensors.torch import save_file
-
-        (copy / "head.safetensors").unlink()
-        (copy / "prompts.json").write_text("[1, 2, 3]")
-        save_file({"ctx": torch.zeros(1, 4, 128)}, str(copy / "prompts.safetensors"))
-    elif how == "prompts-json-garbage":
-        from safetensors.torch import save_file
-
-        (copy / "head.safetensors").unlink()
-        (copy / "prompts.json").write_bytes(b"\xff\x00{")
-        save_file({"ctx": torch.zeros(1, 4, 128)}, str(copy / "prompts.safetensors"))
     elif how == "config-list":
         (copy / "config.yaml").write_text("- a\n- b\n")
     return copy
 
 
-@pytest.mark.parametrize("how", ["head-random-bytes", "head-missing", "head-empty", "prompts-json-list",
-                                 "prompts-json-garbage", "config-list"])
+@pytest.mark.parametrize("how", ["head-random-bytes", "head-missing", "head-empty", "config-list"])
 def test_evaluate_a_damaged_run_folder(how, zeroshot_run, tmp_path, refused, no_extraction):
     root, _ = zeroshot_run
     run = _damaged(zeroshot_run, tmp_path, how)

@@ -12,16 +12,11 @@ import pytest
 
 from groupcoop.data.base import group_index
 from groupcoop.errors import UserError
-from groupcoop.grouping.labelers import (
-    LABELERS,
-    PSEUDO_VARIANTS,
-    assign_attributes,
-    assign_groups,
-    group_sizes,
-    Reference,
-    quality,
-    zeroshot_association,
-)
+from groupcoop.grouping.adaptive import Reference, zeroshot_association
+from groupcoop.grouping.labelers import LABELERS, Labeler, assign_attributes, assign_groups, group_sizes
+from groupcoop.grouping.options import GroupingOptions
+from groupcoop.grouping.pseudo import DEFAULT_PSEUDO_VARIANT, PSEUDO_VARIANTS, Variant
+from groupcoop.grouping.quality import quality
 
 
 def blobs(n=300, d=32, sizes=(2,), n_classes=2, sep=1.0, correct=0.75, seed=0):
@@ -44,9 +39,12 @@ def true_groups(y, attrs, sizes):
     return group_index(y, attrs, list(sizes))
 
 
-def test_table_names():
-    assert set(LABELERS) == {"gt", "zeroshot", "kmeans", "pseudo"}
-    assert {"kmeans", "gmm"} <= set(PSEUDO_VARIANTS)
+def test_the_settings_take_every_name_of_the_tables():
+    for name in LABELERS:
+        assert GroupingOptions(source=name).source == name
+    for variant in PSEUDO_VARIANTS:
+        assert GroupingOptions(variant=variant).variant == variant
+    assert GroupingOptions().variant == DEFAULT_PSEUDO_VARIANT
 
 
 def test_zeroshot_is_argmax():
@@ -100,8 +98,31 @@ def test_pseudo_beats_noisy_zeroshot(variant):
     assert ps["named_accuracy"] > 0.95
 
 
-def test_variants_that_refit_or_rescore():
-    assert set(GEOMETRY_VARIANTS) | {"calibrated", "recall", "adaptive"} == set(PSEUDO_VARIANTS)
+@pytest.mark.parametrize("variant", sorted(PSEUDO_VARIANTS))
+def test_every_variant_labels_every_image_within_its_class(variant):
+    feats, y, _, scores = blobs(sizes=(2, 3))
+    a = assign_attributes("pseudo", feats, y, [2, 3], scores, variant=variant)
+    assert a.shape == (len(y), 2) and a.min() >= 0 and a[:, 0].max() < 2 and a[:, 1].max() < 3
+    assert np.all(assign_groups("pseudo", feats, y, [2, 3], scores, variant=variant) // 6 == y)
+
+
+def test_a_variant_entry_says_whether_it_looks_across_classes(monkeypatch):
+    """The whole-split step is the variant entry's: a new entry with one gets it run, once, after every class."""
+    calls = []
+
+    def step(out, feats, y, sizes, scores, seed, reference):
+        calls.append(len(out))
+        return out
+
+    monkeypatch.setitem(PSEUDO_VARIANTS, "recall_then_step", Variant(PSEUDO_VARIANTS["recall"].label, step))
+    feats, y, _, scores = blobs()
+    stepped = assign_attributes("pseudo", feats, y, [2], scores, variant="recall_then_step")
+    assert calls == [len(y)]
+    np.testing.assert_array_equal(stepped, assign_attributes("pseudo", feats, y, [2], scores, variant="recall"))
+    for labeler in LABELERS.values():
+        for variant in labeler.variants or [DEFAULT_PSEUDO_VARIANT]:
+            entry = (labeler.variants or {}).get(variant)
+            assert labeler.whole_split(variant) is (entry.whole_split if entry else None)
 
 
 def _spurious(n=1200, aligned=0.95, seed=0, scores_see_it=False):
@@ -268,8 +289,65 @@ def test_bad_names_and_shapes_are_user_errors():
         assign_groups("zeroshot", feats, y, [3], scores)
 
 
-@pytest.mark.parametrize("method,variant", [("kmeans", None)] + [("pseudo", v) for v in sorted(PSEUDO_VARIANTS)])
+@pytest.mark.parametrize("method,variant", [(name, v) for name, labeler in LABELERS.items()
+                                            for v in (sorted(labeler.variants) if labeler.variants else [None])])
 def test_same_seed_same_output(method, variant):
-    feats, y, _, scores = blobs(sizes=(2, 2), sep=0.5)
-    run = lambda seed: assign_groups(method, feats, y, [2, 2], scores, seed=seed, variant=variant)
+    feats, y, attrs, scores = blobs(sizes=(2, 2), sep=0.5)
+    run = lambda seed: assign_groups(method, feats, y, [2, 2], scores, seed=seed, attrs=attrs, variant=variant)
     np.testing.assert_array_equal(run(3), run(3))
+
+
+# ---------------------------------------------------------------- a newcomer's unnamed labeler
+
+
+def _first_feature_bins(part):
+    """A new unnamed labeler: one class's images binned by their first feature into `k` equal bins."""
+    ranks = np.argsort(np.argsort(part.feats[:, 0]))
+    return ranks * part.k // len(ranks)
+
+
+def _constructed_prep(n=120):
+    """A dataset with named bias values ("land", "water") and blob features: train, val, test."""
+    import torch
+
+    from groupcoop.data.base import GroupDataset
+    from groupcoop.features.store import Features
+    from groupcoop.runs.pipeline import Prepared
+
+    class NoImages:
+        def __len__(self):
+            return n
+
+        def identity(self):
+            return "none"
+
+    feats, y, attrs, _ = blobs(n=n, sep=3.0)
+    split = np.arange(n) % 3  # train, val, test
+    ds = GroupDataset("constructed", NoImages(), y=y, attrs=attrs, split=split, class_names=["a", "b"],
+                      attribute_names=["place"], attribute_values=[["land", "water"]])
+    return Prepared(ds, None, Features.from_tensor(torch.as_tensor(feats)))
+
+
+@pytest.mark.parametrize("clusters", [None, 3])
+def test_a_new_unnamed_labeler_gets_unnamed_groups(monkeypatch, clusters):
+    """As a newcomer adds one: a function and one table entry, nothing else. Its groups are
+    "cluster k" (never the dataset's value names, no phrases for prompts), `clusters` sets how
+    many, and zeroshot_groups refuses them."""
+    from groupcoop.grouping.plan import labeler_spec, plan_groups
+    from groupcoop.methods import RunPlan, get_method
+    from groupcoop.methods.zeroshot import ZeroShotGroupsParams
+
+    monkeypatch.setitem(LABELERS, "bins", Labeler("bins", _first_feature_bins, needs_feats=True, unnamed=True))
+    # the schema's choices are read from the table once, at import (a newcomer's entry is in the
+    # source then): step past validation to the options such an entry would give
+    options = GroupingOptions(source="kmeans", clusters=clusters).model_copy(update={"source": "bins"})
+    prep = _constructed_prep()
+    k = clusters or 2
+    plan = plan_groups(prep, options, seed=0)
+    assert plan.source == "bins" and plan.spec.phrases is None
+    assert plan.spec.names() == [f"{c}, cluster {i}" for c in ("a", "b") for i in range(k)]
+    assert plan.train.max() < 2 * k and np.all(plan.train // k == prep.dataset.y[prep.dataset.split_indices("train")])
+    assert group_sizes("bins", [2], clusters) == [k]
+    spec = labeler_spec(prep.dataset, options)
+    with pytest.raises(UserError, match="bins clusters have no names"):
+        get_method("zeroshot_groups").check(RunPlan(prep.dataset, options, spec, None), ZeroShotGroupsParams())

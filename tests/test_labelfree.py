@@ -33,7 +33,7 @@ class _NoImages:
 def _one_hot_task():
     """8 training rows, 40 val rows (10 per group of class x attribute), 4 test rows; feature i = e_i,
     so a linear row's weight on e_i decides row i's prediction alone."""
-    from groupcoop.features.extract import Features
+    from groupcoop.features.store import Features
     from groupcoop.runs.pipeline import Prepared
 
     split = np.array([0] * 8 + [1] * 40 + [2] * 4)
@@ -62,7 +62,7 @@ def _weights(correct_per_group) -> torch.Tensor:
                                              ("average", "C", None)])
 def test_the_selection_rule_keeps_the_epoch_it_scores_best(rule, kept, key):
     from groupcoop.grouping.plan import plan_groups
-    from groupcoop.grouping.labelers import GroupingOptions
+    from groupcoop.grouping.options import GroupingOptions
     from groupcoop.methods import FitTask, LoopParams
     from groupcoop.methods.loop import LinearRows, Objective, loop_run
 
@@ -185,7 +185,7 @@ def test_nothing_discovered_falls_back_to_a_labeler_without_phrases_and_says_so(
     assert metrics["groups_source"] == AUTO_FALLBACK_LABELER
     assert metrics["discovery"]["used"] == [] and AUTO_FALLBACK_LABELER in metrics["discovery"]["fallback"]
     assert metrics["selection_groups"] == "true val groups"  # val keeps its labels: auto selects on them
-    from groupcoop.reports.report import run_report_html
+    from groupcoop.reports.run import run_report_html
     from groupcoop.runs.folder import run_report
 
     assert "nothing discovered" in run_report(metrics)

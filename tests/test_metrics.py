@@ -84,7 +84,7 @@ def test_multiceleba_extras_on_hand_made_example():
     pred, y, groups = make_preds(spec)
     names = [f"g{g}" for g in range(8)]
     train_counts = np.array([4, 1, 40, 4, 10, 80, 1, 10])  # sums to 150
-    m = split_metrics(pred, y, groups, names, train_counts=train_counts, family="multiceleba")
+    m = split_metrics(pred, y, groups, names, train_counts=train_counts, extra=["multiceleba"])
 
     assert m["avg_acc"] == pytest.approx(13 / 18)
     assert m["WORST"] == pytest.approx(0.0) and m["worst_group_acc"] == pytest.approx(0.0)
@@ -99,7 +99,7 @@ def test_multiceleba_extras_on_hand_made_example():
     assert m["CC"] == pytest.approx((0 + 0.5) / 2)  # g1, g6: both biases conflicting
 
 
-def test_multiceleba_extras_only_for_that_family():
+def test_multiceleba_extras_only_when_declared():
     pred, y, groups = make_preds([(g // 4, 2, 1) for g in range(8)])
     m = split_metrics(pred, y, groups, [f"g{g}" for g in range(8)])
     assert not {"WORST", "UNBIASED", "InDist", "GG", "GC", "CG", "CC"} & set(m)

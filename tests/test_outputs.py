@@ -379,7 +379,7 @@ def test_a_damaged_head_is_refused_by_every_loader(case, zeroshot_run, tmp_path,
     import groupcoop
 
     with pytest.raises(UserError, match="head.safetensors"):
-        groupcoop.GroupCoOpClassifier.from_run(copy)
+        groupcoop.Classifier.from_run(copy)
     assert not (tmp_path / "p.csv").exists() and not (tmp_path / "exp").exists()
 
 
@@ -459,9 +459,9 @@ def test_any_pixel_limit_text_parses_or_is_one_line(text):
 
 @pytest.fixture(scope="module")
 def classifier(zeroshot_run):
-    from groupcoop.runs.predict import GroupCoOpClassifier
+    from groupcoop.runs.predict import Classifier
 
-    return GroupCoOpClassifier.from_run(zeroshot_run[1])
+    return Classifier.from_run(zeroshot_run[1])
 
 
 @pytest.mark.parametrize("call, fragment", [
@@ -491,7 +491,7 @@ def test_api_predict_features_still_predicts(classifier, zeroshot_run):
 
 def test_every_preset_loads_and_resolves_by_name_outside_a_checkout(tmp_path, monkeypatch, cli):
     from groupcoop.presets import available
-    from groupcoop.sweeps.sweep import load_grid
+    from groupcoop.sweeps.grid import load_grid
 
     presets = available()
     assert {"dev", "report", "report-all-methods", "waterbirds", "celeba", "training-dev"} <= set(presets)

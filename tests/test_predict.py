@@ -154,9 +154,9 @@ def test_readme_export_block_runs_verbatim_with_plain_open_clip_and_equals_predi
     result = cli("predict", run_folder, "--images", image, "--out", preds, "--quiet", "--workers", "0")
     assert result.code == 0, result.err
     row = read_preds(preds)[0]
-    from groupcoop.runs.predict import GroupCoOpClassifier
+    from groupcoop.runs.predict import Classifier
 
-    clf = GroupCoOpClassifier.from_run(run_folder)
+    clf = Classifier.from_run(run_folder)
     expected = clf.predict([image]).probabilities[0]
     assert np.abs(got - expected).max() <= 1e-5
     assert np.abs(got - np.array([float(row[f"p_{c}"]) for c in clf.class_names])).max() <= 1e-5
@@ -171,13 +171,13 @@ def test_an_export_folder_predicts_like_its_run_and_its_checksum_is_checked(expo
 
     folder, rows = test_images
     images = [folder / f"{i:05d}.png" for i in rows[:6]]
-    from groupcoop.runs.predict import GroupCoOpClassifier
+    from groupcoop.runs.predict import Classifier
 
-    a, b = GroupCoOpClassifier.from_run(run_folder).predict(images), GroupCoOpClassifier.from_run(exported).predict(images)
+    a, b = Classifier.from_run(run_folder).predict(images), Classifier.from_run(exported).predict(images)
     assert (a.classes == b.classes).all() and np.abs(a.probabilities - b.probabilities).max() <= 1e-5
     copied = tmp_path / "copied"  # copied without its hidden manifest: still an export
     shutil.copytree(exported, copied, ignore=shutil.ignore_patterns(".groupcoop.json"))
-    c = GroupCoOpClassifier.from_run(copied).predict(images)
+    c = Classifier.from_run(copied).predict(images)
     assert np.abs(c.probabilities - b.probabilities).max() == 0
     tampered = tmp_path / "tampered"
     shutil.copytree(exported, tampered)
@@ -227,9 +227,9 @@ def test_readme_python_api_trains_saves_loads_and_predicts(tmp_path, monkeypatch
 
 
 def test_classifier_accepts_tensors_and_features(run_folder, waterbirds_prep):
-    from groupcoop.runs.predict import GroupCoOpClassifier
+    from groupcoop.runs.predict import Classifier
 
-    clf = GroupCoOpClassifier.from_run(run_folder)
+    clf = Classifier.from_run(run_folder)
     ds = waterbirds_prep.dataset
     images = [ds.images.load(i) for i in range(4)]
     batch = torch.stack([clf.backbone.preprocess(im) for im in images])
@@ -246,3 +246,11 @@ def test_version_and_lazy_import():
     code = "import sys, groupcoop; print(groupcoop.__version__); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert re.fullmatch(r"\d+\.\d+\.\d+", out[0]) and out[1] == "False"
+
+
+def test_the_classifier_keeps_its_older_name():
+    import groupcoop
+    from groupcoop.runs.predict import Classifier
+
+    assert groupcoop.Classifier is Classifier and groupcoop.GroupCoOpClassifier is Classifier
+    assert {"Classifier", "GroupCoOpClassifier"} <= set(groupcoop.__all__)

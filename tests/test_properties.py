@@ -26,9 +26,10 @@ from groupcoop.data.check import dataset_report
 from groupcoop.data.registry import dataset_options, load_dataset
 from groupcoop.errors import UserError
 from groupcoop.grouping.plan import resolve_grouping
-from groupcoop.grouping.labelers import GroupingOptions
+from groupcoop.grouping.options import GroupingOptions
 from groupcoop.schema import build
-from groupcoop.runs.settings import CONFIG_KEYS, RunSettings, key_values, make_settings, read_yaml_mapping
+from groupcoop.io.read import read_yaml_mapping
+from groupcoop.runs.settings import CONFIG_KEYS, RunSettings, key_values, make_settings
 
 PROPERTY = settings(max_examples=50, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

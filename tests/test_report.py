@@ -1,4 +1,4 @@
-"""HTML reports (report.py), nearest tokens of learned prompts, and the quality additions
+"""HTML reports (reports/), nearest tokens of learned prompts, and the quality additions
 they show (confusion matrix, min recall). Metrics are built by hand, plus one 1-epoch run
 on a few hundred synthetic images for the real metrics.json shape."""
 
@@ -16,8 +16,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from groupcoop.grouping.labelers import quality
-from groupcoop.reports.report import demo_report_html, run_report_html, write_html
+from groupcoop.grouping.quality import quality
+from groupcoop.reports.html import write_html
+from groupcoop.reports.run import run_report_html
+from groupcoop.runs.demo import demo_html
 
 EVIL = "<script>alert(1)</script>"
 
@@ -180,7 +182,7 @@ def test_demo_report(tmp_path):
                     g["acc"] = 0.5 + 0.1 * m + 0.05 * seed + 0.01 * g["group"]
             runs[method] = runs.get(method, []) + [metrics]
     summary = json.loads(json.dumps(summarise(runs)))
-    text = demo_report_html(summary)
+    text = demo_html(summary)
     page = check_page(text)
     assert page.sections == ["comparison", "groups"]
     assert "&lt;script&gt;" in text and "<script" not in text
@@ -212,7 +214,7 @@ def demo_summary(wga: dict[str, float]) -> dict:
 
 def test_demo_report_opens_with_its_conclusion_and_shows_training_groups():
     summary = demo_summary({"zeroshot": 0.60, "coop": 0.20, "coop_balanced": 0.74, "dfr": 0.78, "groupcoop": 0.73})
-    text = demo_report_html(summary)
+    text = demo_html(summary)
     page = check_page(text)
     body = text.split("</header>", 1)[1]
     first = re.sub("<[^>]+>", "", body.strip().split("\n", 1)[0])
@@ -234,8 +236,22 @@ def test_demo_conclusion_when_zero_shot_is_best():
     assert line.startswith("On the test split zeroshot has the best") and "over zero-shot" not in line
 
 
+def test_demo_page_renders_the_sentences_it_is_given():
+    from groupcoop.reports.demo import demo_report_html
+
+    text = demo_report_html(demo_summary({"zeroshot": 0.6, "coop": 0.2}), "A <conclusion>.", "What they need: x.")
+    assert '<p class="conclusion"><b>A &lt;conclusion&gt;.</b></p>' in text and "<p>What they need: x.</p>" in text
+
+
+def test_one_percent_formatter():
+    from groupcoop.reports.html import pct
+
+    assert pct(0.8123, 0.0131) == "81.2 ± 1.3" and pct(0.8123) == "81.2"
+    assert pct(float("nan"), 0.1) == pct(None) == "–" and pct(0.5, float("nan")) == "50.0"
+
+
 def test_sweep_page_links_each_run_page():
-    from groupcoop.reports.report import sweep_report_html
+    from groupcoop.reports.sweep import sweep_report_html
 
     rows = [{"dataset": "d<1>", "method": "coop", "groups": "-", "seed": s, "test_worst_group_acc": 0.5,
              "test_avg_acc": 0.7, "run_folder": f"runs/d_1/groupcoop-tiny/coop/-/seed-{s}"} for s in (0, 1)]
@@ -277,7 +293,8 @@ def test_token_text(tiny_backbone):
 @pytest.fixture(scope="module")
 def mini_run(tiny_backbone):
     """groupcoop with pseudo groups, 1 epoch, on a 400-image slice of synth-waterbirds."""
-    from groupcoop.data.world.synthetic import SyntheticImages, make_task_dataset
+    from groupcoop.data.world.datasets import make_task_dataset
+    from groupcoop.data.world.render import SyntheticImages
     from groupcoop.runs.pipeline import check_run, prepare, run_method
 
     full = make_task_dataset("synth-waterbirds")

@@ -15,7 +15,8 @@ import pytest
 import yaml
 
 from groupcoop.presets import resolve
-from groupcoop.sweeps.sweep import Grid, bootstrap_ci, expand, load_grid, shard
+from groupcoop.sweeps.grid import Grid, expand, load_grid, shard
+from groupcoop.sweeps.summary import bootstrap_ci
 
 CONSOLE_SCRIPT = Path(sys.executable).parent / "groupcoop"
 FAST = {"epochs": 1, "batch_size": 2048}  # 3 steps on synth-waterbirds: the grid machinery is under test
@@ -171,7 +172,7 @@ def test_suite_presets_are_disjoint():
 
 
 def test_focus_table_compares_one_method_with_every_other():
-    from groupcoop.sweeps.sweep import focus_table
+    from groupcoop.sweeps.summary import focus_table
 
     rows = [{"dataset": f"t{t}", "method": m, "groups": g, "seed": 0, "test_worst_group_acc": acc}
             for t in range(4)
@@ -192,6 +193,38 @@ def test_paper_preset_lists_runs_and_cost_without_data(cli, monkeypatch):
     assert result.code == 0, result.err
     assert "todo  runs/waterbirds/ViT-L-14_openai/groupcoop/pseudo/seed-2" in result.out
     assert "runs over 5 (dataset, backbone) pairs" in result.out and "estimated on one GPU" in result.out
+    assert "not in the estimate" not in result.out  # its dataset and every backbone have their cost facts
+
+
+def test_a_synthetic_grid_is_in_the_dry_run_estimate(tmp_path, cli):
+    """The synthetic tasks' sizes come from their definitions, random tasks' from their seeds."""
+    from groupcoop.sweeps.cost import sweep_cost
+
+    grid = Grid(datasets=["synth-waterbirds", "synth-random:0..1"], methods=["zeroshot", "coop", "groupcoop", "jtt"],
+                groups=["gt"])
+    cost = sweep_cost(expand(grid))
+    assert not cost.unknown and cost.extraction > 0 and 0 < cost.fused < cost.alone
+    result = cli("sweep", tiny_grid(tmp_path), "--out", tmp_path / "sweep", "--dry-run")
+    assert result.code == 0 and "estimated on one GPU" in result.out and "not in the estimate" not in result.out
+
+
+def test_the_cost_model_counts_the_loop_runs_each_recipe_names():
+    """A method trained by the loop runs `epochs` over the training set unless its recipe says
+    otherwise (JTT: a first run, then a longer second one); one trained in one go has none."""
+    from groupcoop.methods import METHODS
+
+    for recipe in METHODS.values():
+        hp = recipe.params()
+        runs = recipe.loop_epochs(hp, 1000)
+        if recipe.start is None:
+            assert runs == []
+        elif recipe.epoch_sizes is None:
+            assert runs == [(hp.epochs, 1000)]
+        else:
+            assert runs and all(epochs >= 1 and examples >= 1000 for epochs, examples in runs)
+    jtt = METHODS["jtt"]
+    (first, n_first), (second, n_second) = jtt.loop_epochs(jtt.params({"first_epochs": 3, "epochs": 5}), 1000)
+    assert (first, n_first, second) == (3, 1000, 5) and n_second > 1000
 
 
 @pytest.mark.slow

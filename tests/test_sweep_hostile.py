@@ -20,8 +20,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from groupcoop.io.csv_safe import FORMULA_STARTS, csv_text
-from groupcoop.reports.report import md_cell, md_cells
-from groupcoop.sweeps.sweep import SLUG_MAX, Grid, _slug, expand
+from groupcoop.reports.html import md_cell, md_cells
+from groupcoop.sweeps.grid import SLUG_MAX, Grid, _slug, expand
 
 FAST = {"epochs": 1, "batch_size": 2048}
 PROPERTY = settings(max_examples=200, deadline=None)
@@ -204,7 +204,7 @@ def test_a_label_with_a_pipe_keeps_the_table_whole(tmp_path, cli, waterbirds_pre
 ORPHAN = """
 import multiprocessing, os, sys, time
 from concurrent.futures import ProcessPoolExecutor
-from groupcoop.sweeps.sweep import _init_worker
+from groupcoop.sweeps.run import _init_worker
 
 if __name__ == "__main__":
     pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,

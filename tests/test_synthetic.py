@@ -4,8 +4,10 @@ import pytest
 import torch
 
 from groupcoop.backbones.families import TINY, load_backbone
-from groupcoop.data import synthetic
-from groupcoop.data.world.synthetic import TASKS, make_task_dataset
+from groupcoop.data.world.attributes import family_of
+from groupcoop.data.world.datasets import make_task_dataset
+from groupcoop.data.world.pretraining import sample_pretraining_batch
+from groupcoop.data.world.tasks import TASKS
 
 
 def test_same_seed_renders_identical_bytes():
@@ -15,8 +17,8 @@ def test_same_seed_renders_identical_bytes():
         assert a.array(i).tobytes() == b.array(i).tobytes()
     other = make_task_dataset("synth-waterbirds", seed=4).images
     assert a.array(0).tobytes() != other.array(0).tobytes()
-    img1, cap1 = synthetic.sample_pretraining_batch(0, 5, 4)
-    img2, cap2 = synthetic.sample_pretraining_batch(0, 5, 4)
+    img1, cap1 = sample_pretraining_batch(0, 5, 4)
+    img2, cap2 = sample_pretraining_batch(0, 5, 4)
     assert img1.tobytes() == img2.tobytes() and cap1 == cap2
 
 
@@ -40,7 +42,7 @@ def test_task_images_show_their_attributes():
     table = ds.images.table
     for i in range(0, len(table), 997):
         scene = table[i]
-        assert synthetic.family_of(scene.shape) + " shape" == ds.class_names[ds.y[i]]
+        assert family_of(scene.shape) + " shape" == ds.class_names[ds.y[i]]
         assert scene.background == ds.attribute_values[0][ds.attrs[i, 0]]
         assert scene.colour == ds.attribute_values[1][ds.attrs[i, 1]]
 

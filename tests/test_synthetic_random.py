@@ -6,15 +6,11 @@ import math
 import numpy as np
 import pytest
 
-from groupcoop.data import synthetic
-from groupcoop.data.world.synthetic import (
-    ATTRIBUTES,
-    TASKS,
-    caption_orientation,
-    make_task_dataset,
-    parse_random_task_name,
-    random_task,
-)
+from groupcoop.data.world.attributes import ATTRIBUTES, family_of
+from groupcoop.data.world.datasets import make_task_dataset
+from groupcoop.data.world.random_tasks import caption_orientation, parse_random_task_name, random_task
+from groupcoop.data.world.render import IMAGE_SIZE
+from groupcoop.data.world.tasks import TASKS
 from groupcoop.errors import UserError
 
 SEEDS = list(range(30)) + list(range(1000, 1030))
@@ -201,7 +197,7 @@ def test_random_task_dataset_matches_its_task():
     background = [a for a, _ in task.biases].index("background")
     for i in range(0, len(table), 7):
         row = table[i]._asdict()
-        assert synthetic.family_of(row["shape"]) + " shape" == ds.class_names[ds.y[i]]
+        assert family_of(row["shape"]) + " shape" == ds.class_names[ds.y[i]]
         for j, (attribute, values) in enumerate(task.biases):
             assert row[attribute] == values[ds.attrs[i, j]]
         assert row["shore"] in ("", pair[1 - ds.attrs[i, background]])
@@ -227,4 +223,4 @@ def test_random_task_datasets_are_deterministic_and_distinct():
 def test_random_task_images_render():
     ds = make_task_dataset("synth-random:5")
     img = ds.images.load(0)
-    assert img.size == (synthetic.IMAGE_SIZE, synthetic.IMAGE_SIZE) and img.mode == "RGB"
+    assert img.size == (IMAGE_SIZE, IMAGE_SIZE) and img.mode == "RGB"

@@ -8,16 +8,19 @@ import json
 import numpy as np
 import pytest
 
-from groupcoop.data import synthetic
-from groupcoop.data.world.synthetic import ATTRIBUTES, SyntheticTask, make_task_dataset
-from groupcoop.errors import UserError
+from groupcoop.data.world.attributes import ATTRIBUTES, SIZES
 from groupcoop.data.world.card import KINDS, attribute_kind, world_card, zero_shot_accuracy
+from groupcoop.data.world.datasets import make_task_dataset
+from groupcoop.data.world.pretraining import CAPTION_RATES, caption_rates
+from groupcoop.data.world.render import IMAGE_SIZE, render
+from groupcoop.data.world.tasks import SyntheticTask
+from groupcoop.errors import UserError
 
 SCENE = ("square", "red", "grass", "large")
 
 
 def _render(pattern: str, mark: str, seed: int = 5) -> np.ndarray:
-    return synthetic.render(*SCENE, pattern, mark, np.random.default_rng(seed)).astype(int)
+    return render(*SCENE, pattern, mark, np.random.default_rng(seed)).astype(int)
 
 
 def test_a_tag_is_a_framed_square_in_one_corner_and_nothing_else():
@@ -26,7 +29,7 @@ def test_a_tag_is_a_framed_square_in_one_corner_and_nothing_else():
         changed = np.argwhere(np.abs(tagged - plain).sum(axis=2) > 0)
         (top, left), (bottom, right) = changed.min(axis=0), changed.max(axis=0)
         assert bottom - top <= 4 and right - left <= 4  # within one 5 x 5 tag
-        n = synthetic.IMAGE_SIZE
+        n = IMAGE_SIZE
         assert top in (1, n - 6) and left in (1, n - 6)  # in a corner
         assert tagged[top + 2, left + 2].min() > 230 and tagged[top, left].max() < 40  # white inside, dark frame
 
@@ -38,7 +41,7 @@ def test_a_pattern_changes_only_the_object(pattern):
         changed = np.argwhere(np.abs(patterned - plain).sum(axis=2) > 30)
         assert len(changed) >= 8  # visible on a large object
         extent = changed.max(axis=0) - changed.min(axis=0)
-        diameter = 2 * synthetic.SIZES["large"] * 1.1 + 1
+        diameter = 2 * SIZES["large"] * 1.1 + 1
         assert extent.max() <= diameter  # inside the object's box, not on the background
 
 
@@ -50,7 +53,7 @@ def test_pattern_and_mark_biases_are_drawn_as_labelled():
     for i, scene in enumerate(ds.images.table):
         assert scene.pattern == ds.attribute_values[0][ds.attrs[i, 0]]
         assert scene.mark == ds.attribute_values[1][ds.attrs[i, 1]]
-        n = synthetic.IMAGE_SIZE
+        n = IMAGE_SIZE
         corners = [ds.images.array(i)[r + 2, c + 2] for r in (1, n - 6) for c in (1, n - 6)]
         if scene.mark == "tag":  # the tag's white centre is in one of the corners
             assert max(int(px.min()) for px in corners) > 230
@@ -101,11 +104,11 @@ def test_a_task_with_wrong_counts_or_classes_is_refused():
 
 
 def test_caption_rates_are_measured_on_the_captions():
-    rates = synthetic.caption_rates(4000)
+    rates = caption_rates(4000)
     assert rates["mark"] == 0.0
     for attribute in ("colour", "background", "size", "pattern"):
-        assert abs(rates[attribute] - synthetic.CAPTION_RATES[attribute]) < 0.02
-    assert synthetic.caption_rates(500, rates={"pattern": 0.5})["pattern"] > 0.4
+        assert abs(rates[attribute] - CAPTION_RATES[attribute]) < 0.02
+    assert caption_rates(500, rates={"pattern": 0.5})["pattern"] > 0.4
 
 
 def test_world_card_is_deterministic_and_calibrated(cli, tiny_backbone):

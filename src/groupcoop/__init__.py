@@ -5,7 +5,7 @@ The public API, in the spirit of open_clip's handful of entry points::
     import groupcoop
     run = groupcoop.fit("synth-waterbirds", backbone="groupcoop-tiny", method="groupcoop")
     run.save("runs/wb")
-    clf = groupcoop.GroupCoOpClassifier.from_run("runs/wb")
+    clf = groupcoop.Classifier.from_run("runs/wb")
     pred = clf.predict(["photo.png"])
 
 Names are imported on first use, so `import groupcoop` (and `groupcoop --help`) stays fast.
@@ -21,8 +21,9 @@ _API = {
     "Run": "runs.folder",
     "load_run": "api",
     "RunSettings": "runs.settings",
-    "GroupingOptions": "grouping.labelers",
-    "GroupCoOpClassifier": "runs.predict",
+    "GroupingOptions": "grouping.options",
+    "Classifier": "runs.predict",
+    "GroupCoOpClassifier": "runs.predict",  # Classifier's older name
     "Prediction": "methods.head",
     "load_dataset": "data.registry",
     "list_datasets": "data.registry",

@@ -4,9 +4,13 @@ Every number is computed from predictions and labels handed in; weights such as 
 group shares come from the data, never from constants. Accuracies are fractions in [0, 1].
 A group with no samples in a split is reported with n = 0 and acc = None, and is left out
 of the worst-group and mean-over-groups figures (it says so instead of vanishing).
+A dataset's own further metrics are named by its loader (`GroupDataset.extra_metrics`) and
+computed here (`EXTRA_METRICS`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -42,11 +46,11 @@ def weighted_accuracy(acc: np.ndarray, weights: np.ndarray) -> float:
 
 
 def split_metrics(pred, y, groups, group_names: list[str], train_counts: np.ndarray | None = None,
-                  family: str | None = None) -> dict:
+                  extra: Sequence[str] = ()) -> dict:
     """The metrics.json block for one split.
 
-    `train_counts` adds the train-weighted average ("train_weighted_acc"); `family`
-    'multiceleba' adds its WORST/UNBIASED/InDist and pair averages.
+    `train_counts` adds the train-weighted average ("train_weighted_acc"); `extra` names the
+    further blocks to add (`EXTRA_METRICS`), e.g. 'multiceleba': WORST/UNBIASED/InDist and pair averages.
     """
     n_groups = len(group_names)
     acc, counts = group_accuracies(pred, y, groups, n_groups)
@@ -65,8 +69,8 @@ def split_metrics(pred, y, groups, group_names: list[str], train_counts: np.ndar
         out["empty_groups"] = empty
     if train_counts is not None:
         out["train_weighted_acc"] = weighted_accuracy(acc, train_counts)
-    if family == "multiceleba" and n_groups == 8:
-        out.update(multiceleba_metrics(acc, train_counts))
+    for name in extra:
+        out.update(EXTRA_METRICS[name](acc, train_counts))
     return out
 
 
@@ -88,6 +92,10 @@ def multiceleba_metrics(acc: np.ndarray, train_counts: np.ndarray | None) -> dic
     if train_counts is not None:
         out["InDist"] = weighted_accuracy(acc, train_counts)
     return out
+
+
+# further metrics a loader may declare for its dataset's true groups: name -> (acc, train_counts) -> block
+EXTRA_METRICS = {"multiceleba": multiceleba_metrics}
 
 
 def format_group_table(metrics: dict, title: str = "") -> str:

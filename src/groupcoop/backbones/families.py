@@ -1,32 +1,126 @@
-"""Backbones by name: the loader picks the adapter of a model family by the name's spelling.
+"""Backbones by name: `FAMILIES`, the table of model families, and the loaders that look names up in it.
 
-- `backbone_openclip.py`: open_clip names (`ViT-B-16`, `RN50`, `hf-hub:...`, `local-dir:...`)
-  and the bundled `groupcoop-tiny`; the only module that imports open_clip.
-- `backbone_transformers.py`: Hugging Face `CLIPModel` and `SiglipModel` checkpoints, spelled
+A `Family` says which names are its own (a prefix, or every name no other family claims), how its
+adapter loads them and reads its exports back, how `groupcoop backbones` lists them, its part of the
+`--backbone` help, and the cost facts of its architectures for `groupcoop sweep --dry-run`.
+
+- `open_clip.py`: open_clip names (`ViT-B-16`, `RN50`, `hf-hub:...`, `local-dir:...`) and the
+  bundled `groupcoop-tiny`; the only module that imports open_clip.
+- `transformers.py`: Hugging Face `CLIPModel` and `SiglipModel` checkpoints, spelled
   `transformers:<hub id or save_pretrained folder>` (needs `pip install groupcoop[transformers]`).
 
-Every backbone is a `Backbone` (`backbone_protocol.py`): the rest of groupcoop uses only its
-operations. Adding a family is one adapter module and one branch in `load_backbone`, and
-one in `load_export_backbone` when `groupcoop export` can write its models (docs/extending.md).
+Adapters are imported on first use, so importing this module imports no model library. Every
+backbone is a `Backbone` (`protocol.py`): the rest of groupcoop uses only its operations. Adding a
+family is one adapter module and one entry in `FAMILIES` (docs/extending.md).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
-import torch
-
-from .protocol import TINY, TRANSFORMERS_PREFIX, Backbone, weights_checksum
 from ..choices import DEVICE_PATTERN
 from ..errors import UserError
+from .names import TINY, TRANSFORMERS_PREFIX
 
-__all__ = ["TINY", "TRANSFORMERS_PREFIX", "Backbone", "check_device", "describe_models", "load_backbone",
-           "load_export_backbone", "weights_checksum"]
+if TYPE_CHECKING:  # importing the protocol imports torch; the table is read by `--help`
+    import torch
+
+    from .protocol import Backbone
+
+__all__ = ["FAMILIES", "TINY", "TRANSFORMERS_PREFIX", "CostFacts", "Family", "backbone_help", "check_device",
+           "cost_facts", "describe_models", "family_of", "load_backbone", "load_export_backbone"]
+
+
+@dataclass(frozen=True)
+class CostFacts:
+    """What `groupcoop sweep --dry-run` assumes of one architecture (open_clip's model profile
+    for the image encoder; presets/paper/README.md says how they were chosen)."""
+
+    image_gflops: float  # image encoder, per image
+    text_gflops_per_token: float  # text tower forward + input-gradient backward: 4 x the blocks' weights
+    text_call_s: float  # floor of one text-encoder call on a GPU: kernel launches, a few prompts hardly fill it
+
+
+@dataclass(frozen=True)
+class Family:
+    """One model family: which backbone names are its own and what its adapter does with them."""
+
+    name: str
+    prefix: str | None  # names starting with it are the family's; None: every name no other family claims
+    help: str  # its part of the `--backbone` help
+    load: Callable[[str, str | None, str | torch.device], Backbone]  # (name, pretrained, device)
+    load_export: Callable[[Path, dict, str | torch.device], Backbone]  # (folder, head metadata, device)
+    describe: Callable[[], SimpleNamespace]  # models, pretrained (name, tag) pairs, unusable {name: package}, notes
+    library: str  # the `library` its exports name in their head metadata
+    costs: Mapping[str, CostFacts] = field(default_factory=dict)  # by architecture name
+
+
+def _open_clip():
+    from . import open_clip  # imports open_clip itself: only when a family member is used
+
+    return open_clip
+
+
+def _transformers():
+    from . import transformers  # imports transformers itself: only when a family member is used
+
+    return transformers
+
+
+def _transformers_listing() -> SimpleNamespace:
+    """No list of models: any Hugging Face CLIP or SigLIP checkpoint, by hub id or folder."""
+    return SimpleNamespace(models=[], pretrained=[], unusable={}, notes=[
+        f"{TRANSFORMERS_PREFIX}<hub id or folder>   a Hugging Face CLIPModel or SiglipModel "
+        "(pip install groupcoop[transformers])"])
+
+
+FAMILIES: tuple[Family, ...] = (
+    Family("open_clip", None, "open_clip architecture (ViT-B-16, RN50, ...), an hf-hub: id, groupcoop-tiny",
+           load=lambda name, pretrained, device: _open_clip().load(name, pretrained, device),
+           load_export=lambda folder, info, device: _open_clip().load_export(folder, info, device),
+           describe=lambda: _open_clip().describe(), library="open_clip",
+           costs={"RN50": CostFacts(9.2, 0.15, 0.006), "RN101": CostFacts(12.8, 0.15, 0.006),
+                  "ViT-B-32": CostFacts(4.4, 0.15, 0.006), "ViT-B-16": CostFacts(17.6, 0.15, 0.006),
+                  "ViT-L-14": CostFacts(81.1, 0.34, 0.012), TINY: CostFacts(0.03, 0.0016, 0.003)}),
+    Family("transformers", TRANSFORMERS_PREFIX,
+           f"{TRANSFORMERS_PREFIX}<hub id or folder> for a Hugging Face CLIPModel or SiglipModel",
+           load=lambda name, pretrained, device: _transformers().load(name, pretrained, device),
+           load_export=lambda folder, info, device: _transformers().load_export(folder, info, device),
+           describe=_transformers_listing, library="transformers"),
+)
+
+
+def family_of(name: str) -> Family:
+    """The family whose prefix `name` starts with, else the one that takes every other name."""
+    for family in FAMILIES:
+        if family.prefix and name.startswith(family.prefix):
+            return family
+    for family in FAMILIES:
+        if family.prefix is None:
+            return family
+    raise UserError(f"no backbone family takes the name {name!r}; `groupcoop backbones` lists them")
+
+
+def backbone_help() -> str:
+    """The `--backbone` help: every family's part, in the table's order."""
+    parts = [f.help for f in FAMILIES]
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + ", or " + parts[-1]
+
+
+def cost_facts(name: str) -> CostFacts | None:
+    """The dry-run cost facts of a backbone name; None when its family does not know the architecture."""
+    return family_of(name).costs.get(name) if isinstance(name, str) else None
 
 
 def check_device(device: str) -> None:
     """A torch device this machine has: cpu, cuda, cuda:N (N < the GPU count) or mps."""
+    import torch
+
     if not re.fullmatch(DEVICE_PATTERN, str(device)):
         raise UserError(f"--device {device!r} is not a device; use cpu, cuda, cuda:N or mps")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -38,19 +132,13 @@ def check_device(device: str) -> None:
 
 
 def load_backbone(name: str, pretrained: str | None = None, device: str | torch.device = "cpu") -> Backbone:
-    """A frozen backbone by name: `transformers:<id-or-folder>` for Hugging Face checkpoints,
-    anything else for open_clip (architecture + `pretrained` tag or file, `hf-hub:`, `local-dir:`,
-    or the bundled tiny model; `pretrained='random'` builds seeded random weights)."""
+    """A frozen backbone by name, loaded by its family's adapter (`FAMILIES`): `transformers:<id-or-folder>`
+    for Hugging Face checkpoints, anything else for open_clip (architecture + `pretrained` tag or file,
+    `hf-hub:`, `local-dir:`, or the bundled tiny model; `pretrained='random'` builds seeded random weights)."""
     if not isinstance(name, str) or not name:
         raise UserError("--backbone needs a model name; `groupcoop backbones` lists them")
     check_device(str(device))
-    if name.startswith(TRANSFORMERS_PREFIX):
-        from . import transformers as backbone_transformers
-
-        return backbone_transformers.load(name, pretrained, device)
-    from . import open_clip as backbone_openclip
-
-    return backbone_openclip.load(name, pretrained, device)
+    return family_of(name).load(name, pretrained, device)
 
 
 def load_export_backbone(folder, info: dict, device: str | torch.device = "cpu") -> Backbone:
@@ -58,20 +146,22 @@ def load_export_backbone(folder, info: dict, device: str | torch.device = "cpu")
     (`info` is the head's metadata: `Backbone.export_model`'s answer)."""
     check_device(str(device))
     library = info.get("library")
-    if library == "transformers":
-        from . import transformers as backbone_transformers
-
-        return backbone_transformers.load_export(folder, info, device)
-    if library == "open_clip":
-        from . import open_clip as backbone_openclip
-
-        return backbone_openclip.load_export(folder, info, device)
+    for family in FAMILIES:
+        if family.library == library:
+            return family.load_export(folder, info, device)
     raise UserError(f"{folder}/head.safetensors names no model library it was exported for ({library!r}); "
                     "export the run again")
 
 
 def describe_models() -> SimpleNamespace:
-    """Names and tags for `groupcoop backbones`; architectures this environment cannot build go to `unusable`."""
-    from . import open_clip as backbone_openclip
-
-    return backbone_openclip.describe()
+    """Names and tags for `groupcoop backbones`, every family's: `models`, `pretrained` (name, tag)
+    pairs, `unusable` (architectures this environment cannot build: the package each needs) and
+    `notes` (a line for each family whose names cannot be listed)."""
+    info = SimpleNamespace(models=[], pretrained=[], unusable={}, notes=[])
+    for family in FAMILIES:
+        mine = family.describe()
+        info.models += list(mine.models)
+        info.pretrained += list(mine.pretrained)
+        info.unusable.update(mine.unusable)
+        info.notes += list(getattr(mine, "notes", []))
+    return info

@@ -23,9 +23,8 @@ import torch.nn.functional as F
 
 from ..errors import UserError
 from ..templates import TEMPLATES
+from .names import TINY, TRANSFORMERS_PREFIX  # noqa: F401 (the adapters read them here)
 
-TINY = "groupcoop-tiny"  # the bundled model, an open_clip architecture
-TRANSFORMERS_PREFIX = "transformers:"
 
 
 class Backbone(ABC):
@@ -67,7 +66,7 @@ class Backbone(ABC):
         `pretrained`, and `weights` (a file in `folder`, None when the library fetches the model by
         name) with its `weights_sha256`. An adapter's `load_export` reads the folder back."""
         raise UserError(f"backbone {self.name}: export cannot write this model family; use the run folder itself "
-                        "(groupcoop predict RUN, GroupCoOpClassifier.from_run)")
+                        "(groupcoop predict RUN, Classifier.from_run)")
 
     # -- images ------------------------------------------------------------------------------------
 

@@ -298,6 +298,12 @@ class GroupDataset:
         return np.flatnonzero(self.split == SPLITS[split])
 
     @property
+    def extra_metrics(self) -> list[str]:
+        """The further metrics its loader declares for its true groups (`info["extra_metrics"]`,
+        names in `metrics.EXTRA_METRICS`): MultiCelebA's pair averages."""
+        return list(self.info.get("extra_metrics", []))
+
+    @property
     def hidden_splits(self) -> list[str]:
         """The splits whose bias labels were dropped (`without_bias_labels`)."""
         return list(self.info.get("hidden_bias_labels", []))

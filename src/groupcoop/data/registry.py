@@ -2,12 +2,14 @@
 
 Each entry is a `LoaderSpec`: the loader (called as `loader(root, **options)`), a line saying
 what folder it expects, and the schema of its options (types, defaults), so that options are
-checked before anything is read. Add a dataset by adding an entry; nothing registers itself.
-Synthetic random tasks are named `synth-random:<seed>` and need no entry of their own.
+checked before anything is read. An entry may also give the dataset's size and shape, which
+`groupcoop sweep --dry-run` reads (`dataset_facts`). Add a dataset by adding an entry; nothing
+registers itself. Synthetic random tasks are named `synth-random:<seed>` and need no entry of their own.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
@@ -20,7 +22,9 @@ from .celeba import CelebAOptions, load_celeba
 from .csv_dataset import CsvOptions, load_csv
 from .multiceleba import MultiCelebAOptions, load_multiceleba
 from .subpopbench import KnownSubpopOptions, SubpopBenchOptions, load_subpopbench
-from .world.synthetic import RANDOM_TASK_PREFIX, TASKS, make_task_dataset, parse_random_task_name
+from .world.datasets import make_task_dataset
+from .world.random_tasks import RANDOM_TASK_PREFIX, parse_random_task_name, random_task
+from .world.tasks import TASKS, SyntheticTask
 from .waterbirds import load_waterbirds
 
 
@@ -39,6 +43,14 @@ class LoaderSpec:
     description: str
     options: type[Frozen] = NoOptions
     needs_root: bool = True  # False for datasets made in memory (no folder to check)
+    size: tuple[int, int] | None = None  # (all images, training images), for the dry-run cost estimate
+    shape: tuple[int, int] | None = None  # (classes, groups per class), likewise
+
+
+def task_facts(task: SyntheticTask) -> tuple[tuple[int, int], tuple[int, int]]:
+    """A synthetic task's size and shape, read from its definition: its group counts and biases."""
+    size = (sum(sum(counts) for counts in task.counts.values()), sum(task.counts.get("train", ())))
+    return size, (len(task.classes), math.prod(len(values) for _, values in task.biases))
 
 
 def _loaders() -> dict[str, LoaderSpec]:
@@ -46,16 +58,17 @@ def _loaders() -> dict[str, LoaderSpec]:
         "waterbirds": LoaderSpec(
             load_waterbirds,
             "group_DRO's waterbird_complete95_forest2water2/ or WILDS's waterbirds_v1.0/ (metadata.csv + species folders)",
+            size=(11_788, 4_795), shape=(2, 2),
         ),
         "celeba": LoaderSpec(
             load_celeba,
             "CelebA folder: img_align_celeba/ + list_attr_celeba.txt/.csv + list_eval_partition.txt/.csv; "
-            "options target=, biases=", CelebAOptions,
+            "options target=, biases=", CelebAOptions, size=(202_599, 162_770), shape=(2, 2),
         ),
         "multiceleba": LoaderSpec(
             load_multiceleba,
             "a CelebA folder (as for celeba); MultiCelebA's train subset is built from it; option mouth_slightly_open=",
-            MultiCelebAOptions,
+            MultiCelebAOptions, size=(107_000, 67_000), shape=(2, 4),
         ),
         "subpopbench": LoaderSpec(
             load_subpopbench,
@@ -63,14 +76,16 @@ def _loaders() -> dict[str, LoaderSpec]:
             SubpopBenchOptions,
         ),
         "metashift": LoaderSpec(partial(load_subpopbench, name="metashift"),
-                                "SubpopBench's metashift/ folder (metadata_metashift.csv)", KnownSubpopOptions),
+                                "SubpopBench's metashift/ folder (metadata_metashift.csv)", KnownSubpopOptions,
+                                size=(3_499, 2_276), shape=(2, 2)),
         "imagenetbg": LoaderSpec(partial(load_subpopbench, name="imagenetbg"),
-                                 "SubpopBench's backgrounds_challenge/ folder (metadata.csv)", KnownSubpopOptions),
+                                 "SubpopBench's backgrounds_challenge/ folder (metadata.csv)", KnownSubpopOptions,
+                                 size=(50_000, 45_000), shape=(9, 1)),
         "nicopp": LoaderSpec(partial(load_subpopbench, name="nicopp"), "SubpopBench's nicopp/ folder (metadata.csv)",
                              KnownSubpopOptions),
         "chexpert": LoaderSpec(partial(load_subpopbench, name="chexpert"),
                                "SubpopBench's chexpert/ folder (subpop_bench_meta/metadata_no_finding.csv)",
-                               KnownSubpopOptions),
+                               KnownSubpopOptions, size=(190_000, 167_000), shape=(2, 6)),
         "csv": LoaderSpec(
             load_csv,
             "a folder of images + a CSV; options csv_path=, path_col=, label_col=, attr_cols=, class_names=, "
@@ -78,8 +93,9 @@ def _loaders() -> dict[str, LoaderSpec]:
         ),
     }
     for name, task in TASKS.items():
+        size, shape = task_facts(task)
         table[name] = LoaderSpec(partial(load_synthetic, name), f"built-in synthetic world, {task.description} (no --root)",
-                                 SyntheticOptions, needs_root=False)
+                                 SyntheticOptions, needs_root=False, size=size, shape=shape)
     table[f"{RANDOM_TASK_PREFIX}<seed>"] = LoaderSpec(
         load_synthetic, "a random task of the synthetic world drawn from <seed>: 1-3 biases among background, colour "
         "and size, random value pairs and orientations, 1-20% conflicting per bias, 2k-10k train images (no --root)",
@@ -101,6 +117,18 @@ def loader_spec(name: str) -> tuple[LoaderSpec, Callable[..., GroupDataset]]:
     if spec is None or name.endswith(":<seed>"):
         raise UserError(f"unknown dataset {name!r}{close_matches(name, LOADERS)}; known: {', '.join(LOADERS)}")
     return spec, spec.loader
+
+
+def dataset_facts(name: str) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """A dataset's (all images, training images) and (classes, groups per class), for the dry-run
+    cost estimate; a `synth-random:<seed>` task's drawn from its seed. None when its entry gives none."""
+    seed = parse_random_task_name(name)
+    if seed is not None:
+        return task_facts(random_task(seed))
+    spec = LOADERS.get(name)
+    if spec is None or spec.size is None or spec.shape is None:
+        return None
+    return spec.size, spec.shape
 
 
 def is_known(name: str) -> bool:

@@ -19,7 +19,10 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from .extract import default_workers, fill_shards, open_cache, stale_shards
+from .cache import open_cache, stale_shards
+from .decode import default_workers
+from .extract import fill_cache
+from .store import Features
 
 TIMEOUT_ENV = "GROUPCOOP_DIST_TIMEOUT"  # seconds a rank may wait for the others (default 2 h)
 
@@ -104,8 +107,9 @@ def extract_cache(backbone, images, ranks: Ranks = Ranks(), cache_dir: Path | No
     cache, shards = open_cache(backbone, images, cache_dir, dtype, shard_size)
     if workers is None:
         workers = default_workers(device, ranks.local_world_size)
-    written = fill_shards(backbone, images, cache, shards, batch_size, workers, verify, precision,
-                          progress and ranks.rank == 0, ranks.rank, ranks.world_size)
+    share = shards[ranks.rank::ranks.world_size]  # rank k: shards k, k + WORLD_SIZE, ...
+    written = fill_cache(backbone, images, cache, share, batch_size, workers, verify, precision,
+                         progress and ranks.rank == 0)
     written = sum_over_ranks(written, ranks, device)
     if ranks.rank != 0:
         return None
@@ -116,7 +120,7 @@ def extract_cache(backbone, images, ranks: Ranks = Ranks(), cache_dir: Path | No
                         "run the same command again to finish them")
     cache.remove_abandoned(started)
     cache.mark_complete()
-    feats = cache.open(shards)
+    feats = Features(cache.shard_files(shards))
     return {"folder": str(cache.folder), "shards": len(shards), "written": written, "rows": len(feats),
             "dim": feats.dim, "dtype": dtype, "processes": ranks.world_size}
 

@@ -119,7 +119,7 @@ def _attributes(vocabulary: VocabularyFile) -> dict[str, tuple[str, ...]]:
 
 def default_vocabulary(dataset) -> str:
     """The shipped vocabulary a dataset uses by default: `world` for synthetic tasks, `clip` otherwise."""
-    from ..data.world.synthetic import SyntheticImages
+    from ..data.world.render import SyntheticImages
 
     return "world" if dataset is not None and isinstance(dataset.images, SyntheticImages) else "clip"
 

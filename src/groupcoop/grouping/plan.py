@@ -24,12 +24,14 @@ from pathlib import Path
 import numpy as np
 
 from . import labelers
+from .adaptive import Reference
 from ..io.csv_safe import csv_text
 from ..data.base import SPLITS, GroupDataset, GroupSpec, apply_phrase
 from ..errors import UserError
 from ..io.folders import atomic_folder
 from ..io.write import atomic_text
-from .labelers import GroupingOptions
+from .options import GroupingOptions
+from .quality import quality as group_quality
 from .labelfree import AUTO_FALLBACK_LABELER, SELECTION_FALLBACK
 
 
@@ -113,7 +115,8 @@ def labeler_spec(ds: GroupDataset, options: GroupingOptions) -> GroupSpec:
     """How the labeler's groups are numbered, named and phrased in prompts.
 
     A dataset without bias attributes takes them from --bias-prompts (one attribute per
-    ';'-separated list) or, for kmeans, from --clusters (default 2); kmeans clusters have no names.
+    ';'-separated list) or, for an unnamed labeler (kmeans), from --clusters (default 2); an
+    unnamed labeler's groups are "cluster k", never the dataset's value names, and no phrases.
     (With `bias_prompts: auto` the attributes are known only once discovered: `plan_groups`.)
     """
     if options.discovers:
@@ -128,12 +131,17 @@ def labeler_spec(ds: GroupDataset, options: GroupingOptions) -> GroupSpec:
     elif bias_prompts:
         values, phrases = bias_prompts, bias_prompts
     else:
-        values, phrases = [[f"cluster {k}" for k in range(options.clusters or 2)]], None
-    if options.source == "kmeans":
-        sizes = labelers.group_sizes("kmeans", [len(v) for v in values], options.clusters)
-        values, phrases = [[f"cluster {k}" for k in range(s)] for s in sizes], None
+        values, phrases = _cluster_names([options.clusters or 2]), None
+    if labelers.get_labeler(options.source).unnamed:
+        values, phrases = _cluster_names(labelers.group_sizes(options.source, [len(v) for v in values],
+                                                              options.clusters)), None
     as_tuple = lambda lists: tuple(tuple(x) for x in lists)  # noqa: E731
     return GroupSpec(tuple(ds.class_names), as_tuple(values), as_tuple(phrases) if phrases else None)
+
+
+def _cluster_names(sizes) -> list[list[str]]:
+    """The value names of unnamed groups: "cluster 0", "cluster 1", ... per attribute."""
+    return [[f"cluster {k}" for k in range(s)] for s in sizes]
 
 
 # --- the groups of every split ------------------------------------------------------------------
@@ -197,7 +205,7 @@ def _discovered(prep, options: GroupingOptions, seed: int) -> tuple[str, GroupSp
         spec = GroupSpec(classes, tuple(tuple(value_name(p) for p in attr) for attr in phrases), phrases)
         return options.source, spec, found.report(None)
     fallback = AUTO_FALLBACK_LABELER
-    spec = GroupSpec(classes, (tuple(f"cluster {k}" for k in range(options.clusters or 2)),), None)
+    spec = GroupSpec(classes, tuple(map(tuple, _cluster_names([options.clusters or 2]))), None)
     return fallback, spec, found.report(fallback)
 
 
@@ -219,7 +227,7 @@ def plan_groups(prep, options: GroupingOptions, seed: int, train_groups: bool = 
     rows = {s: ds.split_indices(s) for s in ("train", "val", "test")}
     labelled: dict[str, np.ndarray] = {}
 
-    whole_split = source == "pseudo" and options.variant in labelers.WHOLE_SPLIT_VARIANTS
+    whole_split = labelers.LABELERS[source].whole_split(options.variant) is not None
     kept: dict[str, tuple] = {}  # the training split's inputs, kept only for a whole-split variant
 
     def labeler_inputs(split: str) -> tuple:
@@ -243,7 +251,7 @@ def plan_groups(prep, options: GroupingOptions, seed: int, train_groups: bool = 
                 reference = None
                 if whole_split and split != "train":
                     train_scores, train_feats = labeler_inputs("train")
-                    reference = labelers.Reference(train_feats, ds.y[rows["train"]], train_scores)
+                    reference = Reference(train_feats, ds.y[rows["train"]], train_scores)
                 labelled[split] = labelers.assign_groups(
                     source, feats, ds.y[r], spec.sizes, attr_scores=scores, clusters=options.clusters, seed=seed,
                     variant=options.variant, reference=reference)
@@ -254,7 +262,7 @@ def plan_groups(prep, options: GroupingOptions, seed: int, train_groups: bool = 
     val_groups, chosen = _selection(selection, source, report.get("val", (None, False))[1], rows["val"], ds, label)
     quality = None
     if train_groups and source != "gt" and ds.labelled(rows["train"]):
-        quality = labelers.quality(ds.groups[rows["train"]], label("train"), names=ds.group_names())
+        quality = group_quality(ds.groups[rows["train"]], label("train"), names=ds.group_names())
     return GroupPlan(source, spec, label("train") if train_groups else None, val_groups, chosen, report, quality,
                      discovery)
 

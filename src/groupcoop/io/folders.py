@@ -26,10 +26,6 @@ from .write import atomic_text, make_parents, remove_empty, share_per_umask
 MANIFEST = ".groupcoop.json"
 
 
-# what a run folder from before manifests could hold
-_LEGACY_RUN_FILES = {"config.yaml", "metrics.json", "report.txt", "prompts.json", "prompts.safetensors"}
-
-
 def write_manifest(folder: Path, kind: str) -> None:
     """Record every file under `folder` as groupcoop's own (written last, inside the folder)."""
     folder = Path(folder)
@@ -79,9 +75,6 @@ def groupcoop_kind(folder: Path) -> str | None:
     manifest = read_manifest(folder)
     if manifest is not None:
         return manifest.get("kind", "run") if not _unaccounted(folder) else None
-    present = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() or p.is_symlink()}
-    if present and present <= _LEGACY_RUN_FILES and "metrics.json" in present:
-        return "run"
     return None
 
 

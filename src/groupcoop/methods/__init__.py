@@ -9,7 +9,7 @@ method is its module plus two lines here, its import and its entry in `METHODS`
 
 Method modules import no torch at module level: this table is read by `--help` and by the
 settings check, which refuse bad input before anything heavy loads. Trainers import the
-training code (train.py, linear.py, prompts.py) when they run.
+training code (loop.py, linear.py, prompts.py) when they run.
 
 `needs_groups`, what a recipe needs beyond class labels (also written to metrics.json):
 

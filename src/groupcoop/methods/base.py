@@ -2,7 +2,7 @@
 
 A `Recipe` names a method and carries its hyper-parameter schema and its trainer: `fit`
 (a classifier in one go: hand-written prompts, logistic regressions) or `start` (a run of the
-training loop with explicit steps, `train.LoopRun`, that a driver advances; `drive` is the
+training loop with explicit steps, `loop.LoopRun`, that a driver advances; `drive` is the
 driver of one run). `check` refuses, before any image is read, what the method cannot train
 on. A trainer reads a `FitTask` (the dataset, backbone and cached features, the group plan,
 the seed) and returns `Fitted` (the classifier head, its trainable parameter count, what it
@@ -27,10 +27,10 @@ from ..schema import Frozen, Int, Number, Text, build
 if TYPE_CHECKING:  # type hints only: importing these would import torch
     from ..backbones.protocol import Backbone
     from ..data.base import GroupDataset, GroupSpec
-    from ..features.extract import Features
+    from ..features.store import Features
     from ..grouping.plan import GroupPlan
     from .head import Head
-    from ..grouping.labelers import GroupingOptions
+    from ..grouping.options import GroupingOptions
     from .prompts import PromptLearner
 
 Needs = Literal["none", "train", "val"]
@@ -167,8 +167,11 @@ class Recipe:
     trainable: str  # trainable parameters as a formula (C classes, G groups per class, D feature width,
     #                 M context vectors of width W)
     fit: Callable[[FitTask, Any], Fitted] | None = None  # trained in one go
-    start: Callable[[FitTask, Any], Any] | None = None  # a run of the training loop (`train.LoopRun`)
+    start: Callable[[FitTask, Any], Any] | None = None  # a run of the training loop (`loop.LoopRun`)
     check: Callable[[RunPlan, Any], None] | None = None  # refuses what it cannot train on, before any image
+    # (epochs, examples per epoch) of each run of the loop it makes, from its hyper-parameters and the
+    # training-set size, for the dry-run cost estimate; None: one run of `epochs` over the training set
+    epoch_sizes: Callable[[Any, int], list[tuple[int, float]]] | None = None
 
     def __post_init__(self):
         if (self.fit is None) == (self.start is None):
@@ -193,6 +196,13 @@ class Recipe:
     def defaults(self) -> dict:
         return self.schema().model_dump()
 
+    def loop_epochs(self, hp, n_train: int) -> list[tuple[int, float]]:
+        """(epochs, examples per epoch) of each run of the training loop (`epoch_sizes`); none for a
+        method trained in one go."""
+        if self.start is None:
+            return []
+        return self.epoch_sizes(hp, n_train) if self.epoch_sizes is not None else [(hp.epochs, n_train)]
+
     def train(self, task: FitTask, hp) -> Fitted:
         """Train on `task`: in one go, or by driving the loop's run to its end."""
         if self.fit is not None:
@@ -201,7 +211,7 @@ class Recipe:
 
 
 def drive(run) -> Fitted:
-    """Advance one run of the training loop (`train.LoopRun`, or anything with its steps) to its end."""
+    """Advance one run of the training loop (`loop.LoopRun`, or anything with its steps) to its end."""
     run.start()
     while True:
         while run.next_batch():
@@ -225,7 +235,7 @@ def prompts_fit(names: Callable[[Any, GroupSpec], list[str]]) -> Callable[[RunPl
 # --- the loop's schedule and optimiser, and the prompt context, shared by many methods -------------------
 
 class LoopParams(Frozen):
-    """What every method trained by train.py's loop shares: the schedule and the optimiser."""
+    """What every method trained by the loop (loop.py) shares: the schedule and the optimiser."""
 
     epochs: Annotated[Int, Field(ge=1, le=100_000)] = 20
     batch_size: Annotated[Int, Field(ge=1, le=1_000_000)] = 128

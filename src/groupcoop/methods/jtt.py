@@ -96,6 +96,15 @@ class JTTRun:
         return fitted
 
 
+JTT_ERROR_RATE = 0.1  # assumed training error rate of the first run, for the dry-run cost estimate
+
+
+def jtt_epoch_sizes(hp: JTTParams, n_train: int) -> list[tuple[int, float]]:
+    """The first run over the training set, then the second over it with its errors (assumed
+    JTT_ERROR_RATE of it) appearing `upweight` times: its epochs are that much longer."""
+    return [(hp.first_epochs, n_train), (hp.epochs, n_train * (1 + (hp.upweight - 1) * JTT_ERROR_RATE))]
+
+
 JTT = Recipe("jtt", "Just Train Twice on CoOp: an ERM run's training errors upsampled in a second run",
              "prompt", "class", "none", JTTParams, "M*W (per run; 2 runs)", start=JTTRun,
-             check=prompts_fit(class_prompts))
+             check=prompts_fit(class_prompts), epoch_sizes=jtt_epoch_sizes)

@@ -4,7 +4,8 @@ The rows are prompts (`PromptRows`: the text encoder runs once per step for all 
 after [EOS], and the batch's cached image features are scored against them; the image
 encoder never runs here) or free linear vectors (`LinearRows`). The method's `Objective`
 computes the loss from the rows' logits: class or group targets, the sampler that draws each
-epoch, an optional class-level term, anchor, or online GroupDRO weights.
+epoch, an optional class-level term or anchor, and a method's own weighting of the examples
+(coop_groupdro's online GroupDRO weights live with that method, `coop.GroupDROWeights`).
 
 One run of the loop is a `LoopRun`, an object with explicit steps, so that a driver decides
 when each happens:
@@ -131,14 +132,16 @@ class Objective:
     (one row per (class, group)); `sampler` draws each epoch (`reweight` weighs the loss by
     inverse target frequency instead); `class_loss_weight` adds a class-level cross-entropy on
     the aggregated class scores; `anchor_weight` an L2 pull of the rows' parameters toward
-    their initial values (a few-image group's prompt stays near its hand-written start)."""
+    their initial values (a few-image group's prompt stays near its hand-written start).
+    `weighting` (a method's own: `start(run)`, `loss(per_example, idx)`, `epoch_entry()`,
+    `extra()`) replaces the batch's mean by its weighting of the per-example losses."""
 
     def __init__(self, targets: str, sampler: str = "natural", aggregate: str = "max",
-                 class_loss_weight: float = 0.0, anchor_weight: float = 0.0):
+                 class_loss_weight: float = 0.0, anchor_weight: float = 0.0, weighting=None):
         if targets not in ("class", "group"):
             raise ValueError(f"targets must be class or group, not {targets!r}")
         self.targets, self.sampler, self.aggregate = targets, sampler, aggregate
-        self.class_loss_weight, self.anchor_weight = class_loss_weight, anchor_weight
+        self.class_loss_weight, self.anchor_weight, self.weighting = class_loss_weight, anchor_weight, weighting
 
     def start(self, run: "LoopRun") -> None:
         """Set up for a run: its targets, loss weights and anchor."""
@@ -151,9 +154,15 @@ class Objective:
             weights = balanced_weights(self.target.numpy(), run.rows.n_rows)
             self.loss_weight = torch.as_tensor(weights, dtype=torch.float32).to(self.device)
         self.anchor = [p.detach().clone() for p in self.parameters] if self.anchor_weight > 0 else None
+        if self.weighting is not None:
+            self.weighting.start(run)
 
     def data_loss(self, logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits, self.target[idx].to(self.device), weight=self.loss_weight)
+        target = self.target[idx].to(self.device)
+        if self.weighting is None:
+            return F.cross_entropy(logits, target, weight=self.loss_weight)
+        per_example = F.cross_entropy(logits, target, weight=self.loss_weight, reduction="none")
+        return self.weighting.loss(per_example, idx)
 
     def loss(self, logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         loss = self.data_loss(logits, idx)
@@ -167,71 +176,11 @@ class Objective:
 
     def epoch_entry(self) -> dict:
         """What this objective adds to each epoch's history entry."""
-        return {}
+        return {} if self.weighting is None else self.weighting.epoch_entry()
 
     def extra(self) -> dict:
         """What this objective adds to metrics.json."""
-        return {}
-
-
-class GroupDRO:
-    """Online GroupDRO weights [Sagawa et al., ICLR 2020, Algorithm 1] over `n_groups` groups.
-
-    q starts uniform over the groups present in training (0 for absent ones); each step,
-    q_g <- q_g * exp(eta * loss_g) with loss_g the batch's mean loss on group g (groups absent
-    from the batch keep their weight), then q is renormalised; the loss is sum_g q_g loss_g.
-    `cumulative` sums each group's loss_g over the steps, so q is proportional to
-    q_0 * exp(eta * cumulative): the weight goes to the group with the highest training loss.
-    """
-
-    def __init__(self, train_groups: np.ndarray, n_groups: int, eta: float, device=None):
-        present = np.bincount(train_groups, minlength=n_groups) > 0
-        self.q = torch.as_tensor(present / present.sum(), dtype=torch.float32, device=device)
-        self.cumulative = torch.zeros(n_groups, dtype=torch.float64, device=device)
-        self.eta = eta
-
-    def loss(self, per_example: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
-        n = len(self.q)
-        counts = torch.bincount(groups, minlength=n).to(per_example.dtype)
-        sums = torch.zeros(n, dtype=per_example.dtype, device=per_example.device).index_add(0, groups, per_example)
-        group_loss = sums / counts.clamp(min=1)
-        with torch.no_grad():
-            self.cumulative += group_loss.detach().double()
-            q = self.q * torch.exp(self.eta * group_loss.detach())
-            self.q = q / q.sum()
-        return (self.q * group_loss).sum()
-
-
-class GroupDROObjective(Objective):
-    """Cross-entropy averaged with online GroupDRO weights over the training groups
-    (`GroupDRO`) instead of uniformly; metrics.json gets the final weights by group name."""
-
-    def __init__(self, targets: str, sampler: str, eta: float, group_names: list[str]):
-        super().__init__(targets, sampler)
-        self.eta, self.group_names = eta, list(group_names)
-
-    def start(self, run: "LoopRun") -> None:
-        super().start(run)
-        groups = run.train.groups
-        self.dro = GroupDRO(groups, int(groups.max()) + 1, self.eta, self.device)
-        self.groups = torch.as_tensor(groups, dtype=torch.long)
-
-    def data_loss(self, logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        per_example = F.cross_entropy(logits, self.target[idx].to(self.device), weight=self.loss_weight,
-                                      reduction="none")
-        return self.dro.loss(per_example, self.groups[idx].to(self.device))
-
-    def epoch_entry(self) -> dict:
-        return {"groupdro_q": [round(float(v), 6) for v in self.dro.q.cpu()]}
-
-    def extra(self) -> dict:
-        """Per group, by name (groups after the last one present in training: 0)."""
-        def by_name(values: torch.Tensor) -> dict:
-            values = [float(v) for v in values.cpu()]
-            return {name: (values[g] if g < len(values) else 0.0) for g, name in enumerate(self.group_names)}
-
-        return {"groupdro": {"eta": self.eta, "final_q": by_name(self.dro.q),
-                             "cumulative_group_loss": by_name(self.dro.cumulative)}}
+        return {} if self.weighting is None else self.weighting.extra()
 
 
 # --- sampling, optimiser and schedule -----------------------------------------------------------------

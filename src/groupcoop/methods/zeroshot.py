@@ -34,7 +34,7 @@ class ZeroShotGroupsParams(ZeroShotParams):
     group prompts carry), averaged over templates; a class scores the max over its group
     prompts. Nothing is trained. The zero-shot classifier of the group-prompt idea in
     GroupCoOp [Kim, Oh, Kwak, arXiv 2509.23781]; the same prompts name the zero-shot groups
-    in labelers.py."""
+    in grouping/labelers.py."""
 
     aggregate: Aggregate = "max"
 
@@ -57,8 +57,11 @@ def fit_zeroshot_groups(task: FitTask, hp: ZeroShotGroupsParams) -> Fitted:
 
 def check_named_groups(plan: RunPlan, hp: ZeroShotGroupsParams) -> None:
     """One prompt per group is written from the groups' value phrases: the groups need names."""
+    from ..grouping.labelers import get_labeler
+
     if plan.spec.phrases is None:
-        why = "kmeans clusters have no names" if plan.grouping.source == "kmeans" else f"{plan.dataset.name} has none"
+        source = plan.grouping.source
+        why = f"{source} clusters have no names" if get_labeler(source).unnamed else f"{plan.dataset.name} has none"
         raise UserError(f"--method zeroshot_groups writes one prompt per group from the groups' value phrases, and "
                         f"{why}; pass --bias-prompts \"on land,on water\" (one phrase per value) and --groups "
                         "zeroshot, pseudo or gt")

@@ -21,7 +21,7 @@ from ..io.read import read_if_present
 from ..methods.head import Head
 from ..metrics import format_group_table
 from ..methods.prompts import PromptLearner, nearest_tokens
-from ..reports.report import run_report_html
+from ..reports.run import run_report_html
 from .settings import RunSettings
 
 

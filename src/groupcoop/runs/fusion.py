@@ -1,7 +1,7 @@
 """Fused training: several runs of the training loop on one dataset and backbone in one pass,
 with one text-encoder call (forward and backward) per step for all their prompts.
 
-The runs stay what they are alone (`train.LoopRun`, or a chain of them such as JTT's): each
+The runs stay what they are alone (`loop.LoopRun`, or a chain of them such as JTT's): each
 keeps its own sampler, generator, optimiser, schedule, early stopping and model selection, and
 each step's loss is its own loss on its own batch. Only the text encoder's work is shared: the
 runs' prompt embeddings (`PromptLearner.prompt_embeddings`) are concatenated, encoded in one
@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from ..methods import Fitted, Recipe, get_method
+from ..methods import Fitted, Recipe
 
 if TYPE_CHECKING:
     import torch
@@ -163,7 +163,7 @@ def fit_runs(prep, settings: list, log: Callable[[str], None] = print, fuse: boo
         if done is not None:
             done(i, run, seconds)
 
-    together = [i for i, s in enumerate(settings) if fuse and fusable(get_method(s.method))]
+    together = [i for i, s in enumerate(settings) if fuse and fusable(s.recipe)]
     for i, s in enumerate(settings):
         if i not in together:
             start = time.perf_counter()

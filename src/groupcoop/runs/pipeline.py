@@ -5,7 +5,7 @@ selection, backbone, the method's own checks such as prompt lengths) before `pre
 expensive, shared part (cached features), so that bad input is refused before any image is
 read. It returns the settings with the grouping resolved for the method; `run_method` trusts
 them: it plans the groups (`plan_run`: a `PlannedRun` holding the `FitTask` the method's trainer
-reads), trains, and turns the `Fitted` result into a `Run` (runs.py): its settings, the
+reads), trains, and turns the `Fitted` result into a `Run` (folder.py): its settings, the
 metrics.json value, the classifier head and the learned prompts. `fusion.fit_runs` trains
 several planned runs of one dataset and backbone together and finishes each the same way.
 
@@ -24,13 +24,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..backbones.families import Backbone, check_device, load_backbone
+from ..backbones.families import check_device, load_backbone
+from ..backbones.protocol import Backbone
 from ..data.base import GroupDataset
 from ..data.registry import load_dataset
-from ..features.extract import Features, extract_features
+from ..features.extract import extract_features
+from ..features.store import Features
 from ..grouping.plan import GroupPlan, check_selection, labeler_spec, plan_groups, resolve_method_grouping
 from ..methods.head import Head
-from ..methods import FitTask, Fitted, Recipe, RunPlan, get_method
+from ..methods import FitTask, Fitted, Recipe, RunPlan
 from ..metrics import split_metrics
 from .folder import Run
 from .settings import RunSettings
@@ -69,7 +71,7 @@ def check_run(settings: RunSettings, dataset: GroupDataset | None = None, backbo
         dataset = load_dataset(settings.dataset, settings.root, allow_symlinks_outside=allow_symlinks_outside,
                                **settings.dataset_options)
     dataset = dataset.without_bias_labels(settings.hide_bias_labels)
-    recipe = get_method(settings.method)
+    recipe = settings.recipe
     grouping = resolve_method_grouping(recipe, dataset, settings.groups)
     check_selection(recipe, dataset, grouping, settings.selection)
     if grouping != settings.groups:
@@ -82,18 +84,24 @@ def check_run(settings: RunSettings, dataset: GroupDataset | None = None, backbo
     return dataset, settings, backbone
 
 
-def evaluate_split(head: Head, prep: Prepared, split: str, groups: np.ndarray | None = None,
+def evaluate_split(head: Head, prep: Prepared, split: str, report: tuple[np.ndarray, bool] | None = None,
                    names: list[str] | None = None) -> dict:
-    """The metrics.json block of one split: by the given groups, else the true groups, else per class."""
+    """The metrics.json block of one split, by `report`: (group ids, whether they are the true
+    groups) as the group plan decided (`GroupPlan.report`; `names` names labeler groups). Without
+    one (`groupcoop evaluate`): by the true groups where the split has them, else per class.
+    True groups add the train-weighted average and the dataset's own extra metrics."""
     ds = prep.dataset
     rows = ds.split_indices(split)
     pred = head.predict_classes(prep.feats.subset(rows))
-    true_groups = groups is None and ds.labelled(rows)
-    if groups is None:
-        groups, names = (ds.groups[rows], ds.group_names()) if true_groups else (ds.y[rows], list(ds.class_names))
+    if report is None:
+        report = (ds.groups[rows], True) if ds.labelled(rows) else (ds.y[rows], False)
+        names = None if report[1] else list(ds.class_names)
+    groups, true_groups = report
+    if true_groups:
+        names = ds.group_names()
     train_counts = ds.group_counts("train") if true_groups and ds.has_group_labels else None
     return split_metrics(pred, ds.y[rows], groups, names, train_counts=train_counts,
-                         family=ds.info.get("metric_family") if true_groups else None)
+                         extra=ds.extra_metrics if true_groups else ())
 
 
 @dataclass
@@ -110,14 +118,14 @@ class PlannedRun:
 
     @property
     def recipe(self) -> Recipe:
-        return get_method(self.settings.method)
+        return self.settings.recipe
 
     def fit(self) -> Fitted:
         """The method's trainer on the task, alone."""
         return self.recipe.train(self.task, self.settings.params)
 
     def start(self):
-        """The method's run of the training loop (`train.LoopRun` or one with its steps), not started yet."""
+        """The method's run of the training loop (`loop.LoopRun` or one with its steps), not started yet."""
         return self.recipe.start(self.task, self.settings.params)
 
     def finish(self, fitted: Fitted) -> Run:
@@ -131,8 +139,7 @@ class PlannedRun:
         splits = {}
         for split in ("val", "test"):
             if len(ds.split_indices(split)):
-                groups, true_labels = plan.report[split]
-                splits[split] = evaluate_split(head, prep, split, *(() if true_labels else (groups, plan.spec.names())))
+                splits[split] = evaluate_split(head, prep, split, plan.report[split], plan.spec.names())
         val_trained = recipe.needs_groups == "val"
         metrics = {
             "method": recipe.name,
@@ -170,7 +177,7 @@ def plan_run(prep: Prepared, settings: RunSettings, log=print) -> PlannedRun:
     `check_run` returned."""
     if settings.groups.source is None:
         raise ValueError("run_method needs the settings check_run returns (their group source resolved)")
-    recipe = get_method(settings.method)
+    recipe = settings.recipe
     prep = Prepared(prep.dataset.without_bias_labels(settings.hide_bias_labels), prep.backbone, prep.feats)
     plan = plan_groups(prep, settings.groups, settings.seed, train_groups=recipe.needs_groups != "val",
                        selection=settings.selection)

@@ -1,7 +1,8 @@
 """Use what was trained: load a run's classifier, classify images, export the head.
 
-`GroupCoOpClassifier` pairs a run's head with its frozen backbone and classifies PIL images,
-image files or preprocessed tensors. `predict_files` is what `groupcoop predict` runs: batched,
+`Classifier` pairs any run's head (zero-shot, linear, learned prompts) with its frozen backbone
+and classifies PIL images, image files or preprocessed tensors (`GroupCoOpClassifier` is its
+older name). `predict_files` is what `groupcoop predict` runs: batched,
 decoded in DataLoader workers, one row per image, failures recorded per image. `export_head`
 writes the head with everything needed to use it with plain open_clip (or plain transformers,
 for a `transformers:` backbone). A run folder and an
@@ -19,10 +20,11 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from ..backbones.families import Backbone, load_backbone, load_export_backbone
+from ..backbones.families import load_backbone, load_export_backbone
+from ..backbones.protocol import Backbone
 from ..data.base import PathImages
 from ..errors import UserError
-from ..methods.head import Head, Prediction, check_head, load_head
+from ..methods.head import Head, Prediction, load_head
 from .folder import read_run_config
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -80,17 +82,6 @@ def _load_run(folder: Path, backbone: str | None, pretrained: str | None, device
     if os.path.lexists(folder / HEAD_FILE):
         head = load_head(folder / HEAD_FILE)
         return head, load_backbone(name, weights, device=device)
-    if (folder / "prompts.json").is_file():  # a run folder from before heads were saved
-        from ..methods.prompts import load_prompts
-
-        bb = load_backbone(name, weights, device=device)
-        learner, meta = load_prompts(folder, bb)
-        with torch.no_grad():
-            head = Head.from_text(learner(), bb.logit_scale, len(meta.get("classes") or []) or 1,
-                                  meta.get("aggregate", "max"), class_names=meta.get("classes"),
-                                  row_names=meta.get("groups") or meta["names"],
-                                  info={"backbone": meta["backbone"], "method": meta.get("method")})
-        return check_head(head, folder / "prompts.json"), bb
     raise UserError(f"no classifier in {folder}: expected {HEAD_FILE} from `groupcoop train`")
 
 
@@ -105,14 +96,15 @@ def _load_export(folder: Path, device: str) -> tuple[Head, Backbone]:
 
 
 @dataclass
-class GroupCoOpClassifier:
-    """A trained head with its frozen backbone: classify images or image features."""
+class Classifier:
+    """The classifier of any run (zero-shot, linear, learned prompts): its head with its frozen
+    backbone; classifies images or image features."""
 
     head: Head
     backbone: Backbone
 
     @classmethod
-    def from_run(cls, folder: str | Path, device: str = "cpu", pretrained: str | None = None) -> "GroupCoOpClassifier":
+    def from_run(cls, folder: str | Path, device: str = "cpu", pretrained: str | None = None) -> "Classifier":
         """The classifier of a run folder (`groupcoop train`, `Run.save`) or an export folder (`groupcoop export`)."""
         head, backbone = load_run_head(Path(folder), pretrained=pretrained, device=device)
         return cls(head, backbone)
@@ -159,6 +151,9 @@ class GroupCoOpClassifier:
                 raise UserError("predict() got no images; give PIL images, image paths or a preprocessed batch")
             batch = torch.stack([self.backbone.preprocess(_open(x)) for x in items])
         return self.predict_features(self.backbone.encode_images(batch))
+
+
+GroupCoOpClassifier = Classifier  # its older name
 
 
 def _open(item) -> Image.Image:
@@ -224,12 +219,12 @@ def shown_path(images: PathImages, i: int) -> str:
     return str(images.root / images.paths[i])
 
 
-def predict_files(classifier: GroupCoOpClassifier, images: PathImages | list, batch_size: int = 256,
+def predict_files(classifier: Classifier, images: PathImages | list, batch_size: int = 256,
                   workers: int | None = None, progress: bool = True) -> tuple[list[dict], int]:
     """One row per image (path, class, group, probabilities, error) and the number of failures.
 
     `images` is a PathImages (`find_images`, `images_from_csv`) or a list of image paths."""
-    from ..features.extract import default_workers, image_loader
+    from ..features.decode import default_workers, image_loader
 
     if not isinstance(images, PathImages):
         images = PathImages(Path("."), tuple(str(p) for p in images), allow_outside=True)

@@ -33,7 +33,7 @@ def _version(module: str) -> str | None:
 def git_commit() -> str | None:
     """The commit of the checkout groupcoop runs from (with `+dirty` when it has changes), or None
     when it is installed from a wheel, git is missing or anything else goes wrong."""
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parents[1]  # the package folder
     try:
         top = subprocess.run(["git", "-C", str(here), "rev-parse", "--show-toplevel", "HEAD"], capture_output=True,
                              text=True, timeout=5)

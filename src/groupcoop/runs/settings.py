@@ -3,13 +3,15 @@
 The CLI, a config file and the Python API all build the same `RunSettings`; from there it is
 passed whole. A bad value is refused here with one line naming the key, the value and what is
 valid. `RunSettings.dump()` is the resolved configuration written to a run's `config.yaml`;
-loading that file with `--config` reproduces the run. This module imports no torch, so
-`groupcoop --help` stays fast.
+loading that file with `--config` reproduces the run. The method's `Recipe` and its typed
+hyper-parameters are resolved once per settings value (`recipe`, `params`), and every stage
+reads them from there. This module imports no torch, so `groupcoop --help` stays fast.
 """
 
 from __future__ import annotations
 
 import re
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,9 +20,8 @@ from pydantic import Field, field_validator
 from ..choices import DEVICE_PATTERN, HIDEABLE_SPLITS, FeatureDtype, HideableSplit, Selection
 from ..data.registry import dataset_options, is_known
 from ..errors import UserError
-from ..io.read import read_yaml_mapping  # noqa: F401 (config files are read with it; re-exported)
-from ..grouping.labelers import GroupingOptions
-from ..methods import get_method
+from ..grouping.options import GroupingOptions
+from ..methods import Recipe, get_method
 from ..schema import Frozen, Seed, Text, build, unknown_key
 
 
@@ -93,10 +94,20 @@ class RunSettings(Frozen):
         check_hyperparameter_keys(value, [recipe.name], where, flag="--set")
         return build(recipe.schema, value, where, flag="--set").model_dump()
 
-    @property
+    @cached_property
+    def recipe(self) -> Recipe:
+        """The method, looked up once."""
+        return get_method(self.method)
+
+    @cached_property
     def params(self):
-        """The method's typed hyper-parameters."""
-        return get_method(self.method).params(self.hyperparameters)
+        """The method's typed hyper-parameters, built once (the values are frozen)."""
+        return self.recipe.params(self.hyperparameters)
+
+    def __getstate__(self) -> dict:
+        """Pickled without the cached `recipe` and `params` (rebuilt on use; a recipe's check may be a closure)."""
+        state = super().__getstate__()
+        return {**state, "__dict__": {k: v for k, v in state["__dict__"].items() if k not in ("recipe", "params")}}
 
     def dump(self) -> dict:
         """The resolved configuration (plain YAML-able values)."""

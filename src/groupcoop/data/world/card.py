@@ -10,7 +10,9 @@ well, one partly, one not at all (docs/world.md).
 
 from __future__ import annotations
 
-from . import synthetic
+from .attributes import ATTRIBUTES, attribute_prompts
+from .pretraining import caption_rates
+from .render import heldout_renders
 
 HELDOUT_IMAGES = 2000  # held-out renders the accuracies are measured on (seeded: the card is deterministic)
 # An attribute's kind by the bundled model's held-out zero-shot accuracy (issue 15's bands):
@@ -30,7 +32,7 @@ def _heldout_features(backbone, n: int):
     import torch
     from PIL import Image
 
-    images, labels = synthetic.heldout_renders(n)
+    images, labels = heldout_renders(n)
     feats = torch.cat([
         backbone.encode_images(torch.stack([backbone.preprocess(Image.fromarray(im)) for im in images[i:i + 500]]),
                                normalize=True)
@@ -45,8 +47,8 @@ def zero_shot_accuracy(backbone, n: int = HELDOUT_IMAGES, heldout=None) -> dict[
 
     feats, labels = heldout or _heldout_features(backbone, n)
     accuracy = {}
-    for attribute in synthetic.ATTRIBUTES:
-        prompts = synthetic.attribute_prompts(attribute)
+    for attribute in ATTRIBUTES:
+        prompts = attribute_prompts(attribute)
         text = torch.stack([F.normalize(backbone.encode_text(p, normalize=True).mean(0), dim=-1) for p in prompts.values()])
         pred = (feats @ text.T).argmax(1).cpu().numpy()
         accuracy[attribute] = float((pred == labels[attribute]).mean())
@@ -68,7 +70,7 @@ def world_card(backbone) -> dict:
     """{"attributes": {name: {"values": [...], "caption_rate": r, "zeroshot_accuracy": a,
     "probe_accuracy": p, "chance": c, "kind": k}}, ...} for the given backbone (the CLI's: the
     bundled groupcoop-tiny)."""
-    rates = synthetic.caption_rates()
+    rates = caption_rates()
     heldout = _heldout_features(backbone, HELDOUT_IMAGES)
     accuracy, probe = zero_shot_accuracy(backbone, heldout=heldout), probe_accuracy(backbone, heldout=heldout)
     return {
@@ -77,7 +79,7 @@ def world_card(backbone) -> dict:
         "attributes": {a: {"values": list(values), "caption_rate": round(rates[a], 4),
                            "zeroshot_accuracy": round(accuracy[a], 4), "probe_accuracy": round(probe[a], 4),
                            "chance": round(1 / len(values), 4), "kind": attribute_kind(accuracy[a])}
-                       for a, values in synthetic.ATTRIBUTES.items()},
+                       for a, values in ATTRIBUTES.items()},
     }
 
 

@@ -1,0 +1,137 @@
+"""Flags that several commands share, and the RunSettings that `train`'s flags and --config make.
+
+Only argparse and the standard library load here; what a flag's help needs is imported when
+the parser is built, and what a command needs when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..errors import UserError
+
+# RunSettings fields that are mappings: merged from flags below, not set by one flag of their name
+_MERGED_SETTINGS = ("groups", "dataset_options", "hyperparameters")
+
+
+def count(minimum: int):
+    """argparse type: an integer >= minimum."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+        return value
+    return parse
+
+
+def progress_log(args):
+    """Where a command's progress lines go: stderr, or nowhere with --quiet."""
+    return (lambda s: None) if getattr(args, "quiet", False) else (lambda s: print(s, file=sys.stderr))
+
+
+# --- settings from flags and config files ---------------------------------------------------------
+
+def grouping_flags() -> tuple[str, ...]:
+    """The GroupingOptions knobs that each have a flag of their own name (`source` is --groups/--labeler)."""
+    from ..grouping.options import GroupingOptions
+
+    return tuple(name for name in GroupingOptions.model_fields if name != "source")
+
+
+def run_settings_from_args(args):
+    """--config values overridden by flags, validated into one RunSettings."""
+    from ..io.read import read_yaml_mapping
+    from ..runs.settings import RunSettings, key_values, make_settings
+
+    config = read_yaml_mapping(args.config, "config file") if getattr(args, "config", None) else {}
+    for key in RunSettings.model_fields:
+        value = getattr(args, key, None) if key not in _MERGED_SETTINGS else None
+        if value is not None:
+            config[key] = value
+    groups = config.get("groups")
+    groups = {"source": groups} if isinstance(groups, str) else dict(groups or {}) if isinstance(groups, dict) else groups
+    for flag, key in (("groups", "source"), *((k, k) for k in grouping_flags())):
+        value = getattr(args, flag, None)
+        if value is not None:
+            if not isinstance(groups, dict):
+                groups = {}
+            groups[key] = value
+    if groups is not None:
+        config["groups"] = groups
+    for key, flag, attr in (("dataset_options", "--option", "option"), ("hyperparameters", "--set", "set")):
+        given = key_values(getattr(args, attr, None), flag)
+        if given:
+            base = config.get(key) or {}
+            if not isinstance(base, dict):
+                raise UserError(f"`{key}:` in --config must be a mapping of keys to values")
+            config[key] = {**base, **given}
+    return make_settings(config, "--config/flags" if getattr(args, "config", None) else "flags")
+
+
+# --- flag groups ----------------------------------------------------------------------------------
+
+def add_backbone_flags(p, required: bool = True) -> None:
+    from ..backbones.families import backbone_help
+
+    p.add_argument("--backbone", required=required, help=backbone_help())
+    p.add_argument("--pretrained", help="open_clip weights: a pretrained tag (openai, ...), a checkpoint file "
+                   "(.safetensors preferred), or 'random'; groupcoop-tiny uses its bundled weights by default "
+                   "(transformers: backbones take none)")
+    p.add_argument("--device", default=None, help="torch device: cpu (default), cuda, cuda:N or mps (extract under torchrun: cuda = cuda:LOCAL_RANK)")
+
+
+def add_log_flag(p) -> None:
+    from ..runs.tracking import TRACKERS
+
+    p.add_argument("--log", action="append", choices=list(TRACKERS), metavar="TRACKER",
+                   help=f"also send each run's epoch rows (as in its epochs.csv), settings and test numbers to "
+                   f"{', '.join(TRACKERS)} (repeatable; needs that package installed; tensorboard's files go into "
+                   "the run folder's tensorboard/)")
+
+
+def add_common(p) -> None:
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="feature cache folder (default $GROUPCOOP_CACHE or ~/.cache/groupcoop)")
+    p.add_argument("--workers", type=count(0), default=None,
+                   help="image-decoding worker processes (default: cores - 1, at most 4; 0 decodes in-process)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+
+
+def add_dataset_flags(p, required: bool = True) -> None:
+    p.add_argument("--dataset", required=required, help="dataset name (`groupcoop datasets` lists them)")
+    p.add_argument("--root", help="the dataset's folder (not needed for the synthetic ones)")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="dataset option, repeatable (e.g. target=Blond_Hair, biases=Male, csv_path=meta.csv)")
+    p.add_argument("--allow-symlinks-outside", action="store_true",
+                   help="read image files whose symlinks lead outside --root (refused by default)")
+
+
+def add_grouping_flags(p) -> None:
+    """One flag per `grouping_flags()` name, in the schema's order."""
+    p.add_argument("--bias-prompts", help="attribute value phrases for zeroshot/pseudo groups: "
+                   "'on land,on water' (';' between attributes), or 'auto': discovered on the training split "
+                   "(`groupcoop discover`)")
+    p.add_argument("--clusters", type=count(2), help="clusters per class for kmeans groups (default: attribute size)")
+    from ..grouping.pseudo import DEFAULT_PSEUDO_VARIANT, PSEUDO_VARIANTS
+
+    p.add_argument("--variant", choices=list(PSEUDO_VARIANTS),
+                   help=f"pseudo-labeler variant (default {DEFAULT_PSEUDO_VARIANT}; see docs/defaults.md)")
+    add_vocabulary_flag(p, "with --bias-prompts auto: ")
+    from ..choices import DISCOVERY_SCORES
+    from ..grouping.labelfree import DISCOVER_TOP, DISCOVERY_SCORE
+
+    p.add_argument("--discover-top", type=count(1), help="with --bias-prompts auto: the most discovered attributes "
+                   f"the labeler uses (default {DISCOVER_TOP})")
+    p.add_argument("--discover-score", choices=DISCOVERY_SCORES,
+                   help=f"with --bias-prompts auto: how discovery ranks attributes (default {DISCOVERY_SCORE})")
+
+
+def add_vocabulary_flag(p, prefix: str = "") -> None:
+    p.add_argument("--vocabulary", metavar="FILE", help=f"{prefix}bias vocabulary YAML ({{attributes: {{NAME: [value "
+                   "phrase, ...]}}}}, optionally extends: clip|world); default: the shipped one (world for synth-* "
+                   "datasets, clip otherwise)")

@@ -1,0 +1,145 @@
+"""`groupcoop sweep`: a grid of runs (or a shipped preset grid), resumable, summarised in one folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import UserError
+from .args import add_common, add_log_flag, count, progress_log
+
+
+def add_sweep(sub) -> None:
+    from ..grouping.labelers import GROUP_SOURCES
+    from ..runs.fusion import DEFAULT_MAX_PROMPTS
+    from ..sweeps.grid import MAX_RUNS
+
+    sw = sub.add_parser("sweep", help="run a grid of runs (datasets x backbones x methods x groups x seeds)",
+                        description="Run every combination of a grid (a YAML file and/or flags) as ordinary run "
+                        "folders under OUT/runs/; finished runs are skipped, so a killed sweep resumes. Writes "
+                        "OUT/runs.csv, OUT/table.md (mean ± std over seeds; a suite aggregate with bootstrap "
+                        "intervals when there are several datasets) and OUT/report.html.")
+    sw.add_argument("grid", nargs="?", help="grid YAML file, or a preset shipped with groupcoop by name: report, "
+                    "dev, waterbirds, ... (--list-presets)")
+    sw.add_argument("--list-presets", action="store_true", help="list the preset grids and exit")
+    sw.add_argument("--out", help="sweep folder (default runs/<grid name>)")
+    sw.add_argument("--datasets", help="comma-separated datasets, replacing the grid's (ranges: synth-random:0..29)")
+    sw.add_argument("--methods", help="comma-separated methods, replacing the grid's")
+    sw.add_argument("--groups", help=f"comma-separated group sources ({', '.join(GROUP_SOURCES)}), replacing the grid's")
+    sw.add_argument("--seeds", help="seeds, replacing the grid's: 0,1,2 or 0..2")
+    sw.add_argument("--backbones", help="comma-separated backbones, replacing the grid's")
+    sw.add_argument("--root", action="append", metavar="DATASET=FOLDER", help="a dataset's folder, repeatable")
+    sw.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="hyper-parameter for every method that has it, repeatable")
+    add_log_flag(sw)
+    sw.add_argument("--max-runs", type=count(1), default=MAX_RUNS, metavar="N",
+                    help=f"refuse a grid of more than N runs, counted before it is expanded (default {MAX_RUNS:,})")
+    sw.add_argument("--jobs", type=count(1), default=1, help="parallel worker processes (default 1); each fuses "
+                    "its share of the learned-prompt runs")
+    sw.add_argument("--no-fuse", dest="fuse", action="store_false",
+                    help="train every run alone (default: the learned-prompt runs of a dataset and backbone train "
+                    "together, one text-encoder call per step for all their prompts; same results up to float "
+                    "rounding)")
+    sw.add_argument("--max-fused-prompts", type=count(1), default=None, metavar="N",
+                    help=f"at most N prompts per fused text-encoder call, for memory (default {DEFAULT_MAX_PROMPTS})")
+    sw.add_argument("--device", help="torch device for every run, replacing the grid's (cpu, cuda, cuda:N)")
+    sw.add_argument("--shard", metavar="I/N", help="run only slice I of N (0 <= I < N), e.g. $SLURM_ARRAY_TASK_ID/8")
+    sw.add_argument("--dry-run", action="store_true", help="list the runs and an estimated cost; run nothing")
+    sw.add_argument("--summary-only", action="store_true", help="only rebuild runs.csv, table.md and report.html")
+    sw.add_argument("--overwrite", action="store_true", help="replace run folders that hold a run of other settings "
+                    "(default: refused; finished runs of the same settings are always kept, damaged ones redone)")
+    add_common(sw)
+    sw.set_defaults(func=cmd_sweep, workers=0)
+
+
+def cmd_sweep(args) -> None:
+    from ..features.cache import check_cache_dir
+    from ..io.folders import check_replaceable, groupcoop_kind, output_lock, write_manifest
+    from ..io.write import atomic_text, ensure_writable_dir
+    from ..runs.settings import key_values
+    from ..sweeps.cost import estimate
+    from ..sweeps.grid import expand, load_grid, parse_shard, shard
+    from ..sweeps.run import print_runs, run_sweep
+    from ..sweeps.summary import write_summary
+
+    if args.list_presets:
+        print_presets()
+        return
+    from ..runs.tracking import check_trackers
+
+    trackers = check_trackers(args.log)
+    axes = {"datasets": args.datasets, "methods": args.methods, "groups": args.groups, "seeds": args.seeds,
+            "backbones": args.backbones}
+    if args.grid:
+        from ..presets import resolve
+
+        args.grid = resolve(args.grid)
+    grid = load_grid(args.grid, {**{k: [v.strip() for v in value.split(",") if v.strip()] if k != "seeds" else value
+                                    for k, value in axes.items() if value is not None},
+                                 **({"device": args.device} if args.device else {})},
+                     hyperparameters=key_values(args.set, "--set"), max_runs=args.max_runs)
+    roots = {}
+    for pair in args.root or []:
+        name, sep, folder = pair.partition("=")
+        if not sep or not name or not folder:
+            raise UserError(f"--root expects DATASET=FOLDER, got {pair!r}")
+        roots[name.strip()] = folder.strip()
+    index, count = parse_shard(args.shard)
+    specs = expand(grid, roots)
+    mine = shard(specs, index, count)
+    out = Path(args.out or Path("runs") / grid.name).expanduser()
+    if args.dry_run:
+        print_runs(mine, out)
+        print(estimate(mine, fuse=args.fuse, max_prompts=args.max_fused_prompts))
+        return
+    from ..backbones.families import check_device
+    from ..sweeps.run import check_roots, check_run_folders
+
+    if args.summary_only and not out.is_dir():
+        raise UserError(f"--summary-only: there is no sweep folder {out}; give the --out of a sweep that ran, "
+                        "or run the sweep without --summary-only")
+    check_device(grid.device)
+    check_roots(mine)
+    if not args.summary_only:
+        check_run_folders(mine, out, args.overwrite)  # before anything is written
+    if out.exists() and groupcoop_kind(out) != "sweep":
+        check_replaceable(out, overwrite=False)  # an empty folder is fine; anything else is refused
+    ensure_writable_dir(out, "--out")
+    cache_dir = check_cache_dir(args.cache_dir)
+    log = progress_log(args)
+    if not args.summary_only:
+        with output_lock(out / f"shard-{index}-of-{count}"):
+            out.mkdir(parents=True, exist_ok=True)
+            if not (out / "grid.yaml").exists():
+                import yaml
+
+                atomic_text(out / "grid.yaml", yaml.safe_dump(grid.model_dump(), sort_keys=False))
+                write_manifest(out, "sweep")
+            run_sweep(mine, out, jobs=args.jobs, cache_dir=cache_dir, workers=args.workers, log=log, fuse=args.fuse,
+                      max_prompts=args.max_fused_prompts, overwrite=args.overwrite, trackers=tuple(trackers))
+    text, n = write_summary(specs, out, grid)
+    write_manifest_top(out)
+    print(text)
+    print(f"\nsweep folder: {out} ({n} finished runs; runs.csv, table.md, report.html)")
+
+
+def write_manifest_top(out: Path) -> None:
+    """The sweep folder's manifest lists its own files; each run folder carries its own."""
+    import json
+
+    from ..io.folders import MANIFEST
+    from ..io.write import atomic_text
+
+    files = sorted(p.name for p in out.iterdir() if p.is_file() and p.name != MANIFEST and not p.name.startswith("."))
+    atomic_text(out / MANIFEST, json.dumps({"kind": "sweep", "files": files}, indent=1) + "\n")
+
+
+def print_presets() -> None:
+    """The grids that ship with groupcoop: name, folder, what it is."""
+    from ..presets import available, summary
+
+    presets = available()
+    width = max(len(n) for n in presets)
+    for name, path in presets.items():
+        print(f"{name:<{width}}  {path.parent.name:<11}  {summary(path)}")
+    print(f"\n`groupcoop sweep NAME` runs one (`--dry-run` lists its runs first); the files are in "
+          f"{next(iter(presets.values())).parents[1]}")

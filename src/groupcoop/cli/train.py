@@ -1,0 +1,167 @@
+"""`groupcoop train`, `extract` and `evaluate`: a run folder, the feature cache, a run's accuracy on a split."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .args import (add_backbone_flags, add_common, add_dataset_flags, add_grouping_flags, add_log_flag, count,
+                   progress_log, run_settings_from_args)
+
+# --- train ---------------------------------------------------------------------------------
+
+def add_train(sub) -> None:
+    from ..choices import FEATURE_DTYPES, SELECTIONS
+    from ..grouping.labelers import GROUP_SOURCES
+    from ..grouping.labelfree import SELECTION_FALLBACK
+    from ..methods import METHODS
+
+    train = sub.add_parser("train", help="train one method on one dataset and write a run folder",
+                           description="Train a method and write a run folder: config.yaml (the resolved "
+                           "configuration), metrics.json, head.safetensors, prompts.safetensors + prompts.json, "
+                           "report.txt. Flags override --config.")
+    add_dataset_flags(train, required=False)
+    add_backbone_flags(train, required=False)
+    train.add_argument("--method", help=f"one of: {', '.join(METHODS)} (`groupcoop methods` lists them all)")
+    train.add_argument("--groups", help=f"where training groups come from: {', '.join(GROUP_SOURCES)} "
+                       "(default gt when the training split has bias labels and --bias-prompts is not auto, "
+                       "else pseudo)")
+    add_grouping_flags(train)
+    train.add_argument("--selection", choices=SELECTIONS,
+                       help="how the validation split selects the model: auto (default: its true groups when it "
+                       f"has them, else {SELECTION_FALLBACK}), labeler (the labeler's val groups), worst_class "
+                       "(worst per-class accuracy, no group labels), average")
+    train.add_argument("--hide-bias-labels", metavar="SPLITS",
+                       help="drop these splits' bias labels right after loading, e.g. train,val (the run is then "
+                       "label-free there; test still reports true groups)")
+    train.add_argument("--out", required=True, help="run folder to write")
+    train.add_argument("--config", help="YAML file with any of the keys of a run's config.yaml "
+                       "(dataset, root, dataset_options, backbone, pretrained, method, groups, selection, "
+                       "hide_bias_labels, seed, device, feature_dtype, hyperparameters)")
+    train.add_argument("--seed", type=count(0), help="random seed (default 0); same seed, same metrics.json (but its provenance: versions, host, times)")
+    train.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="method hyper-parameter, repeatable (e.g. epochs=30, lr=0.001, aggregate=logsumexp; "
+                       "`groupcoop methods -v` lists them)")
+    add_log_flag(train)
+    train.add_argument("--feature-dtype", choices=FEATURE_DTYPES, default=None, help="feature cache dtype")
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace an --out folder that holds another groupcoop run (never anything else)")
+    train.add_argument("--verify-cache", action="store_true",
+                       help="hash every image file's content to check the feature cache "
+                       "(default: size, modification and change time, inode)")
+    add_common(train)
+    train.set_defaults(func=cmd_train)
+
+
+def cmd_train(args) -> None:
+    from ..io.folders import check_outside, check_replaceable, output_lock
+    from ..io.write import ensure_writable_dir
+    from ..runs.tracking import check_trackers
+
+    settings = run_settings_from_args(args)  # settings and --out are checked before torch is imported
+    trackers = check_trackers(args.log)
+    out = Path(args.out).expanduser()
+    ensure_writable_dir(out.parent, "--out")
+    from ..features.cache import check_cache_dir
+    from ..runs.folder import holds_run, run_report, write_run
+    from ..runs.pipeline import check_run, prepare, run_method
+
+    cache_dir = check_cache_dir(args.cache_dir)
+    check_outside(cache_dir, "--cache-dir", out, "--out")
+    dataset, settings, backbone = check_run(settings, allow_symlinks_outside=args.allow_symlinks_outside)
+    check_replaceable(out, args.overwrite or holds_run(out, settings.dump()))  # an identical run may be redone in place
+    with output_lock(out):
+        prep = prepare(dataset, backbone, cache_dir=cache_dir, feature_dtype=settings.feature_dtype,
+                       workers=args.workers, progress=not args.quiet, verify_cache=args.verify_cache)
+        run = run_method(prep, settings, log=progress_log(args))
+        write_run(out, run, trackers)
+    print(run_report(run.metrics))
+    print(f"run folder: {out}")
+
+
+# --- extract ---------------------------------------------------------------------------------
+
+def add_extract(sub) -> None:
+    from ..choices import FEATURE_DTYPES, PRECISIONS
+
+    ex = sub.add_parser("extract", help="fill the feature cache of a dataset (all splits); runs under torchrun",
+                        description="Extract and cache the image features of every image of a dataset, then print "
+                        "where the cache is. Under `torchrun --nproc-per-node N [--nnodes M ...] -m groupcoop "
+                        "extract ...` each process fills its share of the shards (NCCL on GPUs, Gloo on CPU) and "
+                        "rank 0 checks them all; a killed run resumes where it stopped. `train` then finds the "
+                        "features in the cache.")
+    add_dataset_flags(ex)
+    add_backbone_flags(ex)
+    ex.add_argument("--feature-dtype", choices=FEATURE_DTYPES, default="float32",
+                    help="feature cache dtype (default float32, as for train)")
+    ex.add_argument("--precision", choices=PRECISIONS, default="auto",
+                    help="autocast while encoding: auto = fp16 on CUDA, fp32 elsewhere; CPU allows fp32 and bf16")
+    ex.add_argument("--batch-size", type=count(1), default=256, help="images per encoder batch (default 256)")
+    ex.add_argument("--shard-size", type=count(1), default=None,
+                    help="advanced: images per cache shard (default 8192, or what the cache folder already uses)")
+    ex.add_argument("--verify-cache", action="store_true",
+                    help="hash every image file's content to check the feature cache "
+                    "(default: size, modification and change time, inode)")
+    add_common(ex)
+    ex.set_defaults(func=cmd_extract)
+
+
+def cmd_extract(args) -> None:
+    from ..backbones.families import check_device, load_backbone
+    from ..data.registry import load_dataset
+    from ..features.cache import check_cache_dir
+    from ..features.distributed import Ranks, extract_cache, process_group, summary_lines
+    from ..features.extract import resolve_precision
+    from ..runs.settings import key_values
+
+    ranks = Ranks.from_env()
+    device = ranks.device(args.device or "cpu")
+    check_device(device)
+    resolve_precision(device, args.precision)
+    cache_dir = check_cache_dir(args.cache_dir)
+    dataset = load_dataset(args.dataset, args.root, allow_symlinks_outside=args.allow_symlinks_outside,
+                           **key_values(args.option, "--option"))
+    with process_group(ranks, device):
+        backbone = load_backbone(args.backbone, args.pretrained, device=device)
+        info = extract_cache(backbone, dataset.images, ranks, cache_dir=cache_dir, dtype=args.feature_dtype,
+                             shard_size=args.shard_size, batch_size=args.batch_size, workers=args.workers,
+                             precision=args.precision, verify=args.verify_cache, progress=not args.quiet)
+    if info is not None:
+        print("\n".join(summary_lines(info)))
+
+
+# --- evaluate --------------------------------------------------------------------------------
+
+def add_evaluate(sub) -> None:
+    from ..data.base import SPLITS
+
+    ev = sub.add_parser("evaluate", help="evaluate a trained run's classifier on a dataset split",
+                        description="Load the classifier of a run folder and report per-group accuracy on a split.")
+    ev.add_argument("--prompts", required=True, metavar="RUN", help="run folder written by `groupcoop train`")
+    add_dataset_flags(ev)
+    add_backbone_flags(ev, required=False)
+    ev.add_argument("--split", default="test", choices=list(SPLITS), help="split to evaluate (default test)")
+    ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    add_common(ev)
+    ev.set_defaults(func=cmd_evaluate)
+
+
+def cmd_evaluate(args) -> None:
+    from ..backbones.families import check_device
+    from ..data.registry import load_dataset
+    from ..features.cache import check_cache_dir
+    from ..metrics import format_group_table
+    from ..runs.pipeline import evaluate_split, prepare
+    from ..runs.predict import load_run_head
+    from ..runs.settings import key_values
+
+    dataset = load_dataset(args.dataset, args.root, allow_symlinks_outside=args.allow_symlinks_outside,
+                           **key_values(args.option, "--option"))
+    cache_dir = check_cache_dir(args.cache_dir)
+    check_device(args.device or "cpu")
+    # the run's classifier and backbone are checked before the (possibly long) feature extraction
+    head, backbone = load_run_head(Path(args.prompts), backbone=args.backbone, pretrained=args.pretrained,
+                                   device=args.device or "cpu", expect_classes=dataset.class_names)
+    prep = prepare(dataset, backbone, cache_dir=cache_dir, workers=args.workers, progress=not args.quiet)
+    metrics = evaluate_split(head, prep, args.split)
+    print(json.dumps(metrics, indent=1) if args.json else format_group_table(metrics, title=f"{args.split}:"))
