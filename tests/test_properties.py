@@ -26,6 +26,7 @@ from groupcoop.data.check import dataset_report
 from groupcoop.data.registry import dataset_options, load_dataset
 from groupcoop.errors import UserError
 from groupcoop.grouping.plan import resolve_grouping
+from groupcoop.grouping.labelers import LABELERS
 from groupcoop.grouping.options import GroupingOptions
 from groupcoop.schema import build
 from groupcoop.io.read import read_yaml_mapping
@@ -80,7 +81,7 @@ def assert_valid_dataset(ds: GroupDataset) -> None:
         assert [len(p) for p in ds.attribute_phrases] == ds.attr_sizes
     assert len(ds.group_names()) == ds.n_groups
     dataset_report(ds)
-    for source in (None, "gt", "zeroshot", "kmeans", "pseudo"):
+    for source in (None, *LABELERS):
         try:
             resolve_grouping(ds, GroupingOptions(source=source))
         except UserError as err:

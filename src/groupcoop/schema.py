@@ -117,10 +117,11 @@ def as_user_error(err: ValidationError, model: type[BaseModel], where: str, flag
     """
     first = err.errors()[0]
     loc = [str(p) for p in first["loc"]]
-    key = ".".join(loc) or "(value)"
+    typed = ".".join(loc)
+    key = shown_key(typed) or "(value)"
     leaf_model, name = _leaf(model, loc)
     if first["type"] == "extra_forbidden":
-        return unknown_key(where, key, list(leaf_model.model_fields), flag, name)
+        return unknown_key(where, typed, list(leaf_model.model_fields), flag, name)
     if first["type"] == "missing":
         return UserError(f"{where} needs '{key}'; give it" + (f" with {flag} {key}=..." if flag else ""))
     message = first["msg"].removeprefix("Value error, ")
@@ -132,9 +133,16 @@ def as_user_error(err: ValidationError, model: type[BaseModel], where: str, flag
     return UserError(f"{where}: {named}={shown} is not valid ({message})" + (f"; expected {valid}" if valid else ""))
 
 
+def shown_key(key: str) -> str:
+    """A key a user typed, as an error line shows it: as typed when printable and short, else quoted
+    and cut (a newline or a megabyte in a key never reaches the message)."""
+    return key if key.isprintable() and len(key) <= 60 else repr(key[:60]) + ("..." if len(key) > 60 else "")
+
+
 def unknown_key(where: str, key: str, known: list[str], flag: str = "", name: str | None = None) -> UserError:
     """The one line for a key that is not a setting: where, the key as typed (`--set epcohs`), the
     close matches of its last part `name` and every valid key."""
+    key = shown_key(key)
     unknown = f"there is no {flag} {key}" if flag else f"has no setting '{key}'"
     return UserError(f"{where}{':' if flag else ''} {unknown}{close_matches(name or key, known)}; "
                      f"valid: {', '.join(known)}")

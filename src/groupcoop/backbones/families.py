@@ -48,28 +48,37 @@ class CostFacts:
 
 @dataclass(frozen=True)
 class Family:
-    """One model family: which backbone names are its own and what its adapter does with them."""
+    """One model family: which backbone names are its own and what its adapter does with them.
+
+    A family loads its models (`load`) or wraps another family's (`wrap`: its names are its prefix
+    followed by any other backbone name, which is loaded first; its cost facts are the inner one's)."""
 
     name: str
     prefix: str | None  # names starting with it are the family's; None: every name no other family claims
     help: str  # its part of the `--backbone` help
-    load: Callable[[str, str | None, str | torch.device], Backbone]  # (name, pretrained, device)
-    load_export: Callable[[Path, dict, str | torch.device], Backbone]  # (folder, head metadata, device)
-    describe: Callable[[], SimpleNamespace]  # models, pretrained (name, tag) pairs, unusable {name: package}, notes
-    library: str  # the `library` its exports name in their head metadata
+    load: Callable[[str, str | None, str | torch.device], Backbone] | None = None  # (name, pretrained, device)
+    wrap: Callable[[Backbone], Backbone] | None = None  # (the inner backbone) -> the wrapped one
+    load_export: Callable[[Path, dict, str | torch.device], Backbone] | None = None  # (folder, head metadata, device)
+    describe: Callable[[], SimpleNamespace] | None = None  # models, pretrained pairs, unusable {name: package}, notes
+    library: str | None = None  # the `library` its exports name in their head metadata (None: it writes none)
     costs: Mapping[str, CostFacts] = field(default_factory=dict)  # by architecture name
 
+    def __post_init__(self):
+        if (self.load is None) == (self.wrap is None):
+            raise TypeError(f"backbone family {self.name}: give exactly one of load and wrap")
 
-def _open_clip():
-    from . import open_clip  # imports open_clip itself: only when a family member is used
+    def listing(self) -> SimpleNamespace:
+        """What `groupcoop backbones` shows of it: its models, or a line saying what names it takes."""
+        if self.describe is not None:
+            return self.describe()
+        return SimpleNamespace(models=[], pretrained=[], unusable={}, notes=[self.help])
 
-    return open_clip
 
+def _adapter(module: str):
+    """A family's adapter module, imported on first use (it imports its model library)."""
+    import importlib
 
-def _transformers():
-    from . import transformers  # imports transformers itself: only when a family member is used
-
-    return transformers
+    return importlib.import_module(f"{__package__}.{module}")
 
 
 def _transformers_listing() -> SimpleNamespace:
@@ -81,16 +90,16 @@ def _transformers_listing() -> SimpleNamespace:
 
 FAMILIES: tuple[Family, ...] = (
     Family("open_clip", None, "open_clip architecture (ViT-B-16, RN50, ...), an hf-hub: id, groupcoop-tiny",
-           load=lambda name, pretrained, device: _open_clip().load(name, pretrained, device),
-           load_export=lambda folder, info, device: _open_clip().load_export(folder, info, device),
-           describe=lambda: _open_clip().describe(), library="open_clip",
+           load=lambda name, pretrained, device: _adapter("open_clip").load(name, pretrained, device),
+           load_export=lambda folder, info, device: _adapter("open_clip").load_export(folder, info, device),
+           describe=lambda: _adapter("open_clip").describe(), library="open_clip",
            costs={"RN50": CostFacts(9.2, 0.15, 0.006), "RN101": CostFacts(12.8, 0.15, 0.006),
                   "ViT-B-32": CostFacts(4.4, 0.15, 0.006), "ViT-B-16": CostFacts(17.6, 0.15, 0.006),
                   "ViT-L-14": CostFacts(81.1, 0.34, 0.012), TINY: CostFacts(0.03, 0.0016, 0.003)}),
     Family("transformers", TRANSFORMERS_PREFIX,
            f"{TRANSFORMERS_PREFIX}<hub id or folder> for a Hugging Face CLIPModel or SiglipModel",
-           load=lambda name, pretrained, device: _transformers().load(name, pretrained, device),
-           load_export=lambda folder, info, device: _transformers().load_export(folder, info, device),
+           load=lambda name, pretrained, device: _adapter("transformers").load(name, pretrained, device),
+           load_export=lambda folder, info, device: _adapter("transformers").load_export(folder, info, device),
            describe=_transformers_listing, library="transformers"),
 )
 
@@ -114,7 +123,10 @@ def backbone_help() -> str:
 
 def cost_facts(name: str) -> CostFacts | None:
     """The dry-run cost facts of a backbone name; None when its family does not know the architecture."""
-    return family_of(name).costs.get(name) if isinstance(name, str) else None
+    if not isinstance(name, str):
+        return None
+    family = family_of(name)
+    return cost_facts(name[len(family.prefix):]) if family.wrap else family.costs.get(name)
 
 
 def check_device(device: str) -> None:
@@ -138,7 +150,10 @@ def load_backbone(name: str, pretrained: str | None = None, device: str | torch.
     if not isinstance(name, str) or not name:
         raise UserError("--backbone needs a model name; `groupcoop backbones` lists them")
     check_device(str(device))
-    return family_of(name).load(name, pretrained, device)
+    family = family_of(name)
+    if family.wrap is not None:
+        return family.wrap(load_backbone(name[len(family.prefix):], pretrained, device))
+    return family.load(name, pretrained, device)
 
 
 def load_export_backbone(folder, info: dict, device: str | torch.device = "cpu") -> Backbone:
@@ -147,7 +162,7 @@ def load_export_backbone(folder, info: dict, device: str | torch.device = "cpu")
     check_device(str(device))
     library = info.get("library")
     for family in FAMILIES:
-        if family.library == library:
+        if family.library == library and family.load_export is not None:
             return family.load_export(folder, info, device)
     raise UserError(f"{folder}/head.safetensors names no model library it was exported for ({library!r}); "
                     "export the run again")
@@ -159,7 +174,7 @@ def describe_models() -> SimpleNamespace:
     `notes` (a line for each family whose names cannot be listed)."""
     info = SimpleNamespace(models=[], pretrained=[], unusable={}, notes=[])
     for family in FAMILIES:
-        mine = family.describe()
+        mine = family.listing()
         info.models += list(mine.models)
         info.pretrained += list(mine.pretrained)
         info.unusable.update(mine.unusable)

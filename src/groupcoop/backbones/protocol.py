@@ -154,6 +154,61 @@ class Backbone(ABC):
         return None if self.logit_bias is None else torch.full((n_rows,), float(self.logit_bias))
 
 
+class Delegating(Backbone):
+    """Another backbone with some operations changed: everything not overridden is the inner
+    backbone's. A wrapper family (docs/extending.md) subclasses it; set `name` and `identity` to
+    say what changed, so the feature cache never serves the inner model's features for it."""
+
+    def __init__(self, inner: Backbone, name: str, identity: str):
+        self.inner, self.name, self.identity = inner, name, identity
+        self.preprocess = inner.preprocess
+
+    device = property(lambda self: self.inner.device)
+    logit_scale = property(lambda self: self.inner.logit_scale)
+    logit_bias = property(lambda self: self.inner.logit_bias)
+    context_length = property(lambda self: self.inner.context_length)
+    token_width = property(lambda self: self.inner.token_width)
+    prefix_length = property(lambda self: self.inner.prefix_length)
+    pads_freely = property(lambda self: self.inner.pads_freely)
+
+    def parameter_count(self) -> int:
+        return self.inner.parameter_count()
+
+    def to(self, device) -> "Delegating":
+        self.inner.to(device)
+        return self
+
+    def tune_for_gpu(self) -> None:
+        self.inner.tune_for_gpu()
+
+    def encode_images(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        return self.inner.encode_images(images, normalize)
+
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        return self.inner.tokenize(texts)
+
+    def token_embeddings(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.inner.token_embeddings(ids)
+
+    def vocabulary(self) -> torch.Tensor:
+        return self.inner.vocabulary()
+
+    def token_text(self, ids) -> list[str]:
+        return self.inner.token_text(ids)
+
+    def eos_positions(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.inner.eos_positions(ids)
+
+    def pool_positions(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.inner.pool_positions(ids)
+
+    def text_length(self, pool_at: torch.Tensor, length: int) -> int:
+        return self.inner.text_length(pool_at, length)
+
+    def encode_text_embeddings(self, x: torch.Tensor, pool_at: torch.Tensor, cut: bool = True) -> torch.Tensor:
+        return self.inner.encode_text_embeddings(x, pool_at, cut)
+
+
 def weights_checksum(path) -> str:
     """sha256 of a weights file (hex), read in 1 MiB blocks."""
     digest = hashlib.sha256()

@@ -117,20 +117,9 @@ def cmd_sweep(args) -> None:
             run_sweep(mine, out, jobs=args.jobs, cache_dir=cache_dir, workers=args.workers, log=log, fuse=args.fuse,
                       max_prompts=args.max_fused_prompts, overwrite=args.overwrite, trackers=tuple(trackers))
     text, n = write_summary(specs, out, grid)
-    write_manifest_top(out)
+    write_manifest(out, "sweep", nested=False)
     print(text)
     print(f"\nsweep folder: {out} ({n} finished runs; runs.csv, table.md, report.html)")
-
-
-def write_manifest_top(out: Path) -> None:
-    """The sweep folder's manifest lists its own files; each run folder carries its own."""
-    import json
-
-    from ..io.folders import MANIFEST
-    from ..io.write import atomic_text
-
-    files = sorted(p.name for p in out.iterdir() if p.is_file() and p.name != MANIFEST and not p.name.startswith("."))
-    atomic_text(out / MANIFEST, json.dumps({"kind": "sweep", "files": files}, indent=1) + "\n")
 
 
 def print_presets() -> None:

@@ -26,10 +26,15 @@ from .write import atomic_text, make_parents, remove_empty, share_per_umask
 MANIFEST = ".groupcoop.json"
 
 
-def write_manifest(folder: Path, kind: str) -> None:
-    """Record every file under `folder` as groupcoop's own (written last, inside the folder)."""
+def write_manifest(folder: Path, kind: str, nested: bool = True) -> None:
+    """Record every file under `folder` as groupcoop's own (written last, inside the folder). With
+    `nested=False` only the folder's own files (a sweep folder: each run folder carries its own)."""
     folder = Path(folder)
-    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
+    if nested:
+        found = (p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
+    else:
+        found = (p.name for p in folder.iterdir() if p.is_file() and p.name != MANIFEST and not p.name.startswith("."))
+    files = sorted(found)
     atomic_text(folder / MANIFEST, json.dumps({"kind": kind, "files": files}, indent=1) + "\n")
 
 
