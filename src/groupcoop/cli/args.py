@@ -73,6 +73,15 @@ def run_settings_from_args(args):
     return make_settings(config, "--config/flags" if getattr(args, "config", None) else "flags")
 
 
+def dataset_from_args(args):
+    """The dataset `add_dataset_flags`' flags name, loaded and checked (nothing read beyond its metadata)."""
+    from ..data.registry import load_dataset
+    from ..runs.settings import key_values
+
+    return load_dataset(args.dataset, args.root, allow_symlinks_outside=args.allow_symlinks_outside,
+                        **key_values(args.option, "--option"))
+
+
 # --- flag groups ----------------------------------------------------------------------------------
 
 def add_backbone_flags(p, required: bool = True) -> None:

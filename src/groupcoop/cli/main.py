@@ -2,8 +2,8 @@
 
 Nothing heavy is imported until a command runs, so `--help` and `--version` answer at once.
 Every command checks its settings and output paths before it reads an image. Each command's flags
-and body live in the module of its group (train.py, groups.py, listings.py, predict.py, sweep.py,
-demo.py); this module assembles the parser and turns failures into one line.
+and body live in the module of its group (run.py, listings.py, predict.py, sweep.py); this module
+assembles the parser and turns failures into one line.
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ import sys
 
 from .. import __version__
 from ..errors import UserError
-from . import demo, groups, listings, predict, sweep, train
+from . import listings, predict, run, sweep
 
 EPILOG = "Docs: README.md. Bad input exits with status 2 and one line on stderr."
 
 # in the order `groupcoop --help` lists the commands
-COMMANDS = (demo.add_demo, train.add_train, train.add_extract, train.add_evaluate, listings.add_datasets,
-            groups.add_groups, groups.add_discover, listings.add_world, listings.add_backbones, predict.add_predict,
+COMMANDS = (run.add_demo, run.add_train, run.add_extract, run.add_evaluate, listings.add_datasets,
+            run.add_groups, run.add_discover, listings.add_world, listings.add_backbones, predict.add_predict,
             predict.add_export, sweep.add_sweep, listings.add_methods)
 
 

@@ -36,7 +36,13 @@ def add_predict(sub) -> None:
 def cmd_predict(args) -> None:
     from ..backbones.families import check_device
     from ..io.write import atomic_text, check_output_file
-    from ..runs.predict import Classifier, find_images, images_from_csv, predict_files, rows_to_csv
+    from ..runs.predict import (
+        Classifier,
+        find_images,
+        images_from_csv,
+        predict_files,
+        rows_to_csv,
+    )
 
     if bool(args.images) == bool(args.csv):
         raise UserError("give either --images PATH... or --csv FILE --root DIR")

@@ -53,7 +53,12 @@ def add_sweep(sub) -> None:
 
 def cmd_sweep(args) -> None:
     from ..features.cache import check_cache_dir
-    from ..io.folders import check_replaceable, groupcoop_kind, output_lock, write_manifest
+    from ..io.folders import (
+        check_replaceable,
+        groupcoop_kind,
+        output_lock,
+        write_manifest,
+    )
     from ..io.write import atomic_text, ensure_writable_dir
     from ..runs.settings import key_values
     from ..sweeps.cost import estimate

@@ -1,14 +1,61 @@
-"""`groupcoop train`, `extract` and `evaluate`: a run folder, the feature cache, a run's accuracy on a split."""
+"""The commands that run the pipeline on one dataset: `train` (a run folder), `extract` (the
+feature cache), `evaluate` (a run's accuracy on a split), `groups` (label the training split's
+groups and judge them), `discover` (rank bias attributes) and `demo` (the built-in benchmark)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from .args import (add_backbone_flags, add_common, add_dataset_flags, add_grouping_flags, add_log_flag, count,
-                   progress_log, run_settings_from_args)
+from .args import (
+    add_backbone_flags,
+    add_common,
+    add_dataset_flags,
+    add_grouping_flags,
+    add_log_flag,
+    add_vocabulary_flag,
+    count,
+    dataset_from_args,
+    grouping_flags,
+    progress_log,
+    run_settings_from_args,
+)
 
-# --- train ---------------------------------------------------------------------------------
+
+def add_demo(sub) -> None:
+    demo = sub.add_parser("demo", help="GroupCoOp against zero-shot, CoOp, coop_balanced and DFR on the built-in "
+                          "synthetic benchmark",
+                          description="Run zero-shot, CoOp, coop_balanced, DFR and GroupCoOp on a synthetic task with "
+                          "the bundled groupcoop-tiny CLIP (the learned-prompt runs in one fused pass); print a "
+                          "comparison table, a one-line conclusion and what each method needs; write "
+                          "OUT/summary.json and a report.")
+    demo.add_argument("--out", default="runs/demo",
+                      help="output folder (default runs/demo); a previous demo there is replaced, nothing else is")
+    demo.add_argument("--seeds", type=count(1), default=1,
+                      help="number of seeds (0..N-1); tables show mean ± std when N > 1")
+    demo.add_argument("--task", default="synth-waterbirds",
+                      help="synthetic task: synth-waterbirds (default), synth-multiceleba, synth-threebias "
+                      "or synth-random:<seed>")
+    demo.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:N or mps")
+    add_common(demo)
+    demo.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args) -> None:
+    from ..features.cache import check_cache_dir
+    from ..io.folders import check_outside, check_replaceable, groupcoop_kind
+    from ..io.write import ensure_writable_dir
+    from ..runs.demo import run_demo
+
+    out = Path(args.out).expanduser()
+    # a previous demo is replaced without --overwrite: that is what `make demo` re-runs do
+    check_replaceable(out, overwrite=out.is_dir() and groupcoop_kind(out) == "demo")
+    ensure_writable_dir(out.parent, "--out")
+    cache_dir = check_cache_dir(args.cache_dir)
+    check_outside(cache_dir, "--cache-dir", out, "--out")
+    run_demo(out, seeds=args.seeds, task=args.task, cache_dir=cache_dir, workers=args.workers,
+             progress=not args.quiet, log=print, device=args.device)
+
 
 def add_train(sub) -> None:
     from ..choices import FEATURE_DTYPES, SELECTIONS
@@ -108,19 +155,21 @@ def add_extract(sub) -> None:
 
 def cmd_extract(args) -> None:
     from ..backbones.families import check_device, load_backbone
-    from ..data.registry import load_dataset
     from ..features.cache import check_cache_dir
-    from ..features.distributed import Ranks, extract_cache, process_group, summary_lines
+    from ..features.distributed import (
+        Ranks,
+        extract_cache,
+        process_group,
+        summary_lines,
+    )
     from ..features.extract import resolve_precision
-    from ..runs.settings import key_values
 
     ranks = Ranks.from_env()
     device = ranks.device(args.device or "cpu")
     check_device(device)
     resolve_precision(device, args.precision)
     cache_dir = check_cache_dir(args.cache_dir)
-    dataset = load_dataset(args.dataset, args.root, allow_symlinks_outside=args.allow_symlinks_outside,
-                           **key_values(args.option, "--option"))
+    dataset = dataset_from_args(args)
     with process_group(ranks, device):
         backbone = load_backbone(args.backbone, args.pretrained, device=device)
         info = extract_cache(backbone, dataset.images, ranks, cache_dir=cache_dir, dtype=args.feature_dtype,
@@ -148,15 +197,12 @@ def add_evaluate(sub) -> None:
 
 def cmd_evaluate(args) -> None:
     from ..backbones.families import check_device
-    from ..data.registry import load_dataset
     from ..features.cache import check_cache_dir
     from ..metrics import format_group_table
     from ..runs.pipeline import evaluate_split, prepare
     from ..runs.predict import load_run_head
-    from ..runs.settings import key_values
 
-    dataset = load_dataset(args.dataset, args.root, allow_symlinks_outside=args.allow_symlinks_outside,
-                           **key_values(args.option, "--option"))
+    dataset = dataset_from_args(args)
     cache_dir = check_cache_dir(args.cache_dir)
     check_device(args.device or "cpu")
     # the run's classifier and backbone are checked before the (possibly long) feature extraction
@@ -165,3 +211,89 @@ def cmd_evaluate(args) -> None:
     prep = prepare(dataset, backbone, cache_dir=cache_dir, workers=args.workers, progress=not args.quiet)
     metrics = evaluate_split(head, prep, args.split)
     print(json.dumps(metrics, indent=1) if args.json else format_group_table(metrics, title=f"{args.split}:"))
+
+
+def add_groups(sub) -> None:
+    from ..grouping.labelers import GROUP_SOURCES
+
+    gr = sub.add_parser("groups", help="assign (pseudo-)groups and report their agreement with true groups",
+                        description="Label the training split's groups with a labeler; write OUT/groups.csv and "
+                        "OUT/quality.json (accuracy under best matching, NMI, ARI, per-group precision/recall).")
+    add_dataset_flags(gr)
+    add_backbone_flags(gr)
+    gr.add_argument("--labeler", "--method", dest="labeler", required=True,
+                    choices=[s for s in GROUP_SOURCES if s != "gt"],
+                    help="the group labeler (--method is the older name)")
+    add_grouping_flags(gr)
+    gr.add_argument("--seed", type=count(0), default=0, help="random seed (default 0)")
+    gr.add_argument("--out", required=True, help="output folder")
+    gr.add_argument("--overwrite", action="store_true", help="replace an --out folder holding earlier groups output")
+    add_common(gr)
+    gr.set_defaults(func=cmd_groups)
+
+
+def cmd_groups(args) -> None:
+    from ..backbones.families import check_device, load_backbone
+    from ..features.cache import check_cache_dir
+    from ..grouping.options import GroupingOptions
+    from ..grouping.plan import resolve_grouping, write_groups
+    from ..io.folders import check_outside, check_replaceable, output_lock
+    from ..io.write import ensure_writable_dir
+    from ..runs.pipeline import prepare
+    from ..schema import build
+
+    given = {"source": args.labeler, **{k: getattr(args, k) for k in grouping_flags()}}
+    options = build(GroupingOptions, {k: v for k, v in given.items() if v is not None}, "groups options")
+    out = Path(args.out).expanduser()
+    check_replaceable(out, args.overwrite)
+    ensure_writable_dir(out.parent, "--out")
+    cache_dir = check_cache_dir(args.cache_dir)
+    check_outside(cache_dir, "--cache-dir", out, "--out")
+    dataset = dataset_from_args(args)
+    options = resolve_grouping(dataset, options)
+    check_device(args.device or "cpu")
+    backbone = load_backbone(args.backbone, args.pretrained, device=args.device or "cpu")
+    with output_lock(out):
+        prep = prepare(dataset, backbone, cache_dir=cache_dir, workers=args.workers, progress=not args.quiet)
+        print(write_groups(prep, out, options, seed=args.seed))
+
+
+# --- discover --------------------------------------------------------------------------------
+
+def add_discover(sub) -> None:
+    from ..choices import DISCOVERY_SCORES
+    from ..grouping.labelfree import DISCOVERY_SCORE
+
+    di = sub.add_parser("discover", help="rank the attributes of a vocabulary by how spurious they look on the "
+                        "training split (bias discovery)",
+                        description="Score every attribute of a bias vocabulary: each training image gets the value "
+                        "phrase it matches best zero-shot (averaged over the class names); values given to few "
+                        "images are dropped; the score says how strongly those values go with the class. No bias "
+                        "label is read. `train --bias-prompts auto` uses the top candidates above a threshold.")
+    add_dataset_flags(di)
+    add_backbone_flags(di)
+    add_vocabulary_flag(di)
+    di.add_argument("--top", type=count(1), default=10, help="how many candidates to list (default 10)")
+    di.add_argument("--score", choices=DISCOVERY_SCORES, help=f"how candidates are ranked (default {DISCOVERY_SCORE})")
+    di.add_argument("--json", action="store_true",
+                    help='print [{"attribute", "values", "score", "scores", "shares", "dropped"}, ...], best first')
+    add_common(di)
+    di.set_defaults(func=cmd_discover)
+
+
+def cmd_discover(args) -> None:
+    from ..api import discover
+    from ..features.cache import check_cache_dir
+    from ..grouping.discovery import load_vocabulary
+
+    dataset = dataset_from_args(args)
+    vocabulary = load_vocabulary(args.vocabulary, dataset)  # a bad file is refused before any image is read
+    candidates = discover(dataset, backbone=args.backbone, pretrained=args.pretrained, vocabulary=vocabulary,
+                          top=args.top, score=args.score, cache_dir=check_cache_dir(args.cache_dir),
+                          device=args.device or "cpu", workers=args.workers, progress=not args.quiet)
+    if args.json:
+        print(json.dumps(candidates, indent=1))
+        return
+    from ..grouping.discovery import format_candidates
+
+    print(format_candidates(candidates, dataset, vocabulary, args.score))
