@@ -1,8 +1,8 @@
 """Names a user chooses from, each said once: the settings validate with these types, the
 command line offers these tuples, and the code that acts on a choice reads its name here.
 
-(Group sources and pseudo-labeler variants are named by the labelers' own tables in
-`labelers.py`, method names by the methods table in `methods/`.) A leaf module.
+(Group sources and pseudo-labeler variants are named by their own tables in
+`grouping/labelers.py` and `grouping/pseudo.py`, method names by the methods table in `methods/`.) A leaf module.
 """
 
 from __future__ import annotations

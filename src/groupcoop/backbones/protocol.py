@@ -1,7 +1,7 @@
 """The backbone protocol: what groupcoop asks of a frozen image-text model.
 
 A `Backbone` is used only through the operations below; nothing outside an adapter module
-(`backbone_openclip.py`, `backbone_transformers.py`) touches a model's internals.
+(`open_clip.py`, `transformers.py`) touches a model's internals.
 
 A prompt is `[prefix specials] [V1..VM] <text> [EOS] [padding]`; `prefix_length` says how many
 special tokens come before the text (1 for CLIP's [SOS], 0 for SigLIP), `eos_positions` where

@@ -28,13 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .protocol import (
-    TRANSFORMERS_PREFIX,
-    Backbone,
-    checked_export_weights,
-    special_prefix_length,
-    weights_checksum,
-)
+from .protocol import (TRANSFORMERS_PREFIX, Backbone, checked_export_weights, special_prefix_length, weights_checksum)
 from ..errors import UserError
 
 FAMILIES = {"clip": "CLIPModel", "siglip": "SiglipModel"}  # config.model_type -> the model class we support

@@ -82,6 +82,13 @@ def dataset_from_args(args):
                         **key_values(args.option, "--option"))
 
 
+def print_columns(rows: list[tuple[str, ...]]) -> None:
+    """Rows of text cells, every column but the last padded to its widest cell, two spaces apart."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
+
+
 # --- flag groups ----------------------------------------------------------------------------------
 
 def add_backbone_flags(p, required: bool = True) -> None:

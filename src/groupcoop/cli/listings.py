@@ -8,13 +8,11 @@ import sys
 from pathlib import Path
 
 from ..errors import UserError
+from .args import print_columns
 
 # --- datasets --------------------------------------------------------------------------------
 
-def add_datasets(sub) -> None:
-    ds = sub.add_parser("datasets", help="list dataset loaders, or check a dataset folder",
-                        description="Without arguments: list the loaders. `check NAME --root DIR`: validate a "
-                        "folder and print per-split, per-group counts; --grid FILE also draws images per group.")
+def add_datasets(ds) -> None:
     ds.add_argument("action", nargs="?", choices=["check"], help="'check' to validate a folder")
     ds.add_argument("name", nargs="?", help="dataset name to check")
     ds.add_argument("--root", help="the dataset's folder")
@@ -24,7 +22,6 @@ def add_datasets(sub) -> None:
     ds.add_argument("--json", action="store_true", help="print the counts as JSON")
     ds.add_argument("--grid", metavar="FILE", help="write a PNG with sample training images of every group")
     ds.add_argument("--overwrite", action="store_true", help="replace an existing --grid file")
-    ds.set_defaults(func=cmd_datasets)
 
 
 def cmd_datasets(args) -> None:
@@ -33,10 +30,7 @@ def cmd_datasets(args) -> None:
     from ..runs.settings import key_values
 
     if args.action is None:
-        listed = list_datasets()
-        width = max(len(n) for n in listed)
-        for name, description in listed.items():
-            print(f"{name:<{width}}  {description}")
+        print_columns(list(list_datasets().items()))
         return
     if args.action != "check" or not args.name:
         raise UserError("usage: groupcoop datasets [check NAME --root DIR [--json] [--grid FILE]]")
@@ -60,14 +54,9 @@ def cmd_datasets(args) -> None:
 
 # --- world -----------------------------------------------------------------------------------
 
-def add_world(sub) -> None:
-    wo = sub.add_parser("world", help="the synthetic world's card: attributes, caption rates, zero-shot accuracy",
-                        description="For each attribute of the built-in synthetic world: its values, how often "
-                        "pretraining captions name it, the bundled groupcoop-tiny's zero-shot accuracy and a linear probe's accuracy on "
-                        "held-out renders (deterministic).")
+def add_world(wo) -> None:
     wo.add_argument("--json", action="store_true",
                     help='print {"attributes": {NAME: {"values", "caption_rate", "zeroshot_accuracy", "probe_accuracy", "chance"}}}')
-    wo.set_defaults(func=cmd_world)
 
 
 def cmd_world(args) -> None:
@@ -84,13 +73,6 @@ def cmd_world(args) -> None:
 
 
 # --- backbones -------------------------------------------------------------------------------
-
-def add_backbones(sub) -> None:
-    bb = sub.add_parser("backbones", help="list the architectures and pretrained tags",
-                        description="List the open_clip architectures, their pretrained tags and the bundled model, "
-                        "and how to name a Hugging Face transformers checkpoint.")
-    bb.set_defaults(func=cmd_backbones)
-
 
 def cmd_backbones(args) -> None:
     from ..backbones.families import TINY, describe_models
@@ -111,12 +93,8 @@ def cmd_backbones(args) -> None:
 
 # --- methods ---------------------------------------------------------------------------------
 
-def add_methods(sub) -> None:
-    me = sub.add_parser("methods", help="list the methods and their hyper-parameters",
-                        description="The methods table: name, the labels each needs, its trainable parameter count "
-                        "and a summary; -v adds every hyper-parameter's default.")
+def add_methods(me) -> None:
     me.add_argument("-v", "--verbose", action="store_true", help="also list each method's hyper-parameters")
-    me.set_defaults(func=cmd_methods)
 
 
 def cmd_methods(args) -> None:
@@ -124,9 +102,7 @@ def cmd_methods(args) -> None:
 
     header = ("method", "labels it needs", "trainable parameters", "summary")
     rows = [(name, r.labels, r.trainable, r.summary) for name, r in METHODS.items()]
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(3)]
-    for row in [header, *rows]:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths)) + "  " + row[3])
+    print_columns([header, *rows])
     print("\nC classes, G groups per class, D image-feature width, M context vectors of width W.\n"
           "train groups: from --groups (the true bias labels by default, or pseudo-groups).\n"
           "true val groups: trains on the validation split's bias labels, never on the training split's.\n"

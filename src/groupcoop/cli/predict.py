@@ -9,11 +9,7 @@ from .args import count
 
 # --- predict ---------------------------------------------------------------------------------
 
-def add_predict(sub) -> None:
-    pr = sub.add_parser("predict", help="classify new images with a trained run",
-                        description="Classify image files (or the images a CSV lists) with a run's classifier; write "
-                        "a CSV: path, predicted class, predicted group (the best group prompt of that class), one "
-                        "probability column per class, and an error column for images that could not be read.")
+def add_predict(pr) -> None:
     pr.add_argument("run", help="run folder written by `groupcoop train`, or a folder written by `groupcoop export`")
     pr.add_argument("--images", nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
     pr.add_argument("--csv", help="a CSV listing images (instead of --images)")
@@ -30,7 +26,6 @@ def add_predict(sub) -> None:
     pr.add_argument("--workers", type=count(0), default=None,
                     help="image-decoding worker processes (default: cores - 1, at most 4)")
     pr.add_argument("--quiet", action="store_true", help="no progress bar")
-    pr.set_defaults(func=cmd_predict)
 
 
 def cmd_predict(args) -> None:
@@ -66,22 +61,11 @@ def cmd_predict(args) -> None:
 
 # --- export ----------------------------------------------------------------------------------
 
-def add_export(sub) -> None:
-    ex = sub.add_parser("export", help="write a run's classifier as a folder usable with plain open_clip "
-                        "(or transformers)",
-                        description="Write OUT/head.safetensors (normalised text features per class x group, logit "
-                        "scale and bias, class and group names, aggregate rule, the backbone's library, name and "
-                        "pretrained tag) and, when open_clip cannot fetch the backbone by name (the bundled "
-                        "groupcoop-tiny, a weights file, random weights), OUT/open_clip_config.json + "
-                        "OUT/open_clip_model.safetensors (with its sha256), which open_clip loads as `local-dir:OUT`. "
-                        "A transformers: backbone is written with save_pretrained (OUT/config.json, "
-                        "OUT/model.safetensors, tokenizer and image processor files), which AutoModel.from_pretrained "
-                        "loads. README shows how to use either without groupcoop. `groupcoop predict OUT` uses it too.")
+def add_export(ex) -> None:
     ex.add_argument("run", help="run folder written by `groupcoop train`")
     ex.add_argument("--out", required=True, help="folder to write (created, with its parents)")
     ex.add_argument("--overwrite", action="store_true", help="replace an --out folder that holds an earlier export")
     ex.add_argument("--pretrained", help="the weights file, when the run's weights file has moved")
-    ex.set_defaults(func=cmd_export)
 
 
 def cmd_export(args) -> None:

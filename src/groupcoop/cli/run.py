@@ -22,13 +22,7 @@ from .args import (
 )
 
 
-def add_demo(sub) -> None:
-    demo = sub.add_parser("demo", help="GroupCoOp against zero-shot, CoOp, coop_balanced and DFR on the built-in "
-                          "synthetic benchmark",
-                          description="Run zero-shot, CoOp, coop_balanced, DFR and GroupCoOp on a synthetic task with "
-                          "the bundled groupcoop-tiny CLIP (the learned-prompt runs in one fused pass); print a "
-                          "comparison table, a one-line conclusion and what each method needs; write "
-                          "OUT/summary.json and a report.")
+def add_demo(demo) -> None:
     demo.add_argument("--out", default="runs/demo",
                       help="output folder (default runs/demo); a previous demo there is replaced, nothing else is")
     demo.add_argument("--seeds", type=count(1), default=1,
@@ -38,7 +32,6 @@ def add_demo(sub) -> None:
                       "or synth-random:<seed>")
     demo.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:N or mps")
     add_common(demo)
-    demo.set_defaults(func=cmd_demo)
 
 
 def cmd_demo(args) -> None:
@@ -57,16 +50,12 @@ def cmd_demo(args) -> None:
              progress=not args.quiet, log=print, device=args.device)
 
 
-def add_train(sub) -> None:
+def add_train(train) -> None:
     from ..choices import FEATURE_DTYPES, SELECTIONS
     from ..grouping.labelers import GROUP_SOURCES
     from ..grouping.labelfree import SELECTION_FALLBACK
     from ..methods import METHODS
 
-    train = sub.add_parser("train", help="train one method on one dataset and write a run folder",
-                           description="Train a method and write a run folder: config.yaml (the resolved "
-                           "configuration), metrics.json, head.safetensors, prompts.safetensors + prompts.json, "
-                           "report.txt. Flags override --config.")
     add_dataset_flags(train, required=False)
     add_backbone_flags(train, required=False)
     train.add_argument("--method", help=f"one of: {', '.join(METHODS)} (`groupcoop methods` lists them all)")
@@ -97,7 +86,6 @@ def add_train(sub) -> None:
                        help="hash every image file's content to check the feature cache "
                        "(default: size, modification and change time, inode)")
     add_common(train)
-    train.set_defaults(func=cmd_train)
 
 
 def cmd_train(args) -> None:
@@ -128,15 +116,9 @@ def cmd_train(args) -> None:
 
 # --- extract ---------------------------------------------------------------------------------
 
-def add_extract(sub) -> None:
+def add_extract(ex) -> None:
     from ..choices import FEATURE_DTYPES, PRECISIONS
 
-    ex = sub.add_parser("extract", help="fill the feature cache of a dataset (all splits); runs under torchrun",
-                        description="Extract and cache the image features of every image of a dataset, then print "
-                        "where the cache is. Under `torchrun --nproc-per-node N [--nnodes M ...] -m groupcoop "
-                        "extract ...` each process fills its share of the shards (NCCL on GPUs, Gloo on CPU) and "
-                        "rank 0 checks them all; a killed run resumes where it stopped. `train` then finds the "
-                        "features in the cache.")
     add_dataset_flags(ex)
     add_backbone_flags(ex)
     ex.add_argument("--feature-dtype", choices=FEATURE_DTYPES, default="float32",
@@ -150,7 +132,6 @@ def add_extract(sub) -> None:
                     help="hash every image file's content to check the feature cache "
                     "(default: size, modification and change time, inode)")
     add_common(ex)
-    ex.set_defaults(func=cmd_extract)
 
 
 def cmd_extract(args) -> None:
@@ -181,18 +162,15 @@ def cmd_extract(args) -> None:
 
 # --- evaluate --------------------------------------------------------------------------------
 
-def add_evaluate(sub) -> None:
+def add_evaluate(ev) -> None:
     from ..data.base import SPLITS
 
-    ev = sub.add_parser("evaluate", help="evaluate a trained run's classifier on a dataset split",
-                        description="Load the classifier of a run folder and report per-group accuracy on a split.")
     ev.add_argument("--prompts", required=True, metavar="RUN", help="run folder written by `groupcoop train`")
     add_dataset_flags(ev)
     add_backbone_flags(ev, required=False)
     ev.add_argument("--split", default="test", choices=list(SPLITS), help="split to evaluate (default test)")
     ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
     add_common(ev)
-    ev.set_defaults(func=cmd_evaluate)
 
 
 def cmd_evaluate(args) -> None:
@@ -213,12 +191,9 @@ def cmd_evaluate(args) -> None:
     print(json.dumps(metrics, indent=1) if args.json else format_group_table(metrics, title=f"{args.split}:"))
 
 
-def add_groups(sub) -> None:
+def add_groups(gr) -> None:
     from ..grouping.labelers import GROUP_SOURCES
 
-    gr = sub.add_parser("groups", help="assign (pseudo-)groups and report their agreement with true groups",
-                        description="Label the training split's groups with a labeler; write OUT/groups.csv and "
-                        "OUT/quality.json (accuracy under best matching, NMI, ARI, per-group precision/recall).")
     add_dataset_flags(gr)
     add_backbone_flags(gr)
     gr.add_argument("--labeler", "--method", dest="labeler", required=True,
@@ -229,7 +204,6 @@ def add_groups(sub) -> None:
     gr.add_argument("--out", required=True, help="output folder")
     gr.add_argument("--overwrite", action="store_true", help="replace an --out folder holding earlier groups output")
     add_common(gr)
-    gr.set_defaults(func=cmd_groups)
 
 
 def cmd_groups(args) -> None:
@@ -260,16 +234,10 @@ def cmd_groups(args) -> None:
 
 # --- discover --------------------------------------------------------------------------------
 
-def add_discover(sub) -> None:
+def add_discover(di) -> None:
     from ..choices import DISCOVERY_SCORES
     from ..grouping.labelfree import DISCOVERY_SCORE
 
-    di = sub.add_parser("discover", help="rank the attributes of a vocabulary by how spurious they look on the "
-                        "training split (bias discovery)",
-                        description="Score every attribute of a bias vocabulary: each training image gets the value "
-                        "phrase it matches best zero-shot (averaged over the class names); values given to few "
-                        "images are dropped; the score says how strongly those values go with the class. No bias "
-                        "label is read. `train --bias-prompts auto` uses the top candidates above a threshold.")
     add_dataset_flags(di)
     add_backbone_flags(di)
     add_vocabulary_flag(di)
@@ -278,7 +246,6 @@ def add_discover(sub) -> None:
     di.add_argument("--json", action="store_true",
                     help='print [{"attribute", "values", "score", "scores", "shares", "dropped"}, ...], best first')
     add_common(di)
-    di.set_defaults(func=cmd_discover)
 
 
 def cmd_discover(args) -> None:

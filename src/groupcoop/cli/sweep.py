@@ -5,19 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UserError
-from .args import add_common, add_log_flag, count, progress_log
+from .args import add_common, add_log_flag, count, print_columns, progress_log
 
 
-def add_sweep(sub) -> None:
+def add_sweep(sw) -> None:
     from ..grouping.labelers import GROUP_SOURCES
     from ..runs.fusion import DEFAULT_MAX_PROMPTS
     from ..sweeps.grid import MAX_RUNS
 
-    sw = sub.add_parser("sweep", help="run a grid of runs (datasets x backbones x methods x groups x seeds)",
-                        description="Run every combination of a grid (a YAML file and/or flags) as ordinary run "
-                        "folders under OUT/runs/; finished runs are skipped, so a killed sweep resumes. Writes "
-                        "OUT/runs.csv, OUT/table.md (mean ± std over seeds; a suite aggregate with bootstrap "
-                        "intervals when there are several datasets) and OUT/report.html.")
     sw.add_argument("grid", nargs="?", help="grid YAML file, or a preset shipped with groupcoop by name: report, "
                     "dev, waterbirds, ... (--list-presets)")
     sw.add_argument("--list-presets", action="store_true", help="list the preset grids and exit")
@@ -48,7 +43,7 @@ def add_sweep(sub) -> None:
     sw.add_argument("--overwrite", action="store_true", help="replace run folders that hold a run of other settings "
                     "(default: refused; finished runs of the same settings are always kept, damaged ones redone)")
     add_common(sw)
-    sw.set_defaults(func=cmd_sweep, workers=0)
+    sw.set_defaults(workers=0)
 
 
 def cmd_sweep(args) -> None:
@@ -132,8 +127,6 @@ def print_presets() -> None:
     from ..presets import available, summary
 
     presets = available()
-    width = max(len(n) for n in presets)
-    for name, path in presets.items():
-        print(f"{name:<{width}}  {path.parent.name:<11}  {summary(path)}")
+    print_columns([(name, path.parent.name, summary(path)) for name, path in presets.items()])
     print(f"\n`groupcoop sweep NAME` runs one (`--dry-run` lists its runs first); the files are in "
           f"{next(iter(presets.values())).parents[1]}")

@@ -28,16 +28,8 @@ from pydantic import Field
 from ..errors import UserError, close_matches
 from ..schema import Frozen, PhraseLists, Text, TextList
 from .base import GroupDataset, PathImages
-from .metadata import (
-    check_split_coverage,
-    checked_image_paths,
-    header_lines,
-    integer_codes,
-    read_table,
-    require_columns,
-    require_file,
-    split_codes,
-)
+from .metadata import (check_split_coverage, checked_image_paths, header_lines, integer_codes, read_table,
+                       require_columns, require_file, split_codes)
 
 
 class CsvOptions(Frozen):

@@ -33,16 +33,8 @@ import numpy as np
 from ..errors import UserError
 from ..schema import Frozen, Text
 from .base import GroupDataset, PathImages
-from .metadata import (
-    check_split_coverage,
-    checked_image_paths,
-    header_lines,
-    integer_codes,
-    read_table,
-    require_columns,
-    require_file,
-    split_codes,
-)
+from .metadata import (check_split_coverage, checked_image_paths, header_lines, integer_codes, read_table,
+                       require_columns, require_file, split_codes)
 
 
 class SubpopBenchOptions(Frozen):

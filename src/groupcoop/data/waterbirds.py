@@ -21,15 +21,8 @@ from pathlib import Path
 
 from ..errors import UserError
 from .base import GroupDataset, PathImages
-from .metadata import (
-    check_split_coverage,
-    checked_image_paths,
-    header_lines,
-    integer_codes,
-    read_table,
-    require_columns,
-    split_codes,
-)
+from .metadata import (check_split_coverage, checked_image_paths, header_lines, integer_codes, read_table,
+                       require_columns, split_codes)
 
 FOLDER_NAMES = ("waterbird_complete95_forest2water2", "waterbirds_v1.0")
 COLUMNS = ("img_filename", "y", "split", "place")

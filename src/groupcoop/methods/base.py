@@ -43,7 +43,7 @@ def selection_score(head: Head, val: SplitData) -> tuple[float, float]:
     """The model-selection key on the validation split, larger is better: (accuracy of the worst
     part of val's partition, average accuracy), so ties on the worst part go to the better average.
 
-    The partition is the run's selection rule (`groups.Selection`): val's true or labeler groups
+    The partition is the run's selection rule (`grouping.plan.Selection`): val's true or labeler groups
     (worst-group accuracy), its classes (worst-class accuracy) or one part (average accuracy)."""
     pred = head.predict_classes(val.feats)
     acc, _ = group_accuracies(pred, val.y, val.groups, int(val.groups.max()) + 1)

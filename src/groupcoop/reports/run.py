@@ -6,7 +6,7 @@ selection_groups, hidden_bias_labels, report_groups, trainable_params, total_par
 hyperparameters, best_epoch, epochs_run, splits.<split>.{avg_acc, worst_group_acc,
 unbiased_acc, any other number, groups[{name, n, acc}], empty_groups}, history[{epoch
 (0-based), loss, val_worst_group_acc or val_worst_class_acc, val_avg_acc}], discovery
-(`grouping.plan.plan_groups`) and group_quality (`grouping.labelers.quality`). Missing keys are
+(`grouping.plan.plan_groups`) and group_quality (`grouping.quality.quality`). Missing keys are
 left out of the page, never guessed.
 """
 
