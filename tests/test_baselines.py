@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from groupcoop.grouping import plan as groups
+from groupcoop.errors import UserError
 from groupcoop.methods import METHODS, NEEDS, linear
 from groupcoop.methods import loop
 from groupcoop.methods.coop import GroupDRO
@@ -84,7 +85,7 @@ def test_methods_command_lists_every_method_with_its_needs(cli):
     lines = {line.split()[0]: line for line in result.out.splitlines() if line.strip()}
     for name, recipe in METHODS.items():
         assert recipe.labels in lines[name] and recipe.trainable in lines[name], lines[name]
-    assert "class + true val groups" in lines["dfr"] and "C*G*D" in lines["group_linear"]
+    assert "class + val groups (true, else a labeler's)" in lines["dfr"] and "C*G*D" in lines["group_linear"]
     assert "C*G*M*W" in lines["groupcoop"] and "C*D + C" in lines["linear_probe"]
     verbose = cli("methods", "-v").out
     assert "dfr (needs_groups: val)" in verbose and "  eta = 0.01" in verbose and "  upweight = 20" in verbose
@@ -117,10 +118,11 @@ def plain_csv(tmp_path) -> list[str]:
 def test_true_group_recipes_refused_without_them_before_extraction(cli, tmp_path, plain_csv):
     cache = tmp_path / "cache"
     common = ["train", "--backbone", "groupcoop-tiny", "--cache-dir", cache, "--quiet"]
+    # no bias labels on val: DFR trains on pseudo-groups, which need phrases this CSV lacks
     line = one_line_error(cli(*common, *plain_csv, "--method", "dfr", "--out", tmp_path / "a"),
-                          "dfr", "true group labels of the validation split", "csv")
-    assert "--groups pseudo" in line  # says what to use instead
-    # DFR trains on true val groups: a labeler's groups are refused, even where true ones exist
+                          "needs attribute phrases", "csv")
+    assert "--bias-prompts" in line  # says what to give instead
+    # where val has true groups DFR trains on them: a labeler's groups are refused
     one_line_error(cli(*common, "--dataset", "synth-waterbirds", "--method", "dfr", "--groups", "pseudo",
                        "--out", tmp_path / "b"), "--groups pseudo does not apply")
     # zero-shot group prompts need named groups
@@ -136,11 +138,12 @@ def test_train_group_recipes_fall_back_to_pseudo_groups(tmp_path):
 
     ds = make_task_dataset("synth-waterbirds")
     unlabelled = dataclasses.replace(ds, attrs=np.full_like(ds.attrs, -1))
-    for name in ("linear_probe_balanced", "coop_groupdro"):
+    for name in ("linear_probe_balanced", "coop_groupdro", "dfr"):  # dfr: on the labeler's val groups
         options = groups.resolve_method_grouping(METHODS[name], unlabelled, settings(name).groups)
         assert options.source == "pseudo"
-    with pytest.raises(Exception, match="true group labels of the validation split"):
-        groups.resolve_method_grouping(METHODS["dfr"], unlabelled, settings("dfr").groups)
+    gt = settings("dfr").groups.model_copy(update={"source": "gt"})
+    with pytest.raises(UserError, match="--groups gt cannot label synth-waterbirds's validation split"):
+        groups.resolve_method_grouping(METHODS["dfr"], unlabelled, gt)
 
 
 # --- every baseline through `groupcoop train` ------------------------------------------------------
@@ -199,6 +202,20 @@ def test_dfr_never_reads_the_training_split_labels(waterbirds_prep):
         assert {k: v for k, v in a.items() if k != "train_weighted_acc"} == b
     assert result.metrics["dfr"] == poisoned.metrics["dfr"]
     assert result.metrics["val_used_for_training"] is True and result.metrics["needs_groups"] == "val"
+
+
+def test_dfr_trains_on_a_labelers_val_groups_where_val_has_none(waterbirds_prep):
+    """DFR with inferred groups: val's bias labels hidden, the pseudo-labeler's val groups take their place."""
+    hidden = make_settings({"dataset": "synth-waterbirds", "backbone": "groupcoop-tiny", "method": "dfr",
+                            "hide_bias_labels": ["val"], "hyperparameters": {"tune_repeats": 1, "repeats": 3}})
+    inferred = run_method(waterbirds_prep, check_run(hidden, waterbirds_prep.dataset, waterbirds_prep.backbone)[1],
+                          log=lambda _: None).metrics
+    true = run(waterbirds_prep, "dfr", tune_repeats=1, repeats=3).metrics
+    assert inferred["groups_source"] == "pseudo" and true["groups_source"] == "gt"
+    assert inferred["selection_groups"] == "pseudo val groups (half-splits of val)"
+    assert inferred["report_groups"] == {"val": "pseudo groups", "test": "true groups"}
+    assert inferred["dfr"]["selection"]["scores"] != true["dfr"]["selection"]["scores"]  # other groups, other fits
+    assert inferred["splits"]["test"]["worst_group_acc"] > 0.5  # a group-robust classifier all the same
 
 
 def test_dfr_subsamples_are_group_balanced(monkeypatch, waterbirds_prep):

@@ -105,10 +105,11 @@ def cmd_methods(args) -> None:
     print_columns([header, *rows])
     print("\nC classes, G groups per class, D image-feature width, M context vectors of width W.\n"
           "train groups: from --groups (the true bias labels by default, or pseudo-groups).\n"
-          "true val groups: trains on the validation split's bias labels, never on the training split's.\n"
+          "val groups: trains on the validation split's bias labels, or a labeler's val groups where it has\n"
+          "none (--groups; pseudo by default), never on the training split's labels.\n"
           "Every trained method selects its model on the validation split by --selection: worst-group\n"
           "accuracy on its true groups where the data has them (auto), or on the labeler's groups, or\n"
-          "worst-class or average accuracy; dfr tunes itself on val's true groups.")
+          "worst-class or average accuracy; dfr tunes itself on the val groups it trains on.")
     if args.verbose:
         for name, recipe in METHODS.items():
             print(f"\n{name} (needs_groups: {recipe.needs_groups}) hyper-parameters (--set KEY=VALUE):")

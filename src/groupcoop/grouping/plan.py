@@ -76,33 +76,39 @@ def resolve_grouping(ds: GroupDataset, options: GroupingOptions) -> GroupingOpti
 def resolve_method_grouping(recipe, ds: GroupDataset, options: GroupingOptions) -> GroupingOptions:
     """`resolve_grouping`, plus what the method needs of the data (no features needed).
 
-    A recipe that trains on the true groups of the validation split (DFR) is refused when
-    that split lacks them or when `--groups` names a labeler; it never looks at the training
-    split's labels.
+    A recipe that trains on the validation split's groups (DFR) never looks at the training
+    split's bias labels. Where val has true groups it trains on them, and a labeler is refused (it would
+    silently make it another method); where val has none, a labeler's val groups stand in for them
+    (`--groups`, by default the label-free one: DFR with inferred groups).
     """
-    if recipe.needs_groups == "val":
-        val_rows = ds.split_indices("val")
-        if not len(val_rows) or not ds.labelled(val_rows):
-            raise UserError(f"--method {recipe.name} trains on the true group labels of the validation split, and "
-                            f"{ds.name} has none there{_hidden_note(ds, 'val')}; use a method that takes --groups "
-                            "pseudo or one that needs no groups (`groupcoop methods` lists the labels each method needs)")
-        if options.discovers:
-            raise UserError(f"--method {recipe.name} trains on the validation split's true groups, so --bias-prompts "
-                            "auto (attributes for a labeler) does not apply to it; drop --bias-prompts")
-        if options.source not in (None, "gt"):
-            raise UserError(f"--method {recipe.name} trains on the validation split's true groups, so --groups "
-                            f"{options.source} does not apply to it; drop --groups, or use a method that trains on "
-                            "pseudo-groups (`groupcoop methods`)")
-        return options.model_copy(update={"source": "gt"})
-    return resolve_grouping(ds, options)
+    if recipe.needs_groups != "val":
+        return resolve_grouping(ds, options)
+    val_rows = ds.split_indices("val")
+    if not len(val_rows):
+        raise UserError(f"--method {recipe.name} trains on the validation split, and {ds.name} has none; "
+                        "use a dataset with a val split, or a method that needs no groups (`groupcoop methods`)")
+    if not ds.labelled(val_rows):
+        if options.source == "gt":
+            raise UserError(f"--method {recipe.name} trains on the validation split's groups, and --groups gt cannot "
+                            f"label {ds.name}'s validation split, which has no bias labels{_hidden_note(ds, 'val')}; "
+                            "drop --groups (pseudo-groups are used) or pass --groups pseudo, zeroshot or kmeans")
+        return resolve_grouping(ds, options if options.source else options.model_copy(update={"source": "pseudo"}))
+    if options.discovers:
+        raise UserError(f"--method {recipe.name} trains on the validation split's true groups, so --bias-prompts "
+                        "auto (attributes for a labeler) does not apply to it; drop --bias-prompts")
+    if options.source not in (None, "gt"):
+        raise UserError(f"--method {recipe.name} trains on the validation split's true groups, so --groups "
+                        f"{options.source} does not apply to it; drop --groups, or hide them "
+                        "(--hide-bias-labels val) to train on the labeler's val groups")
+    return options.model_copy(update={"source": "gt"})
 
 
 def check_selection(recipe, ds: GroupDataset, options: GroupingOptions, selection: str) -> None:
     """Refuse a model-selection rule the run cannot follow (no features needed): any rule but `auto`
-    for a method that tunes on val's true groups by its own rule (DFR), and `labeler` where the
+    for a method that tunes on the val groups it trains on by its own rule (DFR), and `labeler` where the
     labeler is gt and val has no bias labels."""
     if recipe.needs_groups == "val" and selection != "auto":
-        raise UserError(f"--method {recipe.name} trains on the validation split's true groups and tunes itself on "
+        raise UserError(f"--method {recipe.name} trains on the validation split's groups and tunes itself on "
                         f"held-out halves of them, so --selection {selection} does not apply to it; drop --selection")
     val_rows = ds.split_indices("val")
     if selection == "labeler" and options.source == "gt" and len(val_rows) and not ds.labelled(val_rows):

@@ -18,10 +18,10 @@ training code (loop.py, linear.py, prompts.py) when they run.
 - "train": groups of the training split for training. They come from `--groups`: the true
   bias labels by default, or a labeler's pseudo-groups (zeroshot, kmeans, pseudo) when the
   data has none or on request; GroupCoOp itself was made for pseudo-groups.
-- "val": TRUE group labels of the validation split, which the method trains on (DFR). Such a
-  recipe is refused on data whose validation split lacks them, and refuses `--groups`
-  labelers: pseudo-groups would silently make it another method. It never reads the
-  training split's labels.
+- "val": group labels of the validation split, which the method trains on (DFR): its true ones,
+  and then `--groups` labelers are refused (pseudo-groups would silently make it another
+  method); where val has none (or they are hidden), a labeler's val groups (`--groups`, pseudo
+  by default). It never reads the training split's labels.
 """
 
 from __future__ import annotations

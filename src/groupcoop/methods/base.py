@@ -134,12 +134,10 @@ class FitTask:
         return self.plan.selection.key
 
     @property
-    def true_val(self) -> SplitData:
-        """The validation split with its true groups (a method that trains on them: DFR)."""
-        groups, true = self.plan.report["val"]
-        if not true:
-            raise ValueError("the validation split has no true groups; the method's check should have refused it")
-        return self.split("val", groups)
+    def val_groups(self) -> SplitData:
+        """The validation split with the groups the plan reports for it: its true groups, or the
+        labeler's where it has none (a method that trains on val: DFR)."""
+        return self.split("val", self.plan.report["val"][0])
 
 
 @dataclass
@@ -187,7 +185,7 @@ class Recipe:
         if self.kind == "text":
             return "none (group value phrases)" if self.rows == "group" else "none"
         return {"none": "class", "train": "class + train groups (gt or --groups)",
-                "val": "class + true val groups"}[self.needs_groups]
+                "val": "class + val groups (true, else a labeler's)"}[self.needs_groups]
 
     def params(self, values: dict | None = None) -> Frozen:
         """The typed hyper-parameters: defaults overridden by `values`, validated."""

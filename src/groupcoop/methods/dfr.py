@@ -1,5 +1,6 @@
 """Deep Feature Reweighting: a group-balanced L1 logistic regression retrained on the validation
-split's true groups, reading nothing of the training split."""
+split's groups (its true ones, or a labeler's where it has none), reading nothing of the training
+split's labels."""
 
 from __future__ import annotations
 
@@ -39,11 +40,12 @@ def _worst_group(pred: np.ndarray, y: np.ndarray, groups: np.ndarray) -> float:
 def fit_dfr(task: FitTask, hp: DFRParams) -> Fitted:
     """DFR^Val: tune C on half-splits of val, then average `repeats` fits on balanced subsamples of all of val.
 
-    Reads only the validation split (features, classes, true groups).
+    Reads only the validation split's labels (classes, and its true groups or, where it has none,
+    the labeler's: DFR with inferred groups).
     """
     from .linear import Scaler, balanced_subsample, fit_logreg, head_from_logreg, logreg_parameters
 
-    val, n_classes, seed = task.true_val, task.n_classes, task.seed
+    val, n_classes, seed = task.val_groups, task.n_classes, task.seed
     x, y, g = val.feats.numpy(), val.y, val.groups
     rng = np.random.default_rng(seed)
     totals = np.zeros(len(hp.c_values))
@@ -78,5 +80,5 @@ def fit_dfr(task: FitTask, hp: DFRParams) -> Fitted:
     return Fitted(head, logreg_parameters(n_classes, x.shape[1]), {"dfr": details})
 
 
-DFR = Recipe("dfr", "DFR: group-balanced L1 logistic regression retrained on the val split's true groups",
+DFR = Recipe("dfr", "DFR: group-balanced L1 logistic regression retrained on the val split's groups",
              "linear", "class", "val", DFRParams, LOGREG_PARAMS, fit=fit_dfr)

@@ -149,7 +149,8 @@ class PlannedRun:
             "needs_groups": recipe.needs_groups,
             "val_used_for_training": val_trained,
             "selection": settings.selection,
-            "selection_groups": plan.selection.used if not val_trained else "true val groups (half-splits of val)",
+            "selection_groups": plan.selection.used if not val_trained else
+            f"{'true' if plan.report['val'][1] else plan.source} val groups (half-splits of val)",
             "report_groups": {s: ("true groups" if plan.report[s][1] else f"{plan.source} groups") for s in splits},
             "trainable_params": int(fitted.trainable),
             "total_params": int(bb.parameter_count() + fitted.trainable),
