@@ -101,7 +101,10 @@ def test_discover_command_and_api_agree(cli, waterbirds_prep):
     assert len(listed) == 3 and {"attribute", "values", "score", "scores", "shares", "dropped"} <= set(listed[0])
     background = next(c for c in listed if c["attribute"] == "background")  # "on the left" reads alike here
     assert background["values"] == ["{} on grass", "{} on water"]
-    assert [c["score"] for c in listed] == sorted((c["score"] for c in listed), reverse=True)
+    captioned = [c["score"] for c in listed if not c.get("unnamed")]
+    assert captioned == sorted(captioned, reverse=True)
+    spurious = [c["spurious"] for c in listed]
+    assert spurious == sorted(spurious, reverse=True)  # what auto keeps comes first (an unnamed one among it)
     api = groupcoop.discover("synth-waterbirds", backbone="groupcoop-tiny", top=3)
     assert [(c["attribute"], c["values"]) for c in api] == [(c["attribute"], c["values"]) for c in listed]
     table = cli("discover", "--dataset", "synth-waterbirds", "--backbone", "groupcoop-tiny", "--quiet",

@@ -90,16 +90,19 @@ def fit_many(dataset: str | GroupDataset, runs: list[str | dict | RunSettings], 
 def discover(dataset: str | GroupDataset, backbone: str = "groupcoop-tiny", pretrained: str | None = None,
              vocabulary=None, top: int | None = 10, cache_dir: str | Path | None = None, *, score: str | None = None,
              root: str | None = None, device: str = "cpu", workers: int | None = None, progress: bool = False,
-             seed: int = 0) -> list[dict]:
+             seed: int = 0, grid: str | Path | None = None) -> list[dict]:
     """Bias discovery on the dataset's training split: the vocabulary's attributes ranked by how
     strongly their zero-shot value assignments go with the class, best first (at most `top`;
-    None: all).
+    None: all), and the image features' own unnamed attribute where they hold one no caption names.
 
     Each candidate is a dict: `attribute`, `values` (the kept value phrases, "{}" where the class
     name goes), `score` (by `score`, default `labelfree.DISCOVERY_SCORE`), `scores`, `shares` (of
-    the training images per value) and `dropped` (values too few images matched). `vocabulary`
-    is a YAML file, a `discovery.Vocabulary`, or None for the shipped one (world for synth-*
-    datasets, clip otherwise). Reads image features and class labels, never a bias label.
+    the training images per value), `dropped` (values too few images matched) and `spurious`
+    (what `bias_prompts: auto` keeps); an unnamed one also has `unnamed`, `value_names` (a, b),
+    `residual_errors` and `zeroshot_ratio`. `vocabulary` is a YAML file, a `discovery.Vocabulary`,
+    or None for the shipped one (world for synth-* datasets, clip otherwise). With `grid` (a .png
+    path) and an unnamed attribute found, example training images of each class x value are written
+    there. Reads image features and class labels, never a bias label.
     """
     from .backbones.families import check_device
     from .data.registry import load_dataset
@@ -112,7 +115,13 @@ def discover(dataset: str | GroupDataset, backbone: str = "groupcoop-tiny", pret
     vocab = vocabulary if isinstance(vocabulary, Vocabulary) else load_vocabulary(vocabulary, ds)
     check_device(device)
     prep = prepare(ds, backbone, pretrained, device=device, cache_dir=cache_dir, workers=workers, progress=progress)
-    return discover_on(prep, vocab, score, seed=seed)[:top]
+    candidates = discover_on(prep, vocab, score, seed=seed)
+    unnamed = next((c for c in candidates if c.get("unnamed")), None)
+    if grid is not None and unnamed is not None:
+        from .reports.gallery import unnamed_grid
+
+        unnamed_grid(ds, unnamed, Path(grid))
+    return [{k: v for k, v in c.items() if k != "assigned"} for c in candidates[:top]]
 
 
 def load_run(folder: str | Path) -> Run:

@@ -5,8 +5,10 @@ groups and judge them), `discover` (rank bias attributes) and `demo` (the built-
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
+from ..errors import UserError
 from .args import (
     add_backbone_flags,
     add_common,
@@ -244,7 +246,11 @@ def add_discover(di) -> None:
     di.add_argument("--top", type=count(1), default=10, help="how many candidates to list (default 10)")
     di.add_argument("--score", choices=DISCOVERY_SCORES, help=f"how candidates are ranked (default {DISCOVERY_SCORE})")
     di.add_argument("--json", action="store_true",
-                    help='print [{"attribute", "values", "score", "scores", "shares", "dropped"}, ...], best first')
+                    help='print [{"attribute", "values", "score", "scores", "shares", "dropped", "spurious"}, ...], '
+                    "best first")
+    di.add_argument("--grid", metavar="FILE", help="where the image features hold an unnamed attribute, write a PNG "
+                    "of example training images of each class x value, to see what it is")
+    di.add_argument("--overwrite", action="store_true", help="replace an existing --grid file")
     add_common(di)
 
 
@@ -253,14 +259,25 @@ def cmd_discover(args) -> None:
     from ..features.cache import check_cache_dir
     from ..grouping.discovery import load_vocabulary
 
+    grid = None
+    if args.grid:
+        from ..io.write import check_output_file
+
+        grid = check_output_file(Path(args.grid), "--grid", overwrite=args.overwrite)
+        if grid.suffix.lower() != ".png":
+            raise UserError(f"--grid {grid}: the grid is a PNG image; give a file name ending in .png")
     dataset = dataset_from_args(args)
     vocabulary = load_vocabulary(args.vocabulary, dataset)  # a bad file is refused before any image is read
     candidates = discover(dataset, backbone=args.backbone, pretrained=args.pretrained, vocabulary=vocabulary,
                           top=args.top, score=args.score, cache_dir=check_cache_dir(args.cache_dir),
-                          device=args.device or "cpu", workers=args.workers, progress=not args.quiet)
+                          device=args.device or "cpu", workers=args.workers, progress=not args.quiet, grid=grid)
     if args.json:
         print(json.dumps(candidates, indent=1))
-        return
-    from ..grouping.discovery import format_candidates
+    else:
+        from ..grouping.discovery import format_candidates
 
-    print(format_candidates(candidates, dataset, vocabulary, args.score))
+        print(format_candidates(candidates, dataset, vocabulary, args.score))
+    if grid is not None:
+        found = any(c.get("unnamed") for c in candidates)
+        print(f"wrote {grid}" if found else f"no unnamed attribute found, so no --grid written ({grid})",
+              file=sys.stderr if args.json else sys.stdout)

@@ -1,4 +1,4 @@
-"""Bias discovery: which attributes of a vocabulary go with the class on the training split.
+"""Bias discovery: which attributes go with the class on the training split, captioned or not.
 
 A candidate is a vocabulary attribute with its value phrases ("{} on grass", "{} on water", ...).
 Every training image gets a class-agnostic zero-shot value: its cosine with each value phrase
@@ -17,8 +17,11 @@ spurious the attribute would be; three scores are offered (`choices.DiscoverySco
   (a class needs `MIN_CLASS_ERRORS` errors to count).
 
 Nothing here reads a bias label: only image features, class labels and the vocabulary.
-`bias_prompts: auto` keeps the candidates above the score's threshold, at most `discover_top`
-(`auto_attributes`); the choices are named in `labelfree.py`.
+`bias_prompts: auto` keeps only what is spurious (`mark_spurious`), at most `discover_top`
+(`auto_attributes`): a candidate above the score's threshold that concentrates the ERM probe's or
+zero-shot's errors and still goes with the class within the cells of the ones kept before it (a
+proxy of a kept attribute adds nothing). The image side (unnamed.py) adds an unnamed attribute
+where the image features hold one no kept caption explains. The choices are named in `labelfree.py`.
 
 A vocabulary is a YAML file `{attributes: {name: [phrase, ...]}}`, optionally with `extends:
 clip|world` to add to (or replace attributes of) a shipped one (`vocabularies/*.yaml`).
@@ -37,7 +40,8 @@ from ..choices import DISCOVERY_SCORES
 from ..data.base import apply_phrase
 from ..errors import UserError, close_matches
 from ..io.read import read_yaml_mapping
-from .labelfree import DISCOVERY_MIN_VALUE_SHARE, DISCOVERY_SCORE, DISCOVERY_THRESHOLDS
+from .labelfree import (DISCOVERY_MIN_CONCENTRATION, DISCOVERY_MIN_CONDITIONAL, DISCOVERY_MIN_VALUE_SHARE,
+                        DISCOVERY_SCORE, DISCOVERY_THRESHOLDS)
 from ..schema import Frozen, build
 
 SHIPPED = {"clip": "vocabularies/clip.yaml", "world": "vocabularies/world.yaml"}
@@ -203,34 +207,94 @@ def error_concentration(errors: np.ndarray | None, y: np.ndarray, values: np.nda
 SCORE_FUNCTIONS = {"cramers_v": cramers_v, "nmi": nmi}  # error_concentration needs the probe's errors too
 
 
+def _scored(assigned: np.ndarray, y: np.ndarray, compute: tuple[str, ...], errors: dict) -> dict:
+    """Every score of `compute` for one candidate's per-image values, and `concentration`: how much
+    the values concentrate the ERM probe's or zero-shot's errors (the larger of the two)."""
+    scores = {name: (error_concentration(errors["erm"], y, assigned) if name == "error_concentration"
+                     else SCORE_FUNCTIONS[name](y, assigned)) for name in compute}
+    scores["concentration"] = max(error_concentration(e, y, assigned) for e in errors.values())
+    return scores
+
+
 def rank_candidates(x: np.ndarray, y: np.ndarray, value_features: dict[str, tuple[tuple[str, ...], np.ndarray]],
                     score: str = DISCOVERY_SCORE, compute: tuple[str, ...] | None = None,
-                    min_share: float = DISCOVERY_MIN_VALUE_SHARE, seed: int = 0) -> list[dict]:
+                    min_share: float = DISCOVERY_MIN_VALUE_SHARE, seed: int = 0,
+                    zeroshot_pred: np.ndarray | None = None, image_side: bool = True) -> list[dict]:
     """Candidates ranked by `score`, best first, from image features `x` (n, D), classes `y` and,
-    per attribute, its value phrases with their class-averaged text features (V, D).
+    per attribute, its value phrases with their class-averaged text features (V, D); with
+    `image_side`, also the unnamed partition of the image features (unnamed.py) where no kept
+    caption candidate names it.
 
     Each candidate: attribute, values (the kept phrases), score, scores (every score of
-    `compute`, default just `score`), shares (of the training images per kept value), dropped."""
+    `compute`, default just `score`, and `concentration`), shares (of the training images per kept
+    value), dropped, assigned (each training image's value), spurious (whether it goes with the
+    class above the threshold, concentrates the errors and adds to the ones ranked above it: what
+    `bias_prompts: auto` may keep). The unnamed candidate, where found, comes right after the spurious
+    caption candidates: it is what they leave unexplained."""
+    from .unnamed import image_candidate
+
     compute = tuple(dict.fromkeys([score, *(compute or ())]))
-    errors = probe_errors(x, y, seed) if "error_concentration" in compute else None
+    errors = {"erm": probe_errors(x, y, seed)}
+    if zeroshot_pred is not None:
+        errors["zeroshot"] = (zeroshot_pred != y).astype(np.int64)
     out = []
     for attribute, (phrases, text) in value_features.items():
         kept, assigned = assign_values(x @ text.T, min_share)
         if not kept:
             continue
-        scores = {name: (error_concentration(errors, y, assigned) if name == "error_concentration"
-                         else SCORE_FUNCTIONS[name](y, assigned)) for name in compute}
         shares = np.bincount(assigned, minlength=len(kept)) / len(assigned)
-        out.append({"attribute": attribute, "values": [phrases[k] for k in kept], "score": scores[score],
-                    "scores": scores, "shares": [round(float(s), 4) for s in shares],
+        out.append({"attribute": attribute, "values": [phrases[k] for k in kept], "scores": _scored(assigned, y, compute, errors),
+                    "shares": [round(float(s), 4) for s in shares], "assigned": assigned,
                     "dropped": [p for k, p in enumerate(phrases) if k not in kept]})
-    return sorted(out, key=lambda c: (-c["score"], c["attribute"]))
+    for c in out:
+        c["score"] = c["scores"][score]
+    out.sort(key=lambda c: (-c["score"], c["attribute"]))
+    mark_spurious(out, y, score)
+    if image_side:  # found only: its score, made from the class, would rank it first whatever it is
+        found = image_candidate(x, y, [c for c in out if c["spurious"]], zeroshot_pred, seed)
+        if found is not None and found.pop("found"):
+            found["scores"] = _scored(found["assigned"], y, compute, errors)
+            found["score"], found["spurious"] = found["scores"][score], True
+            out.insert(sum(c["spurious"] for c in out), found)  # after the captioned ones it is the residual of
+    return out
+
+
+def conditional_association(y: np.ndarray, values: np.ndarray, kept: list[dict]) -> float:
+    """Cramér's V of class and `values` within each cell of the `kept` candidates' joint values,
+    weighted by cell size (a cell with one class or one value counts as 0): what the candidate says
+    about the class beyond what the kept ones say. With nothing kept, plain Cramér's V."""
+    if not kept:
+        return cramers_v(y, values)
+    cells = np.zeros(len(y), dtype=np.int64)
+    for c in kept:
+        cells = cells * (int(c["assigned"].max()) + 1) + c["assigned"]
+    total = 0.0
+    for cell in np.unique(cells):
+        rows = cells == cell
+        total += rows.sum() * cramers_v(y[rows], values[rows])
+    return total / len(y)
+
+
+def mark_spurious(ranked: list[dict], y: np.ndarray, score: str,
+                  conditional: float = DISCOVERY_MIN_CONDITIONAL) -> None:
+    """Set each candidate's `spurious`, best first: it goes with the class (its score above the score's
+    threshold), concentrates the ERM probe's or zero-shot's errors (`concentration` above
+    `labelfree.DISCOVERY_MIN_CONCENTRATION`), and still goes with the class within the cells of the
+    spurious ones ranked above it (`scores["conditional"]` above `conditional`): a proxy of a kept
+    attribute (weather for the background) adds nothing and is not kept."""
+    kept: list[dict] = []
+    for c in ranked:
+        c["scores"]["conditional"] = conditional_association(y, c["assigned"], kept)
+        c["spurious"] = bool(c["scores"][score] > DISCOVERY_THRESHOLDS[score]
+                             and c["scores"]["concentration"] > DISCOVERY_MIN_CONCENTRATION
+                             and c["scores"]["conditional"] > conditional)
+        if c["spurious"]:
+            kept.append(c)
 
 
 def auto_attributes(candidates: list[dict], score: str, top: int) -> list[dict]:
-    """What `bias_prompts: auto` keeps: the candidates scoring above the score's threshold, at most `top`."""
-    threshold = DISCOVERY_THRESHOLDS[score]
-    return [c for c in candidates if c["scores"][score] > threshold][:top]
+    """What `bias_prompts: auto` keeps: the spurious candidates (`mark_spurious`), at most `top`."""
+    return [c for c in candidates if c["spurious"]][:top]
 
 
 # --- on a dataset's cached features ---------------------------------------------------------------------
@@ -254,8 +318,9 @@ def discover_on(prep, vocabulary: Vocabulary, score: str = DISCOVERY_SCORE, comp
     if not len(rows):
         raise UserError(f"{ds.name} has no training images to discover biases on")
     x = prep.feats.numpy(rows).astype(np.float64)
+    classes = prep.backbone.text_features(list(ds.class_names)).float().cpu().numpy()
     return rank_candidates(x, ds.y[rows], value_features(prep.backbone, ds.class_names, vocabulary),
-                           score, compute, seed=seed)
+                           score, compute, seed=seed, zeroshot_pred=np.argmax(x @ classes.T, axis=1))
 
 
 @dataclass(frozen=True)
@@ -272,22 +337,41 @@ class Discovered:
     def phrases(self) -> list[list[str]]:
         return [list(c["values"]) for c in self.used]
 
+    @property
+    def value_names(self) -> list[list[str]]:
+        """Per used attribute, its values' names: "on water" from "{} on water"; an unnamed one's a, b."""
+        return [list(c.get("value_names") or [value_name(p) for p in c["values"]]) for c in self.used]
+
+    @property
+    def unnamed(self) -> list[str]:
+        return [c["attribute"] for c in self.used if c.get("unnamed")]
+
     def report(self, fallback: str | None) -> dict:
         """The metrics.json block."""
-        shown = [{k: c[k] for k in ("attribute", "values", "score", "shares")} for c in self.candidates[:SHOWN]]
+        shown = [{**{k: c[k] for k in ("attribute", "values", "score", "shares", "spurious")},
+                  "concentration": round(c["scores"]["concentration"], 4),
+                  **({k: c[k] for k in ("unnamed", "residual_errors", "zeroshot_ratio")}
+                     if c.get("unnamed") else {})}
+                 for c in self.candidates[:SHOWN]]
         return {"vocabulary": self.vocabulary, "score": self.score, "threshold": DISCOVERY_THRESHOLDS[self.score],
-                "top": self.top, "min_value_share": DISCOVERY_MIN_VALUE_SHARE, "candidates": shown,
-                "used": [c["attribute"] for c in self.used],
-                "fallback": None if fallback is None else
-                f"{fallback}: no candidate scored above {DISCOVERY_THRESHOLDS[self.score]} ({self.score})"}
+                "min_concentration": DISCOVERY_MIN_CONCENTRATION, "top": self.top,
+                "min_value_share": DISCOVERY_MIN_VALUE_SHARE, "candidates": shown,
+                "used": [c["attribute"] for c in self.used], "unnamed": self.unnamed,
+                "fallback": None if fallback is None else f"{fallback}: {NOTHING_SPURIOUS}"}
 
 
-def discover_for_run(prep, options, seed: int = 0) -> Discovered:
-    """Discovery for `bias_prompts: auto` with a run's grouping options (vocabulary, score, top)."""
+NOTHING_SPURIOUS = ("no spurious attribute found: no vocabulary attribute went with the class and concentrated the "
+                    "errors, and the image features split no class in two")
+
+
+def discover_for_run(prep, options, seed: int = 0, image_side: bool = True) -> Discovered:
+    """Discovery for `bias_prompts: auto` with a run's grouping options (vocabulary, score, top);
+    `image_side` False leaves unnamed attributes out (a labeler that cannot label them)."""
     vocabulary = load_vocabulary(options.vocabulary, prep.dataset)
     candidates = discover_on(prep, vocabulary, options.discover_score, seed=seed)
+    usable = [c for c in candidates if image_side or not c.get("unnamed")]
     return Discovered(vocabulary.name, options.discover_score, options.discover_top, candidates,
-                      auto_attributes(candidates, options.discover_score, options.discover_top))
+                      auto_attributes(usable, options.discover_score, options.discover_top))
 
 
 def format_candidates(candidates: list[dict], dataset, vocabulary: Vocabulary, score: str | None = None) -> str:
@@ -295,16 +379,25 @@ def format_candidates(candidates: list[dict], dataset, vocabulary: Vocabulary, s
     score = score or DISCOVERY_SCORE
     n_train = len(dataset.split_indices("train"))
     threshold = DISCOVERY_THRESHOLDS[score]
-    lines = [f"bias candidates on {dataset.name} train ({n_train} images), vocabulary {vocabulary.name}, score {score} "
-             f"(bias_prompts auto uses those above {threshold}):", ""]
+    lines = [f"bias candidates on {dataset.name} train ({n_train} images), vocabulary {vocabulary.name}, score {score}, "
+             "and the image features' own partition (unnamed):", ""]
     if not candidates:
         return "\n".join(lines + ["  no attribute kept two values (each value must match at least "
-                                  f"{100 * DISCOVERY_MIN_VALUE_SHARE:g}% of the images)"])
+                                  f"{100 * DISCOVERY_MIN_VALUE_SHARE:g}% of the images), and the image features "
+                                  "split no class in two"])
     width = max(len("attribute"), *(len(c["attribute"]) for c in candidates))
-    lines.append(f"  {'rank':>4}  {'attribute':<{width}}  {'score':>6}  values (share of training images)")
+    lines.append(f"  {'rank':>4}  {'attribute':<{width}}  {'score':>6}  {'errors':>6}  values (share of training images)")
     for rank, c in enumerate(candidates, 1):
-        values = ", ".join(f"{v} {100 * s:.0f}%" for v, s in zip(c["values"], c["shares"]))
-        mark = " *" if c["score"] > threshold else ""
-        lines.append(f"  {rank:>4}  {c['attribute']:<{width}}  {c['score']:6.3f}  {values}{mark}")
-    lines += ["", f"* above the threshold ({threshold})"]
+        names = c.get("value_names") or c["values"]
+        values = ", ".join(f"{v} {100 * s:.0f}%" for v, s in zip(names, c["shares"]))
+        if c.get("named_by"):
+            values += f"  (the same partition as {c['named_by']})"
+        mark = " *" if c["spurious"] else ""
+        lines.append(f"  {rank:>4}  {c['attribute']:<{width}}  {c['score']:6.3f}  {c['scores']['concentration']:6.3f}"
+                     f"  {values}{mark}")
+    lines += ["", f"* spurious, what bias_prompts auto keeps: score above {threshold} and errors (how much a value "
+              f"concentrates the ERM probe's or zero-shot's errors) above {DISCOVERY_MIN_CONCENTRATION}"]
+    if not any(c["spurious"] for c in candidates):
+        lines.append(NOTHING_SPURIOUS)
     return "\n".join(lines)
+

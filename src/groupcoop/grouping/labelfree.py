@@ -33,6 +33,12 @@ DISCOVERY_THRESHOLDS = {"cramers_v": 0.5, "nmi": 0.15, "error_concentration": 0.
 # A vocabulary attribute lists more values than a task uses (the world's 5 backgrounds, a task uses 2):
 # values that zero-shot gives to fewer than this share of the training images are dropped.
 DISCOVERY_MIN_VALUE_SHARE = 0.05
+# A spurious candidate also concentrates errors: the share of a class's ERM-probe (or zero-shot) errors in
+# one value exceeds that value's share of its correct images by more than this (discovery.mark_spurious).
+DISCOVERY_MIN_CONCENTRATION = 0.1
+# ... and still goes with the class within the cells of the attributes kept before it (Cramér's V, size-weighted):
+# a proxy of a kept attribute adds nothing (discovery.mark_spurious).
+DISCOVERY_MIN_CONDITIONAL = 0.3
 # `bias_prompts: auto` keeps at most this many attributes (a grouping option, `discover_top`).
 DISCOVER_TOP = 3
 # `bias_prompts: auto` with nothing above the threshold: groups from a labeler that needs no phrases.

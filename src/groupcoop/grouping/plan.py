@@ -201,14 +201,18 @@ class GroupPlan:
 
 def _discovered(prep, options: GroupingOptions, seed: int) -> tuple[str, GroupSpec, dict]:
     """Source, spec and report of `bias_prompts: auto`: the discovered attributes, or the fallback
-    labeler's unnamed clusters (`clusters` per class, default 2) when nothing was discovered."""
-    from .discovery import discover_for_run, value_name
+    labeler's unnamed clusters (`clusters` per class, default 2) when nothing spurious was found.
 
-    found = discover_for_run(prep, options, seed)
+    An unnamed attribute (the image features' own partition, unnamed.py) is used only by a labeler
+    with a whole-split step (pseudo's adaptive variant), which takes its values from the class margins."""
+    from .discovery import discover_for_run
+
+    labels_unnamed = labelers.LABELERS[options.source].whole_split(options.variant) is not None
+    found = discover_for_run(prep, options, seed, image_side=labels_unnamed)
     classes = tuple(prep.dataset.class_names)
     if found.used:
         phrases = tuple(tuple(p) for p in found.phrases)
-        spec = GroupSpec(classes, tuple(tuple(value_name(p) for p in attr) for attr in phrases), phrases)
+        spec = GroupSpec(classes, tuple(tuple(v) for v in found.value_names), phrases)
         return options.source, spec, found.report(None)
     fallback = AUTO_FALLBACK_LABELER
     spec = GroupSpec(classes, tuple(map(tuple, _cluster_names([options.clusters or 2]))), None)

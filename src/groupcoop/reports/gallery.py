@@ -94,9 +94,45 @@ def group_grid(dataset: GroupDataset, path, split: str = "train", per_group: int
         raise UserError(f"unknown split '{split}'; choose one of: {', '.join(SPLITS)}")
     if per_group < 1:
         raise UserError("--per-group must be at least 1")
+    title = f"{dataset.name}: {split} split, up to {per_group} random images per group (seed {seed})"
+    canvas, info = rows_grid(dataset, _rows(dataset, split), title, split, per_group, seed)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: canvas.save(tmp, format="PNG", pnginfo=info, optimize=True))
+    return path
+
+
+def rows_png(dataset: GroupDataset, rows: list[tuple[str, np.ndarray]], title: str, split: str = "train",
+             per_group: int = 8, seed: int = 0) -> bytes:
+    """`rows_grid` as PNG bytes (a run's example grid of the groups it made, embedded in its report)."""
+    import io
+
+    canvas, info = rows_grid(dataset, rows, title, split, per_group, seed)
+    out = io.BytesIO()
+    canvas.save(out, format="PNG", pnginfo=info, optimize=True)
+    return out.getvalue()
+
+
+def unnamed_grid(dataset: GroupDataset, candidate: dict, path: Path) -> Path:
+    """Example training images of each class x value of discovery's unnamed candidate (its per-image
+    `assigned` values), as a PNG at `path` (`groupcoop discover --grid`)."""
+    rows = dataset.split_indices("train")
+    y, values = dataset.y[rows], candidate["assigned"]
+    members = [(f"{name}, {candidate['attribute']} {v}", rows[(y == k) & (values == j)])
+               for k, name in enumerate(dataset.class_names) for j, v in enumerate(candidate["value_names"])]
+    title = f"{dataset.name}: training images of each class x value of {candidate['attribute']} (up to 8 per row)"
+    canvas, info = rows_grid(dataset, members, title, "train", 8, 0)
+    atomic_write(Path(path), lambda tmp: canvas.save(tmp, format="PNG", pnginfo=info, optimize=True))
+    return Path(path)
+
+
+def rows_grid(dataset: GroupDataset, named_rows: list[tuple[str, np.ndarray]], title: str, split: str,
+              per_group: int, seed: int) -> tuple[Image.Image, PngInfo]:
+    """The grid of (row name, dataset indices) rows: name and count at the left, then up to
+    `per_group` random images of the row."""
     rng = np.random.default_rng(seed)
     rows = []
-    for name, members in _rows(dataset, split):
+    for name, members in named_rows:
         images, bad = _load_some(dataset, members, per_group, rng)
         rows.append({"name": name, "n": len(members), "images": images, "bad": bad})
 
@@ -119,7 +155,6 @@ def group_grid(dataset: GroupDataset, path, split: str = "train", per_group: int
     n_cols = max(n_cols, 2) if any(not r["images"] for r in rows) else n_cols  # room for "no images"
     line_h = FONT_SIZE + 6
     row_h = max(CELL, 3 * line_h) + 2 * PAD
-    title = f"{dataset.name}: {split} split, up to {per_group} random images per group (seed {seed})"
     title_h = line_h + 2 * PAD
     grid_w = n_cols * (CELL + PAD) + PAD
     total_w = max(label_w + grid_w, width(title, bold) + 2 * PAD)
@@ -150,7 +185,4 @@ def group_grid(dataset: GroupDataset, path, split: str = "train", per_group: int
     info = PngInfo()
     info.add_text("groupcoop:rows", json.dumps(
         [{"name": r["name"], "n": r["n"], "shown": len(r["images"]), "unreadable": r["bad"]} for r in rows]))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: canvas.save(tmp, format="PNG", pnginfo=info, optimize=True))
-    return path
+    return canvas, info

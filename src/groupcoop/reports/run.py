@@ -277,30 +277,49 @@ def _pseudo_section(metrics: dict) -> str:
     return section("pseudo-groups", "Pseudo-group quality", "\n".join(body))
 
 
-def _discovery_section(metrics: dict) -> str:
+def _discovery_section(metrics: dict, figures: dict[str, bytes]) -> str:
     d = metrics["discovery"]
     used = set(d.get("used") or [])
     intro = (f"<p>Attributes of the vocabulary <code>{esc(d.get('vocabulary', '?'))}</code> ranked by how strongly "
              f"their zero-shot value assignments on the training split go with the class "
-             f"(<code>{esc(d.get('score', '?'))}</code>); <code>bias_prompts: auto</code> uses those above "
-             f"{esc(d.get('threshold', '?'))}, at most {esc(d.get('top', '?'))}, values given to fewer than "
-             f"{pct(d.get('min_value_share'))}% of the training images dropped.</p>")
+             f"(<code>{esc(d.get('score', '?'))}</code>), with the image features' own partition of the classes "
+             "(an <i>unnamed</i> attribute where no vocabulary attribute matches it). <code>bias_prompts: auto</code> "
+             f"keeps the spurious ones, at most {esc(d.get('top', '?'))}: a score above {esc(d.get('threshold', '?'))} "
+             f"and errors (how much a value concentrates the ERM probe's or zero-shot's errors) above "
+             f"{esc(d.get('min_concentration', '?'))}; values given to fewer than {pct(d.get('min_value_share'))}% of "
+             "the training images dropped.</p>")
     if d.get("fallback"):
-        verdict = (f"<p><b>Nothing was discovered</b>: {esc(d['fallback'])}. The groups come from that labeler's "
+        verdict = (f"<p><b>Nothing was kept</b>: {esc(d['fallback'])}. The groups come from that labeler's "
                    "unnamed clusters.</p>")
     else:
         verdict = f"<p>Used: <b>{esc(', '.join(d.get('used') or []))}</b>.</p>"
     rows = []
     for rank, c in enumerate(d.get("candidates") or [], 1):
         phrases, shares = list(c.get("values") or []), list(c.get("shares") or [])
+        if c.get("unnamed"):
+            phrases = ["a", "b"][:len(phrases)]
         values = ", ".join(f"{v} ({pct(sh)}%)" for v, sh in zip(phrases, shares)) if len(shares) == len(phrases) \
             else ", ".join(map(str, phrases))
-        score, name = number(c.get("score")), esc(c.get("attribute"))
+        if c.get("named_by"):
+            values += f"; the same partition as {c['named_by']}"
+        score, concentration, name = number(c.get("score")), number(c.get("concentration")), esc(c.get("attribute"))
         chosen = c.get("attribute") in used
         rows.append([str(rank), (name, "best") if chosen else name, "–" if score is None else f"{score:.3f}",
-                     esc(values), "yes" if chosen else ""])
-    ranked = table(["rank", "attribute", "score", "values (share of training images)", "used"], rows, numeric={0, 2})
-    return section("discovery", "Bias discovery", intro + verdict + ranked)
+                     "–" if concentration is None else f"{concentration:.3f}", esc(values),
+                     "yes" if c.get("spurious") else "", "yes" if chosen else ""])
+    ranked = table(["rank", "attribute", "score", "errors", "values (share of training images)", "spurious", "used"],
+                   rows, numeric={0, 2, 3})
+    grid = ""
+    if d.get("unnamed") and figures:
+        import base64
+
+        name, png = next(iter(figures.items()))
+        grid = (f"<p>The run's training groups, with <b>{esc(', '.join(d['unnamed']))}</b> as the image features split "
+                "each class (a random sample per group, also in <code>" + esc(name) + "</code>). Look at what tells "
+                "a from b; name it with a phrase per value (<code>--bias-prompts</code>) or add it to a vocabulary "
+                f'for the next run.</p><img alt="example images per group" src="data:image/png;base64,'
+                f'{base64.b64encode(png).decode()}" style="max-width:100%">')
+    return section("discovery", "Bias discovery", intro + verdict + ranked + grid)
 
 
 def _prompts_section(entries: list[dict]) -> str:
@@ -327,7 +346,7 @@ def _prompts_section(entries: list[dict]) -> str:
     return section("prompts", "Learned prompts", "\n".join(body))
 
 
-def run_report_html(metrics: dict, nearest_tokens: list[dict] | None = None) -> str:
+def run_report_html(metrics: dict, nearest_tokens: list[dict] | None = None, figures: dict | None = None) -> str:
     """One self-contained HTML page for one run's metrics.json content.
 
     Sections: summary, groups, training (with `history`), bias discovery (with `discovery`),
@@ -338,7 +357,7 @@ def run_report_html(metrics: dict, nearest_tokens: list[dict] | None = None) -> 
     if metrics.get("history"):
         sections.append(_training_section(metrics))
     if metrics.get("discovery"):
-        sections.append(_discovery_section(metrics))
+        sections.append(_discovery_section(metrics, figures or {}))
     if metrics.get("group_quality"):
         sections.append(_pseudo_section(metrics))
     if nearest_tokens:

@@ -10,7 +10,7 @@ redone in place) and `sweep` (finished runs are skipped).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -35,6 +35,7 @@ class Run:
     learner: PromptLearner | None = None
     started: float | None = None  # time.time() when it started (metrics.json's provenance)
     wall_s: float | None = None  # seconds from its start to its end
+    figures: dict[str, bytes] = field(default_factory=dict)  # PNG files of the run folder, shown in report.html
 
     def folder_metrics(self) -> dict:
         """metrics.json's value: the metrics with their provenance (versions, host, start, wall time)."""
@@ -116,7 +117,9 @@ def fill_run_folder(folder: Path, run: Run, trackers: list[str] | tuple = (), na
     (folder / "epochs.csv").write_text(csv_text(epoch_rows(run.metrics), EPOCH_COLUMNS), encoding="utf-8")
     (folder / "report.txt").write_text(run_report(run.metrics) + "\n", encoding="utf-8")
     tokens = nearest_tokens(run.learner) if run.learner is not None else None
-    (folder / "report.html").write_text(run_report_html(run.metrics, tokens), encoding="utf-8")
+    for name, png in run.figures.items():
+        (folder / name).write_bytes(png)
+    (folder / "report.html").write_text(run_report_html(run.metrics, tokens, run.figures), encoding="utf-8")
     run.head.save(folder / "head.safetensors")
     if run.learner is not None:
         run.learner.save(folder)
@@ -133,7 +136,7 @@ def write_run(out: Path, run: Run, trackers: list[str] | tuple = ()) -> None:
 def discovery_line(d: dict) -> str:
     """What bias discovery found for `bias_prompts: auto`, in one line."""
     if d.get("fallback"):
-        return f"bias discovery ({d['score']}): nothing discovered, {d['fallback']}"
+        return f"bias discovery ({d['score']}): nothing kept, {d['fallback']}"
     scores = {c["attribute"]: c["score"] for c in d.get("candidates", [])}
     used = ", ".join(f"{a} ({scores.get(a, float('nan')):.3f})" for a in d.get("used", []))
     return f"bias discovery ({d['score']}, threshold {d['threshold']}): using {used}"

@@ -170,7 +170,26 @@ class PlannedRun:
             fitted.learner.info.update({"classes": list(ds.class_names), "groups": head.row_names,
                                         "method": recipe.name, "groups_source": plan.source,
                                         "aggregate": head.aggregate})
-        return Run(settings, metrics, head, fitted.learner, started=self.started, wall_s=time.time() - self.started)
+        return Run(settings, metrics, head, fitted.learner, started=self.started, wall_s=time.time() - self.started,
+                   figures=discovered_grid(ds, plan))
+
+
+UNNAMED_GRID = "unnamed-groups.png"
+
+
+def discovered_grid(ds: GroupDataset, plan: GroupPlan, per_group: int = 8) -> dict[str, bytes]:
+    """Where discovery found an unnamed attribute: a grid of example training images of every group the
+    run made (`UNNAMED_GRID`), so the user can see the attribute and name it; else nothing."""
+    from ..reports.gallery import rows_png
+
+    if not (plan.discovery or {}).get("unnamed") or plan.train is None:
+        return {}
+    rows = ds.split_indices("train")
+    names = plan.spec.names()
+    members = [(names[g], rows[plan.train == g]) for g in range(plan.spec.n_groups)]
+    title = (f"{ds.name}: the run's training groups, {' and '.join(plan.discovery['unnamed'])} as the image features "
+             f"split each class (up to {per_group} random images per group)")
+    return {UNNAMED_GRID: rows_png(ds, members, title, "train", per_group, seed=0)}
 
 
 def plan_run(prep: Prepared, settings: RunSettings, log=print) -> PlannedRun:

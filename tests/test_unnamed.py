@@ -1,0 +1,144 @@
+"""Discovery keeps only what is spurious, from both sides (issue 24): an attribute no caption names
+is found in the image features, a proxy of a kept attribute is not kept, and a dataset with no
+spurious attribute keeps nothing and says so."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import groupcoop
+
+from groupcoop.grouping.discovery import NOTHING_SPURIOUS, mark_spurious
+from groupcoop.grouping.unnamed import image_candidate
+
+
+def _marked(n: int = 2000, conflicting: float = 0.05, seed: int = 0):
+    """Two classes with a weak class signal (dims 0-1, which zero-shot reads) and a strong binary
+    'mark' (dim 2) that goes with the class on all but `conflicting` of the images."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    mark = np.where(rng.random(n) < conflicting, 1 - y, y)
+    x = np.zeros((n, 8))
+    x[:, 0] = 0.6 * (2 * y - 1) + rng.normal(0, 1, n)
+    x[:, 1] = rng.normal(0, 1, n)
+    x[:, 2] = 3.0 * (2 * mark - 1) + rng.normal(0, 0.3, n)
+    x[:, 3:] = rng.normal(0, 1, (n, 5))
+    zeroshot = (x[:, 0] + rng.normal(0, 0.3, n) > 0).astype(int)  # sees the class signal, never the mark
+    return x, y, mark, zeroshot
+
+
+def test_an_attribute_no_caption_names_is_found_in_the_image_features():
+    x, y, mark, zeroshot = _marked()
+    found = image_candidate(x, y, [], zeroshot)
+    assert found["found"] and found["unnamed"] and found["value_names"] == ["a", "b"]
+    conflicting = found["assigned"] != y % 2
+    assert conflicting.sum() >= 10
+    assert (mark[conflicting] != y[conflicting]).mean() > 0.8  # the images it sets apart carry the other mark
+
+
+def test_hard_images_with_no_spurious_attribute_are_not_an_attribute():
+    x, y, _, zeroshot = _marked()
+    x[:, 2] = np.random.default_rng(1).normal(0, 1, len(y))  # no mark: only the weak class signal is left
+    assert not image_candidate(x, y, [], zeroshot)["found"]
+
+
+def test_a_caption_that_explains_the_errors_leaves_nothing_unnamed():
+    x, y, mark, zeroshot = _marked()
+    named = {"attribute": "mark", "assigned": mark}  # a caption attribute zero-shot reads right
+    assert image_candidate(x, y, [named], zeroshot)["found"] is False
+
+
+def _candidate(name: str, values: np.ndarray, y: np.ndarray) -> dict:
+    from groupcoop.grouping.discovery import cramers_v
+
+    v = cramers_v(y, values)
+    return {"attribute": name, "assigned": values, "score": v, "scores": {"cramers_v": v, "concentration": 0.5}}
+
+
+def test_a_proxy_of_a_kept_attribute_is_not_kept_but_a_second_bias_is():
+    rng = np.random.default_rng(0)
+    n = 4000
+    y = rng.integers(0, 2, n)
+    background = np.where(rng.random(n) < 0.1, 1 - y, y)
+    weather = np.where(rng.random(n) < 0.05, 1 - background, background)  # read off the background
+    colour = np.where(rng.random(n) < 0.1, 1 - y, y)  # a bias of its own
+    ranked = [_candidate("background", background, y), _candidate("weather", weather, y),
+              _candidate("colour", colour, y)]
+    assert all(c["score"] > 0.5 for c in ranked)  # each goes with the class on its own
+    mark_spurious(ranked, y, "cramers_v")
+    assert [c["attribute"] for c in ranked if c["spurious"]] == ["background", "colour"]
+    assert ranked[1]["scores"]["conditional"] < 0.1 < 0.5 < ranked[2]["scores"]["conditional"]
+
+
+def _planted(name: str, attribute: str, values: tuple, train: tuple):
+    from groupcoop.data.world.datasets import make_task_dataset
+    from groupcoop.data.world.tasks import SyntheticTask
+
+    return make_task_dataset(SyntheticTask(name=name, description="planted", biases=((attribute, values),),
+                                           counts={"train": train, "val": (40,) * 4, "test": (20,) * 4}))
+
+
+def test_a_dataset_with_no_spurious_attribute_keeps_nothing_and_the_run_says_so(tmp_path):
+    from groupcoop.grouping.discovery import discover_on, load_vocabulary
+    from groupcoop.runs.pipeline import prepare
+
+    ds = _planted("planted-nobias", "background", ("grass", "water"), (150, 150, 150, 150))  # balanced
+    prep = prepare(ds, "groupcoop-tiny", progress=False, workers=0)
+    clip = load_vocabulary(None, None)  # the shipped one for real photos: gender, age, ...
+    assert not [c["attribute"] for c in discover_on(prep, clip) if c["spurious"]]
+    run = groupcoop.fit(ds, method="zeroshot", groups={"source": "pseudo", "bias_prompts": "auto"},
+                        hide_bias_labels=["train", "val"], workers=0)
+    assert run.metrics["discovery"]["used"] == [] and NOTHING_SPURIOUS in run.metrics["discovery"]["fallback"]
+    run.save(tmp_path / "run")
+    assert NOTHING_SPURIOUS in (tmp_path / "run" / "report.txt").read_text()
+    assert "Nothing was kept" in (tmp_path / "run" / "report.html").read_text()
+
+
+@pytest.fixture(scope="module")
+def marked_csv(tmp_path_factory):
+    """A CSV dataset with no bias column at all whose bias is the world's never-captioned mark."""
+    folder = tmp_path_factory.mktemp("marked")
+    ds = _planted("planted-mark", "mark", ("none", "tag"), (380, 20, 20, 380))
+    lines = ["path,label,split"]
+    for i in range(len(ds.y)):
+        ds.images.load(i).save(folder / f"{i}.png")
+        lines.append(f"{i}.png,{ds.class_names[ds.y[i]]},{['train', 'val', 'test'][ds.split[i]]}")
+    (folder / "meta.csv").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def test_a_never_captioned_mark_is_found_as_an_unnamed_attribute_with_an_example_grid(cli, tmp_path, marked_csv):
+    out = tmp_path / "run"
+    result = cli("train", "--dataset", "csv", "--root", marked_csv, "--option", "csv_path=meta.csv",
+                 "--option", "path_col=path", "--option", "label_col=label", "--backbone", "groupcoop-tiny",
+                 "--method", "zeroshot", "--groups", "pseudo", "--bias-prompts", "auto", "--out", out, "--quiet")
+    assert result.code == 0, result.err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["discovery"]["unnamed"] == ["unnamed 1"] and "unnamed 1" in metrics["discovery"]["used"]
+    html = (out / "report.html").read_text()
+    assert "data:image/png;base64," in html and (out / "unnamed-groups.png").stat().st_size > 1000
+    grid = tmp_path / "grid.png"
+    shown = cli("discover", "--dataset", "csv", "--root", marked_csv, "--option", "csv_path=meta.csv",
+                "--option", "path_col=path", "--option", "label_col=label", "--backbone", "groupcoop-tiny",
+                "--grid", grid, "--quiet")
+    assert shown.code == 0 and "unnamed 1" in shown.out and f"wrote {grid}" in shown.out, shown.err
+    assert grid.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_nothing_spurious_is_said_in_the_discover_table():
+    from groupcoop.grouping.discovery import Vocabulary, format_candidates
+
+    class Tiny:
+        name = "tiny"
+
+        @staticmethod
+        def split_indices(_):
+            return np.arange(10)
+
+    c = {"attribute": "weather", "values": ["{} on a sunny day", "{} on a rainy day"], "shares": [0.5, 0.5],
+         "score": 0.1, "scores": {"concentration": 0.2}, "spurious": False}
+    text = format_candidates([c], Tiny, Vocabulary("world", {}))
+    assert NOTHING_SPURIOUS in text and " *" not in text
