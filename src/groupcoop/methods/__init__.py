@@ -27,6 +27,7 @@ training code (loop.py, linear.py, prompts.py) when they run.
 from __future__ import annotations
 
 from ..errors import UserError, close_matches
+from .afr import AFR, AFRParams
 from .base import NEEDS, FitTask, Fitted, LoopParams, PromptParams, Recipe, RunPlan, SplitData
 from .coop import COOP, COOP_BALANCED, COOP_GROUPDRO, CoOpBalancedParams, CoOpGroupDROParams, CoOpParams
 from .dfr import DFR, DFRParams
@@ -34,6 +35,9 @@ from .group_linear import GROUP_LINEAR, GroupLinearParams
 from .groupcoop import GROUPCOOP, GroupCoOpParams
 from .jtt import JTT, JTTParams
 from .linear_probe import LINEAR_PROBE, LINEAR_PROBE_BALANCED, LinearProbeBalancedParams, LinearProbeParams
+from .orth import ORTH_CALI, ORTH_PROJ, OrthCaliParams, OrthProjParams
+from .prism import PRISM_MINI, PrismMiniParams
+from .roboshot import ROBOSHOT, RoboShotParams
 from .zeroshot import ZEROSHOT, ZEROSHOT_GROUPS, ZeroShotGroupsParams, ZeroShotParams
 
 METHODS: dict[str, Recipe] = {recipe.name: recipe for recipe in (  # in the order `groupcoop methods` lists them
@@ -48,6 +52,11 @@ METHODS: dict[str, Recipe] = {recipe.name: recipe for recipe in (  # in the orde
     COOP_BALANCED,
     COOP_GROUPDRO,
     JTT,
+    ORTH_PROJ,
+    ORTH_CALI,
+    ROBOSHOT,
+    PRISM_MINI,
+    AFR,
 )}
 
 
@@ -62,4 +71,7 @@ __all__ = [
     "PromptParams", "ZeroShotParams", "ZeroShotGroupsParams", "CoOpParams", "CoOpBalancedParams",
     "CoOpGroupDROParams", "GroupCoOpParams", "GroupLinearParams", "LinearProbeParams", "LinearProbeBalancedParams",
     "DFRParams", "JTTParams",
+    "OrthProjParams", "OrthCaliParams",
+    "RoboShotParams", "PrismMiniParams",
+    "AFRParams",
 ]
