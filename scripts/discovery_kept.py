@@ -44,8 +44,9 @@ def planted_tasks() -> list[SyntheticTask]:
             task("planted-background", "background", ("grass", "water"), (380, 20, 20, 380))]
 
 
-def kept_for(prep, candidates: list[dict], conditional: float, top: int, seed: int = 0) -> list[str]:
-    """The attributes auto keeps at this conditional threshold (caption side, then the image side)."""
+def kept_for(prep, candidates: list[dict], conditional: float, top: int, seed: int = 0) -> tuple[list[str], str]:
+    """The attributes auto keeps at this conditional threshold (caption side, then the image side), and
+    the image side's test in words (residual hard images, zero-shot's relative accuracy on them)."""
     ds = prep.dataset
     rows = ds.split_indices("train")
     y = ds.y[rows]
@@ -57,7 +58,9 @@ def kept_for(prep, candidates: list[dict], conditional: float, top: int, seed: i
     ranked = [c["attribute"] for c in caption if c["spurious"]]
     if found is not None and found["found"]:
         ranked.append(found["attribute"])
-    return ranked[:top]
+    image_side = "" if found is None else f" [image side: {found['residual_errors']} residual, zero-shot ratio " \
+                                          f"{found['zeroshot_ratio']:.2f}]"
+    return ranked[:top], image_side
 
 
 def judge(biases: list[str], kept: list[str]) -> tuple[bool, int]:
@@ -93,10 +96,10 @@ def main() -> None:
         candidates = discover_on(prep, load_vocabulary(None, ds))
         line = [f"{ds.name} [{', '.join(ds.attribute_names)}]"]
         for t in thresholds:
-            kept = kept_for(prep, candidates, t, args.top)
+            kept, image_side = kept_for(prep, candidates, t, args.top)
             hit, distractors = judge(list(ds.attribute_names), kept)
             results[t].append((list(ds.attribute_names), hit, distractors))
-            line.append(f"{t:g}: {', '.join(kept) or 'nothing'}{'' if hit else ' (miss)'}")
+            line.append(f"{t:g}: {', '.join(kept) or 'nothing'}{'' if hit else ' (miss)'}{image_side}")
         print("  ".join(line), flush=True)
     print(f"\n| min conditional | tasks | all biases found | tasks with the {UNSEEN}: found | "
           "tasks keeping a distractor | distractors per task |\n|---|---|---|---|---|---|")

@@ -395,8 +395,11 @@ def format_candidates(candidates: list[dict], dataset, vocabulary: Vocabulary, s
         mark = " *" if c["spurious"] else ""
         lines.append(f"  {rank:>4}  {c['attribute']:<{width}}  {c['score']:6.3f}  {c['scores']['concentration']:6.3f}"
                      f"  {values}{mark}")
-    lines += ["", f"* spurious, what bias_prompts auto keeps: score above {threshold} and errors (how much a value "
-              f"concentrates the ERM probe's or zero-shot's errors) above {DISCOVERY_MIN_CONCENTRATION}"]
+    lines += ["", f"* spurious, what bias_prompts auto keeps: score above {threshold}, errors (how much a value "
+              f"concentrates the ERM probe's or zero-shot's errors) above {DISCOVERY_MIN_CONCENTRATION}, and still "
+              f"going with the class beside the ones kept above it (Cramér's V within their cells above "
+              f"{DISCOVERY_MIN_CONDITIONAL}); an unnamed attribute: hard images of the ERM that no kept caption explains "
+              "and zero-shot still reads right"]
     if not any(c["spurious"] for c in candidates):
         lines.append(NOTHING_SPURIOUS)
     return "\n".join(lines)

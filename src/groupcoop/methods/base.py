@@ -170,6 +170,7 @@ class Recipe:
     # (epochs, examples per epoch) of each run of the loop it makes, from its hyper-parameters and the
     # training-set size, for the dry-run cost estimate; None: one run of `epochs` over the training set
     epoch_sizes: Callable[[Any, int], list[tuple[int, float]]] | None = None
+    phrases: bool = False  # it reads the run's bias value phrases (given, the dataset's, or discovered)
 
     def __post_init__(self):
         if (self.fit is None) == (self.start is None):
@@ -183,7 +184,8 @@ class Recipe:
     def labels(self) -> str:
         """What labels the recipe needs, in words (for `groupcoop methods`)."""
         if self.kind == "text":
-            return "none (group value phrases)" if self.rows == "group" else "none"
+            return "none (group value phrases)" if self.rows == "group" else \
+                "none (bias phrases: given or discovered)" if self.phrases else "none"
         return {"none": "class", "train": "class + train groups (gt or --groups)",
                 "val": "class + val groups (true, else a labeler's)"}[self.needs_groups]
 
@@ -217,6 +219,25 @@ def drive(run) -> Fitted:
             run.step()
         if not run.end_epoch():
             return run.fitted()
+
+
+def needs_phrases(name: str, what: str) -> Callable[[RunPlan, Any], None]:
+    """The `check` of a method that reads the run's bias value phrases (`Recipe.phrases`): refused in
+    one line only where none can come (the groups have no phrases and nothing will be discovered);
+    discovery that finds nothing leaves the method plain zero-shot."""
+    def check(plan: RunPlan, hp) -> None:
+        from ..errors import UserError
+        from ..grouping.labelers import get_labeler
+
+        if plan.spec.phrases is not None or plan.grouping.discovers:
+            return
+        source = plan.grouping.source
+        why = f"{source} clusters have no names" if get_labeler(source).unnamed else f"{plan.dataset.name} has none"
+        raise UserError(f"--method {name} {what}, read from the bias value phrases, and {why}; pass --bias-prompts "
+                        "\"on land,on water\" (one phrase per value) with --groups zeroshot, pseudo or gt, or --groups "
+                        "pseudo --bias-prompts auto to discover them")
+
+    return check
 
 
 def prompts_fit(names: Callable[[Any, GroupSpec], list[str]]) -> Callable[[RunPlan, Any], None]:

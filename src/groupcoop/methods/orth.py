@@ -17,7 +17,7 @@ from pydantic import Field
 from ..data.base import apply_phrase
 from ..errors import UserError
 from ..schema import Number, Text
-from .base import FitTask, Fitted, Recipe, RunPlan
+from .base import FitTask, Fitted, Recipe, needs_phrases
 from .zeroshot import ZeroShotParams
 
 SpuriousPrompts = Literal["phrase", "filler", "classes"]
@@ -160,26 +160,10 @@ def fit_orth_cali(task: FitTask, hp: OrthCaliParams) -> Fitted:
     return _fit(task, hp, hp.lam, "orth_cali")
 
 
-def needs_phrases(name: str):
-    """The `check` of a method that needs value phrases: refused only where none can come (no dataset
-    phrases, no --bias-prompts, no discovery); discovery finding none falls back to zero-shot."""
-    def check(plan: RunPlan, hp) -> None:
-        from ..grouping.labelers import get_labeler
-
-        if plan.spec.phrases is not None or plan.grouping.discovers:
-            return
-        source = plan.grouping.source
-        why = f"{source} clusters have no names" if get_labeler(source).unnamed else f"{plan.dataset.name} has none"
-        raise UserError(f"--method {name} projects the bias attributes' value phrases out of the class prompts, and "
-                        f"{why}; pass --bias-prompts \"on land,on water\" (one phrase per value) with --groups "
-                        "zeroshot, pseudo or gt, or --groups pseudo --bias-prompts auto to discover them")
-
-    return check
-
-
+ORTH_WHAT = "projects the bias directions out of the class prompts"
 ORTH_PROJ = Recipe("orth_proj", "Orth-Proj: class prompts projected orthogonal to the bias prompts' text "
                    "directions; nothing is trained", "text", "class", "none", OrthProjParams, "0",
-                   fit=fit_orth_proj, check=needs_phrases("orth_proj"))
+                   fit=fit_orth_proj, check=needs_phrases("orth_proj", ORTH_WHAT), phrases=True)
 ORTH_CALI = Recipe("orth_cali", "Orth-Cali: Orth-Proj calibrated so same-class prompts differing only in a bias "
                    "value map together (closed form); nothing is trained", "text", "class", "none", OrthCaliParams,
-                   "0", fit=fit_orth_cali, check=needs_phrases("orth_cali"))
+                   "0", fit=fit_orth_cali, check=needs_phrases("orth_cali", ORTH_WHAT), phrases=True)

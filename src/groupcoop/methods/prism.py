@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from .base import FitTask, Fitted, Recipe
-from .roboshot import check_phrases, orthonormal_rows, phrase_features, projected_head
+from .base import FitTask, Fitted, Recipe, needs_phrases
+from .roboshot import orthonormal_rows, phrase_features, projected_head
 from .zeroshot import ZeroShotParams
 
 
@@ -61,4 +61,4 @@ PRISM_MINI = Recipe(
     "prism_mini", "PRISM-mini: image features projected off the span of the bias values' text embeddings, "
     "then zero-shot class prompts; nothing is trained",
     "text", "class", "none", PrismMiniParams, "0", fit=fit_prism_mini,
-    check=check_phrases("prism_mini", "projects out the bias values' text"))
+    check=needs_phrases("prism_mini", "projects out the bias values' text"), phrases=True)

@@ -14,9 +14,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field
 
-from ..errors import UserError
 from ..schema import Number
-from .base import FitTask, Fitted, Recipe, RunPlan
+from .base import FitTask, Fitted, Recipe, needs_phrases
 from .zeroshot import ZeroShotParams
 
 if TYPE_CHECKING:  # type hints only: importing torch here would slow `--help`
@@ -93,23 +92,6 @@ def projected_head(task: FitTask, templates, transform) -> Any:
                 bias=bb.row_bias(task.n_classes))
 
 
-def check_phrases(name: str, what: str):
-    """The `check` of a method that reads the run's bias value phrases: refused (one line) only
-    where none can come, i.e. the run's groups have no phrases and nothing will be discovered."""
-    def check(plan: RunPlan, hp) -> None:
-        from ..grouping.labelers import get_labeler
-
-        if plan.spec.phrases is not None or plan.grouping.discovers:
-            return
-        source = plan.grouping.source
-        why = f"{source} clusters have no names" if get_labeler(source).unnamed else f"{plan.dataset.name} has none"
-        raise UserError(f"--method {name} {what}, read from the bias value phrases, and {why}; pass --bias-prompts "
-                        "\"on land,on water\" (one phrase per value) or --bias-prompts auto (discovered), with "
-                        "--groups zeroshot, pseudo or gt")
-
-    return check
-
-
 # --- RoboShot -------------------------------------------------------------------------------------------
 
 @dataclass
@@ -161,4 +143,4 @@ ROBOSHOT = Recipe(
     "roboshot", "RoboShot: image features moved off the directions between bias value phrases and along "
     "class contrasts, then zero-shot class prompts; nothing is trained",
     "text", "class", "none", RoboShotParams, "0", fit=fit_roboshot,
-    check=check_phrases("roboshot", "removes the directions between bias values"))
+    check=needs_phrases("roboshot", "removes the directions between bias values"), phrases=True)
