@@ -88,8 +88,19 @@ def test_methods_command_lists_every_method_with_its_needs(cli):
     assert "class + val groups (true, else a labeler's)" in lines["dfr"] and "C*G*D" in lines["group_linear"]
     assert "C*G*M*W" in lines["groupcoop"] and "C*D + C" in lines["linear_probe"]
     verbose = cli("methods", "-v").out
-    assert "dfr (needs_groups: val)" in verbose and "  eta = 0.01" in verbose and "  upweight = 20" in verbose
-    assert "  c_values = [1.0, 0.7, 0.3, 0.1, 0.07, 0.03, 0.01]" in verbose
+    assert "dfr (needs_groups: val)" in verbose and "    eta = 0.01" in verbose and "    upweight = 20" in verbose
+    assert "    c_values = [1.0, 0.7, 0.3, 0.1, 0.07, 0.03, 0.01]" in verbose
+    assert "Qiu, Potapczynski, Izmailov, Wilson" in verbose and "Chuang, Jampani" in verbose  # each method's source
+
+
+def test_what_to_use_when_is_the_same_in_the_readme_and_in_methods_verbose(cli):
+    from groupcoop.cli.listings import what_to_use
+
+    table = what_to_use()
+    assert table.startswith("| situation |") and table in cli("methods", "-v").out
+    assert table in (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    for row in table.splitlines()[2:]:  # every best method named is a method of the table
+        assert row.split("|")[2].split()[0].strip("`") in METHODS, row
 
 
 def test_bad_hyperparameters_are_one_line(cli, tmp_path):

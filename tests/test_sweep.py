@@ -244,3 +244,16 @@ def test_paper_preset_runs_end_to_end_on_a_waterbirds_replica(cli, tmp_path):
     assert {r["method"] for r in rows} == {m.method for m in grid.methods}  # every method of the preset ran
     assert {r["groups"] for r in rows if r["method"] == "groupcoop"} == {"gt", "pseudo"}
     assert all(r["test_worst_group_acc"] not in ("", None) for r in rows)
+
+
+def test_a_label_free_dfr_entry_first_in_a_grid_runs(tmp_path, cli, waterbirds_prep):
+    """The sweep prepares each dataset once, with every bias label; that preparation must not ask the
+    first run's own grouping checks of the unhidden data (DFR with discovery refuses true val groups)."""
+    auto = [{"source": "pseudo", "bias_prompts": "auto"}]
+    grid = tiny_grid(tmp_path, methods=[{"method": "dfr", "groups": auto}], groups=auto, seeds=[0],
+                     hide_bias_labels=["train", "val"], hyperparameters={"tune_repeats": 1, "repeats": 2})
+    out = tmp_path / "sweep"
+    result = cli("sweep", grid, "--out", out, "--quiet")
+    assert result.code == 0, result.err
+    (metrics,) = out.glob("runs/*/*/dfr/*/seed-0/metrics.json")
+    assert json.loads(metrics.read_text())["selection_groups"] == "pseudo val groups (half-splits of val)"

@@ -111,7 +111,22 @@ def cmd_methods(args) -> None:
           "accuracy on its true groups where the data has them (auto), or on the labeler's groups, or\n"
           "worst-class or average accuracy; dfr tunes itself on the val groups it trains on.")
     if args.verbose:
+        import inspect
+        import textwrap
+
         for name, recipe in METHODS.items():
-            print(f"\n{name} (needs_groups: {recipe.needs_groups}) hyper-parameters (--set KEY=VALUE):")
+            source = inspect.getdoc(recipe.schema) or ""
+            print(f"\n{name} (needs_groups: {recipe.needs_groups})")
+            print(textwrap.indent(textwrap.fill(" ".join(source.split("\n\n")[0].split()), 96), "  "))
+            print("  hyper-parameters (--set KEY=VALUE):")
             for key, value in recipe.defaults().items():
-                print(f"  {key} = {value!r}")
+                print(f"    {key} = {value!r}")
+        print("\n" + what_to_use())
+
+
+def what_to_use() -> str:
+    """The "what to use when" table: the best method per situation on the report suite (shipped with
+    the presets, written from the report sweeps; the README carries the same table)."""
+    from importlib import resources
+
+    return (resources.files("groupcoop") / "presets" / "suites" / "what-to-use.md").read_text(encoding="utf-8").strip()

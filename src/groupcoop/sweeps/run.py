@@ -33,7 +33,11 @@ def _prepared(spec: RunSpec, cache_dir, workers):
 
     if spec.data_key not in _PREPARED:
         _PREPARED.clear()
-        dataset, _, backbone = check_run(make_settings({**spec.settings, "hide_bias_labels": [], "selection": "auto"}))
+        # the data and backbone alone: a neutral method, so no run's own grouping check (DFR refusing
+        # discovery on val's unhidden true groups, say) is asked of the shared, unhidden dataset
+        neutral = {**spec.settings, "method": "zeroshot", "hyperparameters": {}, "groups": {"source": "kmeans"},
+                   "hide_bias_labels": [], "selection": "auto"}
+        dataset, _, backbone = check_run(make_settings(neutral))
         _PREPARED[spec.data_key] = prepare(dataset, backbone, cache_dir=cache_dir, workers=workers, progress=False,
                                            feature_dtype=spec.settings.get("feature_dtype", "float32"))
     return _PREPARED[spec.data_key]
