@@ -188,8 +188,8 @@ def test_nothing_discovered_falls_back_to_a_labeler_without_phrases_and_says_so(
     from groupcoop.reports.run import run_report_html
     from groupcoop.runs.folder import run_report
 
-    assert "nothing discovered" in run_report(metrics)
-    assert "Nothing was discovered" in run_report_html(metrics)
+    assert "nothing kept" in run_report(metrics)
+    assert "Nothing was kept" in run_report_html(metrics)
 
 
 # --- bad values -------------------------------------------------------------------------------------------

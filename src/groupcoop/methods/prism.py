@@ -47,7 +47,7 @@ def fit_prism_mini(task: FitTask, hp: PrismMiniParams) -> Fitted:
     from .zeroshot import fit_zeroshot
 
     if task.spec.phrases is None:  # only where discovery found nothing (`check` refuses the rest)
-        task.log("  prism_mini: no bias value phrases (nothing discovered): plain zero-shot")
+        task.log("  prism_mini: no bias value phrases (nothing kept by discovery): plain zero-shot")
         fitted = fit_zeroshot(task, hp)
         fitted.extra = {"prism_mini": {"fallback": "zeroshot", "removed_directions": 0}}
         return fitted

@@ -127,7 +127,7 @@ def fit_roboshot(task: FitTask, hp: RoboShotParams) -> Fitted:
     from .zeroshot import fit_zeroshot
 
     if task.spec.phrases is None:  # only where discovery found nothing (`check` refuses the rest)
-        task.log("  roboshot: no bias value phrases (nothing discovered): plain zero-shot")
+        task.log("  roboshot: no bias value phrases (nothing kept by discovery): plain zero-shot")
         fitted = fit_zeroshot(task, hp)
         fitted.extra = {"roboshot": {"fallback": "zeroshot", "harmful_directions": 0, "helpful_directions": 0}}
         return fitted
