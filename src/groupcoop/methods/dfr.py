@@ -37,16 +37,11 @@ def _worst_group(pred: np.ndarray, y: np.ndarray, groups: np.ndarray) -> float:
     return worst_group_accuracy(group_accuracies(pred, y, groups, int(groups.max()) + 1)[0])
 
 
-def fit_dfr(task: FitTask, hp: DFRParams) -> Fitted:
-    """DFR^Val: tune C on half-splits of val, then average `repeats` fits on balanced subsamples of all of val.
+def dfr_regression(x: np.ndarray, y: np.ndarray, g: np.ndarray, n_classes: int, hp: DFRParams, seed: int, log):
+    """DFR's regression on (x, y, groups g): tune C on half-splits, then average `repeats` fits on
+    group-balanced subsamples of all rows. Returns (coef, intercept, scaler, details for metrics.json)."""
+    from .linear import Scaler, balanced_subsample, fit_logreg
 
-    Reads only the validation split's labels (classes, and its true groups or, where it has none,
-    the labeler's: DFR with inferred groups).
-    """
-    from .linear import Scaler, balanced_subsample, fit_logreg, head_from_logreg, logreg_parameters
-
-    val, n_classes, seed = task.val_groups, task.n_classes, task.seed
-    x, y, g = val.feats.numpy(), val.y, val.groups
     rng = np.random.default_rng(seed)
     totals = np.zeros(len(hp.c_values))
     for _ in range(hp.tune_repeats):
@@ -63,7 +58,7 @@ def fit_dfr(task: FitTask, hp: DFRParams) -> Fitted:
     best = int(np.argmax(means))  # the first best in c_values order, as the original
     C = hp.c_values[best]
     for c, m in zip(hp.c_values, means):
-        task.log(f"  C {c:g}: mean held-out worst-group {100 * m:.1f}")
+        log(f"  C {c:g}: mean held-out worst-group {100 * m:.1f}")
     scaler = Scaler.fit(x, hp.standardize)
     coefs, intercepts, sizes = [], [], []
     for _ in range(hp.repeats):
@@ -72,11 +67,26 @@ def fit_dfr(task: FitTask, hp: DFRParams) -> Fitted:
         coefs.append(coef)
         intercepts.append(intercept)
         sizes.append(len(sub))
-    head = head_from_logreg(np.mean(coefs, axis=0), np.mean(intercepts, axis=0), scaler, n_classes)
+    coef = np.mean(coefs, axis=0)
     details = {"selection": {"C": C, "rule": "best mean worst-group accuracy on held-out val halves",
                              "scores": [{"C": c, "heldout_worst_group_acc": float(m)}
                                         for c, m in zip(hp.c_values, means)]},
-               "subsample_size": sizes[0], "nonzero_weights": int(np.count_nonzero(np.mean(coefs, axis=0)))}
+               "subsample_size": sizes[0], "nonzero_weights": int(np.count_nonzero(coef))}
+    return coef, np.mean(intercepts, axis=0), scaler, details
+
+
+def fit_dfr(task: FitTask, hp: DFRParams) -> Fitted:
+    """DFR^Val: tune C on half-splits of val, then average `repeats` fits on balanced subsamples of all of val.
+
+    Reads only the validation split's labels (classes, and its true groups or, where it has none,
+    the labeler's: DFR with inferred groups).
+    """
+    from .linear import head_from_logreg, logreg_parameters
+
+    val, n_classes = task.val_groups, task.n_classes
+    x = val.feats.numpy()
+    coef, intercept, scaler, details = dfr_regression(x, val.y, val.groups, n_classes, hp, task.seed, task.log)
+    head = head_from_logreg(coef, intercept, scaler, n_classes)
     return Fitted(head, logreg_parameters(n_classes, x.shape[1]), {"dfr": details})
 
 

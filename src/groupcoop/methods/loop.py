@@ -242,8 +242,9 @@ class LoopRun:
 
     def __init__(self, rows, hp, objective: Objective, train: SplitData, val: SplitData, n_classes: int, seed: int,
                  log=print, repeats: np.ndarray | None = None, keep: str = "best",
-                 score_key: str | None = "val_worst_group_acc"):
+                 score_key: str | None = "val_worst_group_acc", finish=None):
         self.rows, self.hp, self.objective = rows, hp, objective
+        self.finish = finish  # Fitted -> Fitted, applied to the kept epoch's result (a last layer on top)
         self.train, self.val, self.n_classes, self.seed, self.log = train, val, n_classes, seed, log
         self.repeats, self.keep, self.score_key = repeats, keep, score_key
 
@@ -319,7 +320,8 @@ class LoopRun:
         head = self.rows.head(self.n_classes, self.objective.aggregate)
         extra = {**result.extra, "best_epoch": result.best_epoch + 1, "epochs_run": len(result.history),
                  "history": result.history}
-        return Fitted(head, self.rows.trainable_parameters(), extra, result.learner)
+        fitted = Fitted(head, self.rows.trainable_parameters(), extra, result.learner)
+        return fitted if self.finish is None else self.finish(fitted)
 
 
 # --- what methods build their runs from -----------------------------------------------------------------

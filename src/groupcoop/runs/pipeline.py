@@ -134,13 +134,15 @@ class PlannedRun:
         ds, bb = prep.dataset, prep.backbone
         head = fitted.head
         head.class_names = list(ds.class_names)
-        head.row_names = plan.spec.names() if recipe.rows == "group" else list(ds.class_names)
+        # a group-row method whose last layer made it one row per class (groupcoop's last_layer) names classes
+        group_rows = recipe.rows == "group" and head.weight.shape[0] == plan.spec.n_groups
+        head.row_names = plan.spec.names() if group_rows else list(ds.class_names)
         head.info = {"backbone": bb.identity, "method": recipe.name}
         splits = {}
         for split in ("val", "test"):
             if len(ds.split_indices(split)):
                 splits[split] = evaluate_split(head, prep, split, plan.report[split], plan.spec.names())
-        val_trained = recipe.needs_groups == "val"
+        val_trained = recipe.needs_groups == "val" or "last_layer" in fitted.extra
         metrics = {
             "method": recipe.name,
             "backbone": bb.identity,
@@ -167,7 +169,8 @@ class PlannedRun:
             metrics["note"] = ("val was used for training: its accuracies are training-set accuracies, "
                                "not held-out ones; compare methods on test")
         if fitted.learner is not None:
-            fitted.learner.info.update({"classes": list(ds.class_names), "groups": head.row_names,
+            fitted.learner.info.update({"classes": list(ds.class_names),
+                                        "groups": plan.spec.names() if recipe.rows == "group" else head.row_names,
                                         "method": recipe.name, "groups_source": plan.source,
                                         "aggregate": head.aggregate})
         return Run(settings, metrics, head, fitted.learner, started=self.started, wall_s=time.time() - self.started,
