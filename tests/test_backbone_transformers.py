@@ -147,11 +147,48 @@ def test_head_scores_are_the_models_logits(loaded, family):
     assert (ours - expected).abs().max().item() <= 1e-4
 
 
-def test_identity_follows_the_weights_not_the_folder(folders, tmp_path):
+def test_identity_follows_the_files_not_the_folder(folders, tmp_path):
+    from groupcoop.features.cache import FeatureCache
+
     copy = shutil.copytree(folders["clip"], tmp_path / "elsewhere")
     a, b = load_backbone(f"transformers:{folders['clip']}"), load_backbone(f"transformers:{copy}")
     assert a.identity == b.identity and a.identity.startswith("transformers:clip@file:")
     assert a.identity != load_backbone(f"transformers:{folders['siglip']}").identity
+    config = json.loads((copy / "config.json").read_text())
+    config["vision_config"]["hidden_act"] = "gelu"  # the same weights, another activation: other features
+    (copy / "config.json").write_text(json.dumps(config))
+    changed = load_backbone(f"transformers:{copy}")
+    images = type("Images", (), {"identity": lambda self: "four", "__len__": lambda self: 4})()  # a key's image list
+    assert changed.identity != a.identity
+    assert FeatureCache.for_inputs(changed, images, tmp_path, "float32").key != \
+        FeatureCache.for_inputs(a, images, tmp_path, "float32").key
+
+
+def test_a_folder_without_its_tokenizer_or_processor_files_is_refused(folders, tmp_path):
+    """transformers builds a 2-token tokenizer from a folder without tokenizer files: refused, as is a
+    folder without its image processor file."""
+    no_tokenizer = shutil.copytree(folders["clip"], tmp_path / "no-tokenizer")
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt"):
+        (no_tokenizer / name).unlink(missing_ok=True)
+    with pytest.raises(UserError, match="has no tokenizer files .*tokenizer.save_pretrained"):
+        load_backbone(f"transformers:{no_tokenizer}")
+    no_processor = shutil.copytree(folders["clip"], tmp_path / "no-processor")
+    (no_processor / "preprocessor_config.json").unlink()
+    with pytest.raises(UserError, match=r"has no image processor file \(preprocessor_config.json\)"):
+        load_backbone(f"transformers:{no_processor}")
+
+
+@pytest.mark.parametrize("change, said", [(-1, "weights its config does not use"),
+                                          (1, "weights its config needs are missing")])
+def test_weights_that_do_not_fit_the_config_are_refused(folders, tmp_path, change, said):
+    """A config.json that drops or adds a layer: transformers' loading report says so, and so do we."""
+    folder = shutil.copytree(folders["clip"], tmp_path / "model")
+    config = json.loads((folder / "config.json").read_text())
+    config["vision_config"]["num_hidden_layers"] += change
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match=f"the weights do not fit its config.json: 16 {said} "
+                                        rf"\(vision_model.encoder.layers.{2 if change > 0 else 1}\."):
+        load_backbone(f"transformers:{folder}")
 
 
 @pytest.fixture(scope="module")

@@ -80,7 +80,7 @@ def _rank_pid(parent: int, rank: int) -> int | None:
 def test_ranks_from_env():
     assert Ranks.from_env({}) == Ranks(0, 1, 0, 1) and not Ranks.from_env({}).active
     ranks = Ranks.from_env({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2",
-                            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"})
+                            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500", "TORCHELASTIC_RUN_ID": "none"})
     assert ranks.active and ranks.device("cuda") == "cuda:1" and ranks.device("cpu") == "cpu"
 
 

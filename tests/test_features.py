@@ -178,3 +178,20 @@ def test_an_image_replaced_during_extraction_leaves_its_shard_stale(backbone, im
     reencoded = _extract(backbone, files, tmp_path / "cache")
     assert torch.allclose(reencoded, _extract(backbone, files, tmp_path / "fresh"), atol=1e-6)
     assert stale_shards(cache, files, shards) == []
+
+
+def test_a_lone_process_given_a_world_by_hand_is_one_line_not_a_wait(tmp_path, cli, monkeypatch):
+    """WORLD_SIZE and MASTER_ADDR set in a shell, no torchrun: the peers would be waited for for hours."""
+    import replicas
+
+    root = replicas.csv_replica(tmp_path)
+    for key, value in {"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29533",
+                       "GROUPCOOP_DIST_TIMEOUT": "5"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    result = cli("extract", "--dataset", "csv", "--root", root, "--option", "csv_path=labels.csv", "--option",
+                 "path_col=image", "--option", "label_col=animal", "--option", "attr_cols=background", "--option",
+                 "split_col=fold", "--backbone", TINY, "--cache-dir", tmp_path / "cache", "--workers", 0, "--quiet")
+    assert result.code == 2 and len(result.err.strip().splitlines()) == 1, result.err
+    assert "not started by torchrun" in result.err and "unset WORLD_SIZE and RANK" in result.err
+    assert not (tmp_path / "cache").exists()

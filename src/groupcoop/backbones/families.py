@@ -149,6 +149,10 @@ def load_backbone(name: str, pretrained: str | None = None, device: str | torch.
     `hf-hub:`, `local-dir:`, or the bundled tiny model; `pretrained='random'` builds seeded random weights)."""
     if not isinstance(name, str) or not name:
         raise UserError("--backbone needs a model name; `groupcoop backbones` lists them")
+    if pretrained is not None and (not isinstance(pretrained, str) or not pretrained):
+        # every loader takes it from here: a flag, a run's config.yaml, a sweep grid, the API
+        raise UserError(f"pretrained {pretrained!r} is not a weights name: give a tag, a checkpoint file or "
+                        "'random' (in a run's config.yaml: `pretrained: openai`, or `pretrained: null`)")
     check_device(str(device))
     family = family_of(name)
     if family.wrap is not None:

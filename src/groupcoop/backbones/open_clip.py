@@ -26,7 +26,8 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
-from .protocol import TINY, Backbone, checked_export_weights, special_prefix_length, weights_checksum
+from .content import OWN_FILES, check_export_files, digest, file_sha256, folder_files, state_dict_sha256
+from .protocol import TINY, Backbone, special_prefix_length
 from ..errors import UserError, close_matches
 from ..io.read import read_text
 
@@ -55,10 +56,6 @@ def available_backbones() -> list[str]:
     return sorted(set(open_clip.list_models()))
 
 
-def _file_digest(path: Path) -> str:
-    return weights_checksum(path)[:16]
-
-
 def _looks_like_file(pretrained: str) -> bool:
     return pretrained.endswith(_CHECKPOINT_SUFFIXES) or "/" in pretrained or pretrained.startswith(".")
 
@@ -75,7 +72,7 @@ def _resolve_weights(name: str, pretrained: str | None) -> tuple[str | None, str
         )
     if pretrained is None:
         if name == TINY:
-            return str(tiny_weights_path()), f"{TINY}@{_file_digest(tiny_weights_path())}"
+            return str(tiny_weights_path()), f"{TINY}@{file_sha256(tiny_weights_path())[:16]}"
         tags = open_clip.list_pretrained_tags_by_model(name)
         raise UserError(
             f"backbone '{name}' needs --pretrained: a tag ({', '.join(tags) or 'none published'}), "
@@ -92,7 +89,7 @@ def _resolve_weights(name: str, pretrained: str | None) -> tuple[str | None, str
             raise UserError(f"checkpoint file not found: {path}; pass an existing .safetensors/.pt file or a pretrained tag")
         if not pretrained.endswith(_CHECKPOINT_SUFFIXES):
             raise UserError(f"checkpoint {path} has an unknown suffix; use .safetensors (preferred), .pt, .pth or .bin")
-        return str(path), f"{name}@file:{_file_digest(path)}"
+        return str(path), f"{name}@file:{file_sha256(path)[:16]}"
     tags = open_clip.list_pretrained_tags_by_model(name)
     if pretrained not in tags:
         raise UserError(
@@ -366,7 +363,7 @@ class OpenCLIPBackbone(Backbone):
         from safetensors.torch import save_model
 
         named = {"library": "open_clip", "model": self.name, "pretrained": None, "weights": None,
-                 "weights_sha256": None}
+                 "weights_sha256": None, "files_sha256": {}}
         if self.name.startswith("hf-hub:"):
             return named
         if self.pretrained and self.pretrained != RANDOM and not _looks_like_file(self.pretrained):
@@ -383,7 +380,8 @@ class OpenCLIPBackbone(Backbone):
             shutil.copyfile(self.weights_path, folder / OPEN_CLIP_WEIGHTS)
         else:  # a pickle checkpoint, a local-dir: model or random weights: the state dict as loaded
             save_model(self.model, str(folder / OPEN_CLIP_WEIGHTS))
-        return {**named, "weights": OPEN_CLIP_WEIGHTS, "weights_sha256": weights_checksum(folder / OPEN_CLIP_WEIGHTS)}
+        files = folder_files(folder)
+        return {**named, "weights": OPEN_CLIP_WEIGHTS, "weights_sha256": files[OPEN_CLIP_WEIGHTS], "files_sha256": files}
 
 
 def missing_dependency(name: str) -> str | None:
@@ -401,15 +399,34 @@ def _quiet_loggers() -> list[logging.Logger]:
     return [logging.getLogger(n) for n in ("open_clip", "huggingface_hub", "timm")]
 
 
+def _check_local_dir(folder: Path) -> None:
+    """Its config and a weights file (without one open_clip builds random weights, and only logs it)."""
+    if not folder.is_dir():
+        raise UserError(f"local-dir: folder {folder} not found; give a folder holding {OPEN_CLIP_CONFIG} and the weights")
+    if not any(p.suffix in (".safetensors", ".bin", ".pth") and p.name not in OWN_FILES and p.is_file()
+               for p in folder.iterdir()):
+        raise UserError(f"local-dir:{folder} holds no weights file ({OPEN_CLIP_WEIGHTS}); put the model's weights there")
+
+
+def _content(name: str, pretrained: str | None, weights: str | None, model) -> str:
+    """sha256 of what decides the model (`content.py`): a local-dir: folder's files, else the config,
+    the tag's settings and the weights file's bytes (the loaded tensors when open_clip fetched them)."""
+    if name.startswith("local-dir:"):
+        return digest({"files": folder_files(Path(name.split(":", 1)[1]).expanduser())})
+    from_file = weights is not None and Path(weights).is_file()
+    tag = None if from_file or pretrained in (None, RANDOM) else open_clip.get_pretrained_cfg(name, pretrained)
+    return digest({"config": repr(model) if name.startswith("hf-hub:") else open_clip.get_model_config(name),
+                   "tag": tag, "weights": file_sha256(weights) if from_file else state_dict_sha256(model)})
+
+
 def load(name: str, pretrained: str | None = None, device: str | torch.device = "cpu") -> OpenCLIPBackbone:
     """Load a frozen CLIP by open_clip name + tag, local checkpoint, `hf-hub:` id, or the bundled tiny model.
 
     `pretrained='random'` builds the architecture with seeded random weights (tests, benchmarks),
     without touching the caller's random state.
     """
-    if name.startswith("local-dir:") and not Path(name.split(":", 1)[1]).expanduser().is_dir():
-        raise UserError(f"{name}: folder {name.split(':', 1)[1]} not found; give a folder holding "
-                        "open_clip_config.json and the weights")
+    if name.startswith("local-dir:"):
+        _check_local_dir(Path(name.split(":", 1)[1]).expanduser())
     weights, identity = _resolve_weights(name, pretrained)
     if not name.startswith(("hf-hub:", "local-dir:")):
         needs = missing_dependency(name)
@@ -449,15 +466,19 @@ def load(name: str, pretrained: str | None = None, device: str | torch.device = 
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
         logging.getLogger().setLevel(root_level)
+    content = _content(name, pretrained, weights, model)
+    if name.startswith("local-dir:"):  # a folder is its files, wherever it lies
+        identity = f"local-dir@file:{content[:16]}"
     backbone = OpenCLIPBackbone(model, preprocess, tokenizer, name, identity)
+    backbone.content = content
     backbone.pretrained = pretrained
     backbone.weights_path = weights if weights and Path(weights).is_file() else None
     return backbone
 
 
 def load_export(folder: Path, info: dict, device: str | torch.device = "cpu") -> OpenCLIPBackbone:
-    """The model an export folder carries (`OpenCLIPBackbone.export_model`), its weights checked first."""
-    checked_export_weights(folder, info, OPEN_CLIP_WEIGHTS)
+    """The model an export folder carries (`OpenCLIPBackbone.export_model`), its files checked first."""
+    check_export_files(folder, info)
     return load(f"local-dir:{folder}", device=device)
 
 

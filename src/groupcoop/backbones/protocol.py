@@ -14,7 +14,6 @@ from token embeddings, which prompt learning needs; scores are `logit_scale * co
 
 from __future__ import annotations
 
-import hashlib
 from abc import ABC, abstractmethod
 from pathlib import Path
 
@@ -33,6 +32,9 @@ class Backbone(ABC):
     name: str  # as the user spelled it (`--backbone`)
     identity: str  # the weights' identity: part of the feature-cache key, checked when a run is loaded
     preprocess: object  # PIL image -> (3, H, W) tensor; its repr is part of the feature-cache key
+    # sha256 of everything that decides the model's features (weights, config, tokenizer and
+    # preprocessing files: `content.py`), never a path or a name; part of the feature-cache key
+    content: str | None = None
     pretrained: str | None = None  # the --pretrained value it was loaded with (for `export`)
     weights_path: str | None = None  # the weights file, when loaded from one (for `export`)
 
@@ -63,8 +65,9 @@ class Backbone(ABC):
     def export_model(self, folder: Path) -> dict:
         """Write into `folder` what the model's own library needs to build this backbone without
         groupcoop (`groupcoop export`); return the head metadata that says how: `library`, `model`,
-        `pretrained`, and `weights` (a file in `folder`, None when the library fetches the model by
-        name) with its `weights_sha256`. An adapter's `load_export` reads the folder back."""
+        `pretrained`, `weights` (a file in `folder`, None when the library fetches the model by
+        name) with its `weights_sha256`, and `files_sha256`, the sha256 of every file written (all
+        of them decide predictions). An adapter's `load_export` checks them and reads the folder back."""
         raise UserError(f"backbone {self.name}: export cannot write this model family; use the run folder itself "
                         "(groupcoop predict RUN, Classifier.from_run)")
 
@@ -164,6 +167,7 @@ class Delegating(Backbone):
         self.preprocess = inner.preprocess
 
     device = property(lambda self: self.inner.device)
+    content = property(lambda self: self.inner.content)  # the same model files; `identity` says what changed
     logit_scale = property(lambda self: self.inner.logit_scale)
     logit_bias = property(lambda self: self.inner.logit_bias)
     context_length = property(lambda self: self.inner.context_length)
@@ -207,32 +211,6 @@ class Delegating(Backbone):
 
     def encode_text_embeddings(self, x: torch.Tensor, pool_at: torch.Tensor, cut: bool = True) -> torch.Tensor:
         return self.inner.encode_text_embeddings(x, pool_at, cut)
-
-
-def weights_checksum(path) -> str:
-    """sha256 of a weights file (hex), read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def checked_export_weights(folder: Path, info: dict, expected: str) -> Path:
-    """The weights file `expected` of an export folder, checked against the sha256 its head recorded
-    (a missing, special or changed file is one line)."""
-    from ..io.read import open_regular
-
-    head = Path(folder) / "head.safetensors"
-    weights, recorded = info.get("weights"), info.get("weights_sha256")
-    if weights != expected or not isinstance(recorded, str):
-        raise UserError(f"{head}: the weights file or its checksum is missing from the metadata; export the run again")
-    path = Path(folder) / weights
-    open_regular(path, "exported weights", "export the run again").close()
-    if weights_checksum(path) != recorded:
-        raise UserError(f"{path} does not match the sha256 recorded when it was exported ({recorded[:16]}...); "
-                        "the file was changed or damaged; export the run again")
-    return path
 
 
 def special_prefix_length(tokenizer) -> int:

@@ -21,14 +21,14 @@ are done here:
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from .protocol import (TRANSFORMERS_PREFIX, Backbone, checked_export_weights, special_prefix_length, weights_checksum)
+from .content import check_export_files, digest, folder_files
+from .protocol import TRANSFORMERS_PREFIX, Backbone, special_prefix_length
 from ..errors import UserError
 
 FAMILIES = {"clip": "CLIPModel", "siglip": "SiglipModel"}  # config.model_type -> the model class we support
@@ -166,8 +166,9 @@ class TransformersBackbone(Backbone):
         self.model.save_pretrained(folder, max_shard_size="100000GB")
         self.tokenizer.save_pretrained(folder)
         self.preprocess.processor.save_pretrained(folder)
+        files = folder_files(folder)  # config, weights, tokenizer and processor files: all decide predictions
         return {"library": "transformers", "model": self.name, "pretrained": None, "weights": EXPORT_WEIGHTS,
-                "weights_sha256": weights_checksum(Path(folder) / EXPORT_WEIGHTS)}
+                "weights_sha256": files.get(EXPORT_WEIGHTS), "files_sha256": files}
 
 
 def _pooled(out) -> torch.Tensor:
@@ -175,14 +176,14 @@ def _pooled(out) -> torch.Tensor:
     return out if isinstance(out, torch.Tensor) else out.pooler_output
 
 
-def _identity(source: str, folder: Path | None, config) -> str:
-    """A folder's model is named by its weights' content (wherever the folder is), a hub model by
-    its id and the commit it resolved to."""
+def _content(source: str, folder: Path | None, config) -> tuple[str, str | None]:
+    """(identity, content digest): a folder's model is named by the bytes of all its files (weights,
+    config, tokenizer, image processor), wherever the folder is; a hub model by its id and the
+    commit it resolved to (a content hash)."""
     if folder is None:
-        return f"{TRANSFORMERS_PREFIX}{source}@{getattr(config, '_commit_hash', None) or 'hub'}"
-    files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file())
-    digest = hashlib.sha256("".join(weights_checksum(f) for f in files).encode()).hexdigest()[:16]
-    return f"{TRANSFORMERS_PREFIX}{config.model_type}@file:{digest}"
+        return f"{TRANSFORMERS_PREFIX}{source}@{getattr(config, '_commit_hash', None) or 'hub'}", None
+    content = digest({"files": folder_files(folder)})
+    return f"{TRANSFORMERS_PREFIX}{config.model_type}@file:{content[:16]}", content
 
 
 def load(name: str, pretrained: str | None = None, device: str | torch.device = "cpu") -> TransformersBackbone:
@@ -213,9 +214,14 @@ def load(name: str, pretrained: str | None = None, device: str | torch.device = 
             raise UserError(f"--backbone {name} is a {kind or 'unknown'} model; groupcoop reads "
                             f"{' and '.join(FAMILIES.values())} checkpoints")
         model_class = getattr(transformers, FAMILIES[kind])
+        if local:
+            _check_processor_files(name, folder, transformers)
         with torch.random.fork_rng(devices=[]):
-            model = model_class.from_pretrained(where, local_files_only=local)
+            model, report = model_class.from_pretrained(where, local_files_only=local, output_loading_info=True)
+        _check_loading_report(name, report)
         tokenizer = transformers.AutoTokenizer.from_pretrained(where, local_files_only=local)
+        if local:
+            _check_tokenizer_files(name, folder, tokenizer)
         processor = transformers.AutoImageProcessor.from_pretrained(where, local_files_only=local)
     except UserError:
         raise
@@ -230,27 +236,64 @@ def load(name: str, pretrained: str | None = None, device: str | torch.device = 
                         f"--backbone {TRANSFORMERS_PREFIX}FOLDER") from None
     finally:
         _restore(loggers)
-    backbone = TransformersBackbone(model.to(device), tokenizer, processor, name,
-                                    _identity(source, folder if local else None, config))
+    identity, content = _content(source, folder if local else None, config)
+    backbone = TransformersBackbone(model.to(device), tokenizer, processor, name, identity)
+    backbone.content = content
     if local:
         weights = sorted(folder.glob("*.safetensors"))
         backbone.weights_path = str(weights[0]) if len(weights) == 1 else None
     return backbone
 
 
+# A model is whole or refused: transformers builds a 2-token tokenizer from a folder without tokenizer
+# files, and loads weights its config does not fit with only a log line (silenced here), so both are
+# checked, with transformers' own lists of the files a tokenizer reads and of the weights it loaded.
+
+def _check_processor_files(name: str, folder: Path, transformers) -> None:
+    names = (getattr(transformers.utils, "IMAGE_PROCESSOR_NAME", "preprocessor_config.json"),
+             getattr(transformers.utils, "PROCESSOR_NAME", "processor_config.json"))
+    if not any((folder / n).is_file() for n in names):
+        raise UserError(f"--backbone {name}: {folder} has no image processor file ({names[0]}); save the model's "
+                        "processor into it too (processor.save_pretrained(folder))")
+
+
+def _check_tokenizer_files(name: str, folder: Path, tokenizer) -> None:
+    names = sorted(set(getattr(tokenizer, "vocab_files_names", {}).values()))
+    if names and not any((folder / n).is_file() for n in names):
+        raise UserError(f"--backbone {name}: {folder} has no tokenizer files ({', '.join(names)}); save the model's "
+                        "tokenizer into it too (tokenizer.save_pretrained(folder))")
+
+
+def _check_loading_report(name: str, report: dict) -> None:
+    """Weights the architecture lacks or does not use: config.json and the weights do not belong together."""
+    kinds = {"missing_keys": "weights its config needs are missing", "unexpected_keys": "weights its config does not use",
+             "mismatched_keys": "weights of the wrong shape", "error_msgs": "errors"}
+    found = [(what, sorted(str(k) for k in report.get(key) or ())) for key, what in kinds.items()]
+    found = [(what, keys) for what, keys in found if keys]
+    if found:
+        said = "; ".join(f"{len(keys)} {what} ({', '.join(keys[:2])}{', ...' if len(keys) > 2 else ''})"
+                         for what, keys in found)
+        raise UserError(f"--backbone {name}: the weights do not fit its config.json: {said}; give a folder whose "
+                        "config and weights were saved together (save_pretrained)")
+
+
 def _quiet(transformers):
-    """transformers warns about unused weights of a composite checkpoint; errors are ours to report."""
-    level = transformers.logging.get_verbosity()
+    """Its log (the loading report, checked by `_check_loading_report`) and its weights-loading progress
+    bar off: stderr is ours, for one line when something is wrong."""
+    level, bar = transformers.logging.get_verbosity(), transformers.logging.is_progress_bar_enabled()
     transformers.logging.set_verbosity_error()
-    return transformers, level
+    transformers.logging.disable_progress_bar()
+    return transformers, level, bar
 
 
 def _restore(state) -> None:
-    transformers, level = state
+    transformers, level, bar = state
     transformers.logging.set_verbosity(level)
+    if bar:
+        transformers.logging.enable_progress_bar()
 
 
 def load_export(folder: Path, info: dict, device: str | torch.device = "cpu") -> TransformersBackbone:
-    """The model an export folder carries (`TransformersBackbone.export_model`), its weights checked first."""
-    checked_export_weights(folder, info, EXPORT_WEIGHTS)
+    """The model an export folder carries (`TransformersBackbone.export_model`), its files checked first."""
+    check_export_files(folder, info)
     return load(f"{TRANSFORMERS_PREFIX}{folder}", device=device)

@@ -1,5 +1,5 @@
-"""The content-keyed feature cache on disk: one folder per (backbone, preprocessing, image list,
-storage dtype), holding the features in shards.
+"""The content-keyed feature cache on disk: one folder per (backbone content, preprocessing, image
+list, storage dtype), holding the features in shards.
 
 Each shard records a stamp of its images (for files: path, size, modification and change time
 and inode, plus a content hash with `verify=True`), so a changed image re-extracts exactly its
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import struct
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -33,12 +32,9 @@ _NUMPY_DTYPES = {"F32": np.float32, "F16": np.float16}
 
 def default_cache_dir() -> Path:
     """$GROUPCOOP_CACHE, else ~/.cache/groupcoop (or $XDG_CACHE_HOME/groupcoop)."""
-    from ..io.environment import value
+    from ..io.environment import cache_folder
 
-    if value("GROUPCOOP_CACHE") is not None:
-        return value("GROUPCOOP_CACHE")
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return base / "groupcoop"
+    return cache_folder()
 
 
 def save_safetensors(path, name: str, tensor: torch.Tensor, metadata: dict[str, str]) -> None:
@@ -121,6 +117,9 @@ class FeatureCache:
         fields = {
             "version": CACHE_VERSION,
             "backbone": backbone.identity,
+            # the bytes of the model's weights, config, tokenizer and preprocessing files (never its
+            # path or name): a changed file is a new key, a moved folder the same one
+            "content": getattr(backbone, "content", None),
             "preprocess": repr(backbone.preprocess),
             "images": images.identity(),
             "n": len(images),

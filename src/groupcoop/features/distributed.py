@@ -25,6 +25,7 @@ from .extract import fill_cache
 from .store import Features
 
 TIMEOUT_ENV = "GROUPCOOP_DIST_TIMEOUT"  # seconds a rank may wait for the others (default 2 h)
+TORCHRUN_ENV = "TORCHELASTIC_RUN_ID"  # set by torchrun in every worker it starts
 
 
 @dataclass(frozen=True)
@@ -50,11 +51,15 @@ class Ranks:
             raise UserError(f"RANK={ranks.rank} is not in 0..WORLD_SIZE-1 ({ranks.world_size})")
         if not 0 <= ranks.local_rank < ranks.local_world_size:
             raise UserError(f"LOCAL_RANK={ranks.local_rank} is not in 0..LOCAL_WORLD_SIZE-1 ({ranks.local_world_size})")
-        missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if ranks.active and not env.get(k)]
+        # a lone process given a world by hand (WORLD_SIZE, MASTER_ADDR in a shell or job script) would
+        # wait hours for peers that never come: only torchrun's workers (it sets TORCHELASTIC_RUN_ID) join one
+        missing = [k for k in ("MASTER_ADDR", "MASTER_PORT", TORCHRUN_ENV) if ranks.active and not env.get(k)]
         if missing:
             raise UserError(f"WORLD_SIZE={ranks.world_size} asks for several processes, but {' and '.join(missing)} "
-                            "are not set: start them with `torchrun --nproc-per-node N -m groupcoop extract ...`, "
-                            "or unset WORLD_SIZE to run one process")
+                            f"{'is' if len(missing) == 1 else 'are'} not set, so this process was not started by "
+                            "torchrun: start them with "
+                            "`torchrun --nproc-per-node N -m groupcoop extract ...`, or unset WORLD_SIZE and RANK "
+                            "to run one process")
         return ranks
 
     @property
@@ -80,7 +85,12 @@ def process_group(ranks: Ranks, device: str):
     cuda = device.startswith("cuda")
     if cuda:
         torch.cuda.set_device(torch.device(device))
-    dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout))
+    try:
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout))
+    except (RuntimeError, ValueError, OSError) as err:  # DistStoreError and friends: the others never joined
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise UserError(f"rank {ranks.rank} of {ranks.world_size} could not join the other processes ({first}); "
+                        "start all of them with the same torchrun command") from None
     try:
         yield
     finally:

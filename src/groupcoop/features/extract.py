@@ -76,6 +76,20 @@ def encode_shards(backbone, images, shards: list[tuple[int, int]], batch_size: i
             chunks = []
 
 
+def _finite(feats: torch.Tensor, backbone, images, start: int) -> torch.Tensor:
+    """A shard's features as stored, or one line when any is NaN or infinite: they would be cached and
+    trained on as if they were the model's (checked after the cast, so a float16 overflow counts)."""
+    bad = ~torch.isfinite(feats).all(dim=1)
+    if bool(bad.any()):
+        row = start + int(bad.nonzero()[0, 0])
+        paths = getattr(images, "paths", None)
+        where = f"image {paths[row]}" if paths is not None and row < len(paths) else f"image {row}"
+        raise UserError(f"backbone {backbone.name} gives non-finite image features (NaN or inf) for {int(bad.sum())} "
+                        f"images, the first {where}; its weights hold NaN/inf, or float16 overflows: check the model's "
+                        "weights, or try --precision fp32 and --feature-dtype float32")
+    return feats
+
+
 def fill_cache(backbone, images, cache: FeatureCache, shards: list[tuple[int, int]], batch_size: int = 256,
                workers: int | None = None, verify: bool = False, precision: str = "auto", progress: bool = True,
                stop_after_shards: int | None = None) -> int:
@@ -98,7 +112,8 @@ def fill_cache(backbone, images, cache: FeatureCache, shards: list[tuple[int, in
     try:
         for j, feats in encode_shards(backbone, images, [shards[k] for k in todo], batch_size, workers, precision, bar):
             start, stop = shards[todo[j]]
-            cache.write_shard(start, stop, feats.to(getattr(torch, cache.fields["dtype"])), stamps[todo[j]])
+            stored = _finite(feats.to(getattr(torch, cache.fields["dtype"])), backbone, images, start)
+            cache.write_shard(start, stop, stored, stamps[todo[j]])
             written += 1
     finally:
         bar.close()

@@ -63,7 +63,8 @@ class Variable:
 
 VARIABLES = {
     "GROUPCOOP_CACHE": Variable(_folder, "the feature cache folder (default ~/.cache/groupcoop)"),
-    "GROUPCOOP_MAX_IMAGE_PIXELS": Variable(_pixels, "Pillow's decompression-bomb limit in pixels"),
+    "GROUPCOOP_MAX_IMAGE_PIXELS": Variable(_pixels, "the most pixels an image may have (default 89478485, as "
+                                         "Pillow's decompression-bomb limit)"),
     "GROUPCOOP_DIST_TIMEOUT": Variable(_seconds, "seconds torchrun ranks wait for each other (default 7200)"),
     "GROUPCOOP_DEBUG": Variable(_flag, "1: show tracebacks of internal errors"),
     "GROUPCOOP_PIN_ALL": Variable(_flag, "1: the test suite checks the pinned metrics of every built-in task"),
@@ -99,3 +100,11 @@ def debug() -> bool:
         return bool(value("GROUPCOOP_DEBUG"))
     except UserError:
         return False
+
+
+def cache_folder() -> Path:
+    """$GROUPCOOP_CACHE, else ~/.cache/groupcoop (or $XDG_CACHE_HOME/groupcoop): where the feature cache
+    (and the memo of model files' sha256) lives unless a command says otherwise."""
+    if value("GROUPCOOP_CACHE") is not None:
+        return value("GROUPCOOP_CACHE")
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "groupcoop"
