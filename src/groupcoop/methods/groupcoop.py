@@ -26,8 +26,9 @@ class GroupCoOpParams(PromptParams):
     class_loss_weight: Annotated[Number, Field(ge=0, le=100)] = 0.0  # class-level term on the aggregated score
     ctx_reg: Annotated[Number, Field(ge=0, le=1e6)] = 0.0  # L2 pull of each context toward its initial value
     # after training, a DFR last layer on val's groups (true, else the labeler's) over the group prompts'
-    # logits ("dfr_prompts") or over those and the image features ("dfr"); `reweighted_last_layer`
-    last_layer: Literal["none", "dfr", "dfr_prompts"] = "none"
+    # logits ("dfr_prompts") or over those and the image features ("dfr"); `reweighted_last_layer`.
+    # auto: "dfr" where val has no bias labels (the labeler's val groups), else "none" (docs/defaults.md)
+    last_layer: Literal["auto", "none", "dfr", "dfr_prompts"] = "auto"
 
 
 def group_prompts(hp: GroupCoOpParams, spec) -> list[str]:
@@ -35,6 +36,13 @@ def group_prompts(hp: GroupCoOpParams, spec) -> list[str]:
     if hp.group_words:
         return spec.prompt_texts()
     return [spec.class_names[y] for y in spec.class_of(np.arange(spec.n_groups))]
+
+
+def last_layer(task: FitTask, hp: GroupCoOpParams) -> str:
+    """The last layer a run gets: `hp.last_layer`, with auto resolved by whether val has true groups."""
+    if hp.last_layer != "auto":
+        return hp.last_layer
+    return "none" if task.plan.report["val"][1] else "dfr"
 
 
 def reweighted_last_layer(task: FitTask, hp: GroupCoOpParams, fitted: Fitted) -> Fitted:
@@ -67,7 +75,9 @@ def start(task: FitTask, hp: GroupCoOpParams):
     from .loop import Objective, loop_run, prompt_rows
 
     objective = Objective("group", hp.sampler, hp.aggregate, hp.class_loss_weight, anchor_weight=hp.ctx_reg)
-    finish = None if hp.last_layer == "none" else (lambda fitted: reweighted_last_layer(task, hp, fitted))
+    kind = last_layer(task, hp)
+    finish = None if kind == "none" else \
+        (lambda fitted: reweighted_last_layer(task, hp.model_copy(update={"last_layer": kind}), fitted))
     return loop_run(task, prompt_rows(task, group_prompts(hp, task.spec), hp), hp, objective, finish=finish)
 
 
