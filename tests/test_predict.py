@@ -203,7 +203,7 @@ def test_export_refuses_to_overwrite(run_folder, cli, tmp_path):
     assert again.code == 2 and "--overwrite" in again.err
     assert cli("export", run_folder, "--out", tmp_path / "exp", "--overwrite").code == 0
     itself = cli("export", run_folder, "--out", run_folder, "--overwrite")
-    assert itself.code == 2 and "not an export" in itself.err and (run_folder / "config.yaml").is_file()
+    assert itself.code == 2 and "which this command reads" in itself.err and (run_folder / "config.yaml").is_file()
     single = cli("export", run_folder, "--out", tmp_path / "head.safetensors")
     assert single.code == 2 and "folder" in single.err and not (tmp_path / "head.safetensors").exists()
 

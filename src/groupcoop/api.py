@@ -11,26 +11,32 @@ from pathlib import Path
 
 from .data.base import GroupDataset
 from .errors import UserError
+from .runs.arguments import check
 from .runs.pipeline import check_run, prepare, run_method
 from .runs.folder import Run, read_run_config
 from .runs.settings import RunSettings, make_settings
 
 
 def fit(dataset: str | GroupDataset, backbone: str = "groupcoop-tiny", pretrained: str | None = None,
-        method: str = "groupcoop", groups: str | dict | None = None, config: RunSettings | dict | None = None, *,
-        selection: str | None = None, hide_bias_labels: list[str] | str | None = None,
+        method: str = "groupcoop", groups: str | dict | None = None,
+        config: RunSettings | dict | str | Path | None = None, *, selection: str | None = None,
+        hide_bias_labels: list[str] | str | None = None,
         root: str | None = None, seed: int = 0, device: str = "cpu", cache_dir: str | Path | None = None,
         workers: int | None = None, progress: bool = False, log=None) -> Run:
     """Train `method` on `dataset` (a name, or a loaded GroupDataset) and return the finished Run.
 
-    `config` is a RunSettings, or a dict of its keys (validated into one); the other arguments
-    fill in what it leaves out. `groups` is a source name ('gt', 'pseudo', ...) or a dict of
-    grouping options (`{"source": "pseudo", "bias_prompts": "auto"}` discovers the attributes).
+    `config` is a RunSettings, a dict of its keys, or the path of a YAML file of them (a run's
+    config.yaml); it is validated into a RunSettings and the other arguments fill in what it leaves
+    out. `groups` is a source name ('gt', 'pseudo', ...) or a dict of grouping options
+    (`{"source": "pseudo", "bias_prompts": "auto"}` discovers the attributes).
     `selection` is the model-selection rule (auto, labeler, worst_class, average);
     `hide_bias_labels` the splits ('train', 'val') whose bias labels are dropped right after loading.
+    Every argument is checked before any work (`runs.arguments.check`); a bad one raises UserError.
     """
+    given = check("fit()", dataset=dataset, root=root, progress=progress, workers=workers, log=log, config=config,
+                  cache_dir=cache_dir)
+    root, values, cache_dir = given["root"], given["config"], given["cache_dir"]
     loaded = dataset if isinstance(dataset, GroupDataset) else None
-    values = config.dump() if isinstance(config, RunSettings) else dict(config or {})
     defaults = {"dataset": loaded.name if loaded else dataset, "root": root, "backbone": backbone,
                 "pretrained": pretrained, "method": method, "groups": groups, "selection": selection,
                 "hide_bias_labels": hide_bias_labels, "seed": seed, "device": device}
@@ -59,7 +65,10 @@ def fit_many(dataset: str | GroupDataset, runs: list[str | dict | RunSettings], 
     """
     from .runs.fusion import DEFAULT_MAX_PROMPTS, fit_runs
 
-    if isinstance(runs, (str, dict, RunSettings)) or not runs:
+    given = check("fit_many()", dataset=dataset, root=root, progress=progress, fuse=fuse, workers=workers,
+                  max_prompts=max_prompts, log=log, cache_dir=cache_dir)
+    root, cache_dir = given["root"], given["cache_dir"]
+    if isinstance(runs, (str, dict, RunSettings)) or not isinstance(runs, (list, tuple)) or not runs:
         raise UserError("fit_many() takes a non-empty list of runs (method names, dicts of settings or RunSettings)")
     loaded = dataset if isinstance(dataset, GroupDataset) else None
     shared = {"dataset": loaded.name if loaded else dataset, "root": root, "backbone": backbone,
@@ -108,19 +117,21 @@ def discover(dataset: str | GroupDataset, backbone: str = "groupcoop-tiny", pret
     from .data.registry import load_dataset
     from .grouping.discovery import DISCOVERY_SCORE, Vocabulary, check_score, discover_on, load_vocabulary
 
-    ds = dataset if isinstance(dataset, GroupDataset) else load_dataset(dataset, root)
+    given = check("discover()", dataset=dataset, backbone=backbone, pretrained=pretrained, vocabulary=vocabulary,
+                  top=top, score=score, root=root, progress=progress, workers=workers, seed=seed, grid=grid,
+                  cache_dir=cache_dir)
+    root, vocabulary, grid, cache_dir = given["root"], given["vocabulary"], given["grid"], given["cache_dir"]
     score = check_score(score or DISCOVERY_SCORE)
-    if top is not None and (isinstance(top, bool) or not isinstance(top, int) or top < 1):
-        raise UserError(f"top={top!r}: give a whole number >= 1, or None for every candidate")
-    vocab = vocabulary if isinstance(vocabulary, Vocabulary) else load_vocabulary(vocabulary, ds)
     check_device(device)
+    ds = dataset if isinstance(dataset, GroupDataset) else load_dataset(dataset, root)
+    vocab = vocabulary if isinstance(vocabulary, Vocabulary) else load_vocabulary(vocabulary, ds)
     prep = prepare(ds, backbone, pretrained, device=device, cache_dir=cache_dir, workers=workers, progress=progress)
     candidates = discover_on(prep, vocab, score, seed=seed)
     unnamed = next((c for c in candidates if c.get("unnamed")), None)
     if grid is not None and unnamed is not None:
         from .reports.gallery import unnamed_grid
 
-        unnamed_grid(ds, unnamed, Path(grid))
+        unnamed_grid(ds, unnamed, grid)
     return [{k: v for k, v in c.items() if k != "assigned"} for c in candidates[:top]]
 
 
@@ -130,7 +141,9 @@ def load_run(folder: str | Path) -> Run:
 
     from .io.read import read_if_present
 
-    folder = Path(folder).expanduser()
+    folder = check("load_run()", folder=folder)["folder"]
+    if folder is None:
+        raise UserError("load_run() needs the folder of a run; give a folder written by train or Run.save")
     metrics_path = folder / "metrics.json"
     text = read_if_present(metrics_path, "run metrics")
     if text is None:

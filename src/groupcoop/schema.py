@@ -10,11 +10,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from .errors import UserError, close_matches
+from .errors import UserError, close_matches, quoted
 
 MAX_SEED = 2**32 - 1
+# bias phrases (a vocabulary, --bias-prompts, a CSV dataset's attr_values / attr_phrases): groups are
+# classes x the product of the attributes' sizes, and every phrase is a text the encoder reads
+MAX_VOCABULARY_ATTRIBUTES = 256  # a vocabulary's attributes (a run uses at most --discover-top of them)
+MAX_BIAS_ATTRIBUTES = 16  # attributes given for one dataset
+MAX_VALUES = 64  # values (phrases) of one attribute
+MAX_PHRASE_CHARS = 300  # one phrase (CLIP reads 77 tokens)
 
 
 # --- reusable field types ----------------------------------------------------------------------
@@ -42,6 +48,20 @@ def _phrase_lists(value):
     return value
 
 
+def _distinct_phrases(lists):
+    """Refuse an attribute that lists a value twice ('on land' and ' on  land', or 'on land' and
+    '{} on land'): two groups would share one phrase and one of them could never be assigned."""
+    for values in lists:
+        seen = set()
+        for phrase in values:
+            key = " ".join(phrase.split())
+            key = key if "{}" in key else "{} " + key  # apply_phrase puts a phrase without {} after the class
+            if key in seen:
+                raise ValueError(f"{quoted(phrase)} is listed twice for one attribute; give each value once")
+            seen.add(key)
+    return lists
+
+
 def _number_list(value):
     """'0.1,1' or [0.1, 1] -> [0.1, 1] (YAML reads '--set c_values=0.1,1' as one string)."""
     if isinstance(value, str):
@@ -55,7 +75,10 @@ Int = Annotated[int, BeforeValidator(_no_bool), Field(strict=True)]
 Number = Annotated[float, BeforeValidator(_no_bool), Field(allow_inf_nan=False)]
 Text = Annotated[str, Field(strict=True, min_length=1)]
 TextList = Annotated[list[Annotated[str, Field(strict=True, min_length=1)]], BeforeValidator(_text_list)]
-PhraseLists = Annotated[list[TextList], BeforeValidator(_phrase_lists)]
+Phrase = Annotated[str, Field(strict=True, min_length=1, max_length=MAX_PHRASE_CHARS)]
+PhraseList = Annotated[list[Phrase], BeforeValidator(_text_list), Field(max_length=MAX_VALUES)]
+PhraseLists = Annotated[list[PhraseList], BeforeValidator(_phrase_lists), Field(max_length=MAX_BIAS_ATTRIBUTES),
+                        AfterValidator(_distinct_phrases)]
 PositiveList = Annotated[list[Annotated[Number, Field(gt=0, le=1e6)]], BeforeValidator(_number_list),
                          Field(min_length=1)]
 Seed = Annotated[Int, Field(ge=0, le=MAX_SEED)]
@@ -109,14 +132,23 @@ def _leaf(model: type[BaseModel], loc: list[str]) -> tuple[type[BaseModel], str]
     return model, loc[-1] if loc else ""
 
 
+def _plain(loc) -> list[str]:
+    """An error location without pydantic's union branch tags ("literal['auto']", "function-after[...]")."""
+    return [str(p) for p in loc if not (isinstance(p, str) and "[" in p)]
+
+
 def as_user_error(err: ValidationError, model: type[BaseModel], where: str, flag: str = "") -> UserError:
     """The first problem of a ValidationError as one line: where, key, value, what is valid.
 
     `flag` is the command-line flag the keys are given with (`--set`, `--option`): the line then
     names the key as the user typed it, `--set n_ctx=500`.
     """
-    first = err.errors()[0]
-    loc = [str(p) for p in first["loc"]]
+    errors = err.errors()
+    first = errors[0]
+    if first["type"] == "literal_error":  # a union (`auto` or a list) fails on each branch: say the one meant
+        first = next((e for e in errors[1:] if _plain(e["loc"])[:len(_plain(first["loc"]))] == _plain(first["loc"])),
+                     first)
+    loc = _plain(first["loc"])
     typed = ".".join(loc)
     key = shown_key(typed) or "(value)"
     leaf_model, name = _leaf(model, loc)
@@ -126,8 +158,7 @@ def as_user_error(err: ValidationError, model: type[BaseModel], where: str, flag
         return UserError(f"{where} needs '{key}'; give it" + (f" with {flag} {key}=..." if flag else ""))
     message = first["msg"].removeprefix("Value error, ")
     message = message[:1].lower() + message[1:]
-    value = first.get("input")
-    shown = repr(value) if len(repr(value)) < 60 else type(value).__name__
+    shown = quoted(first.get("input"))  # a short prefix: never the whole of a huge or deeply shared value
     valid = _valid(leaf_model, name)
     named = f"{flag} {key}" if flag else key
     return UserError(f"{where}: {named}={shown} is not valid ({message})" + (f"; expected {valid}" if valid else ""))
@@ -136,7 +167,7 @@ def as_user_error(err: ValidationError, model: type[BaseModel], where: str, flag
 def shown_key(key: str) -> str:
     """A key a user typed, as an error line shows it: as typed when printable and short, else quoted
     and cut (a newline or a megabyte in a key never reaches the message)."""
-    return key if key.isprintable() and len(key) <= 60 else repr(key[:60]) + ("..." if len(key) > 60 else "")
+    return key if key.isprintable() and len(key) <= 60 else quoted(key)
 
 
 def unknown_key(where: str, key: str, known: list[str], flag: str = "", name: str | None = None) -> UserError:

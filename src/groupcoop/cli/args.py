@@ -29,6 +29,17 @@ def count(minimum: int):
     return parse
 
 
+def workers(text: str) -> int:
+    """argparse type of --workers: an integer from 0 to the CPUs this process may use (each is a process)."""
+    from ..limits import check_workers
+
+    value = count(0)(text)
+    try:
+        return check_workers(value)
+    except UserError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix("--workers ")) from None
+
+
 def progress_log(args):
     """Where a command's progress lines go: stderr, or nowhere with --quiet."""
     return (lambda s: None) if getattr(args, "quiet", False) else (lambda s: print(s, file=sys.stderr))
@@ -82,6 +93,22 @@ def dataset_from_args(args):
                         **key_values(args.option, "--option"))
 
 
+def check_grid_file(args, dataset) -> Path | None:
+    """`--grid FILE` (a PNG of example images) checked once the dataset is known: never one of its
+    images or files (`folders.check_not_an_input`), an existing file only with --overwrite."""
+    if not args.grid:
+        return None
+    from ..io.folders import check_not_an_input, files_named_like
+    from ..io.write import check_output_file
+
+    grid = Path(args.grid).expanduser()
+    check_not_an_input(grid, [("the dataset folder", args.root), *files_named_like(grid, dataset.images)], "--grid")
+    grid = check_output_file(grid, "--grid", overwrite=args.overwrite)
+    if grid.suffix.lower() != ".png":
+        raise UserError(f"--grid {grid}: the grid is a PNG image; give a file name ending in .png")
+    return grid
+
+
 def print_columns(rows: list[tuple[str, ...]]) -> None:
     """Rows of text cells, every column but the last padded to its widest cell, two spaces apart."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
@@ -113,7 +140,7 @@ def add_log_flag(p) -> None:
 def add_common(p) -> None:
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="feature cache folder (default $GROUPCOOP_CACHE or ~/.cache/groupcoop)")
-    p.add_argument("--workers", type=count(0), default=None,
+    p.add_argument("--workers", type=workers, default=None,
                    help="image-decoding worker processes (default: cores - 1, at most 4; 0 decodes in-process)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
 

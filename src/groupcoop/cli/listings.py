@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 from ..errors import UserError
-from .args import print_columns
+from .args import check_grid_file, print_columns
 
 # --- datasets --------------------------------------------------------------------------------
 
@@ -34,15 +33,9 @@ def cmd_datasets(args) -> None:
         return
     if args.action != "check" or not args.name:
         raise UserError("usage: groupcoop datasets [check NAME --root DIR [--json] [--grid FILE]]")
-    grid = None
-    if args.grid:
-        from ..io.write import check_output_file
-
-        grid = check_output_file(Path(args.grid), "--grid", overwrite=args.overwrite)
-        if grid.suffix.lower() != ".png":
-            raise UserError(f"--grid {grid}: the grid is a PNG image; give a file name ending in .png")
     dataset = load_dataset(args.name, args.root, allow_symlinks_outside=args.allow_symlinks_outside,
                            **key_values(args.option, "--option"))
+    grid = check_grid_file(args, dataset)
     report = dataset_report(dataset)
     print(json.dumps(report, indent=1) if args.json else format_report(report))
     if grid is not None:

@@ -10,7 +10,6 @@ the parser and turns failures into one line.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable
 from typing import NamedTuple
@@ -18,6 +17,7 @@ from typing import NamedTuple
 from .. import __version__
 from ..errors import UserError
 from . import listings, predict, run, sweep
+from .streams import flush_stdout, output_failure, quiet_libraries, reader_left, silence_broken_stdout
 
 EPILOG = "Docs: README.md. Bad input exits with status 2 and one line on stderr."
 
@@ -92,10 +92,10 @@ COMMANDS = (
             "scale and bias, class and group names, aggregate rule, the backbone's library, name and "
             "pretrained tag) and, when open_clip cannot fetch the backbone by name (the bundled "
             "groupcoop-tiny, a weights file, random weights), OUT/open_clip_config.json + "
-            "OUT/open_clip_model.safetensors (with its sha256), which open_clip loads as `local-dir:OUT`. "
+            "OUT/open_clip_model.safetensors, which open_clip loads as `local-dir:OUT`. "
             "A transformers: backbone is written with save_pretrained (OUT/config.json, "
             "OUT/model.safetensors, tokenizer and image processor files), which AutoModel.from_pretrained "
-            "loads. README shows how to use either without groupcoop. `groupcoop predict OUT` uses it too."),
+            "loads. The head records the sha256 of every model file, checked when it is loaded. README shows how to use either without groupcoop. `groupcoop predict OUT` uses it too."),
     Command("sweep", sweep.add_sweep, sweep.cmd_sweep,
             help="run a grid of runs (datasets x backbones x methods x groups x seeds)",
             description="Run every combination of a grid (a YAML file and/or flags) as ordinary run "
@@ -142,22 +142,32 @@ def main(argv: list[str] | None = None) -> int:
 
     _printable_streams()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help, --version: their text must reach stdout too
+        if exit_.code == 0 and sys.stdout is not None:
+            try:
+                sys.stdout.flush()
+            except OSError as err:
+                return _failed(output_failure(err) or f"cannot write to stdout: {err}")
+        raise
     try:
         check_environment()
-        args.func(args)
-        sys.stdout.flush()
+        with quiet_libraries(debug()):
+            args.func(args)
+        flush_stdout()
     except UserError as err:
-        print(f"groupcoop: error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("groupcoop: interrupted", file=sys.stderr)
+        return _failed(str(err))
+    except KeyboardInterrupt as err:  # a sweep says how many of its runs are kept
+        print(f"groupcoop: interrupted{'; ' + str(err) if str(err) else ''}", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # `groupcoop backbones | head`: the reader left; say nothing more
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return 141
     except Exception as err:  # noqa: BLE001 - a bug or an unforeseen failure: one line, traceback on request
+        if reader_left(err):  # `| head`: the reader has what it wanted; say nothing more, as Unix tools do
+            silence_broken_stdout()
+            return 141
+        failure = output_failure(err)  # a full disk, a closed stdout: no bug, but still one line
+        if failure is not None:
+            return _failed(failure)
         if debug():
             raise
         first = (str(err).strip().splitlines() or [""])[0]
@@ -165,6 +175,13 @@ def main(argv: list[str] | None = None) -> int:
               "and please report it)", file=sys.stderr)
         return 1
     return 0
+
+
+def _failed(message: str) -> int:
+    """One error line on stderr, status 2; a stdout that cannot take the rest is muted first."""
+    silence_broken_stdout()
+    print(f"groupcoop: error: {' '.join(message.split())}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UserError
-from .args import count
+from .args import count, workers
 
 # --- predict ---------------------------------------------------------------------------------
 
@@ -23,13 +23,14 @@ def add_predict(pr) -> None:
     pr.add_argument("--pretrained", help="the weights file, when the run's weights file has moved")
     pr.add_argument("--device", default=None, help="torch device: cpu (default), cuda, cuda:N or mps")
     pr.add_argument("--batch-size", type=count(1), default=256, help="images per batch (default 256)")
-    pr.add_argument("--workers", type=count(0), default=None,
+    pr.add_argument("--workers", type=workers, default=None,
                     help="image-decoding worker processes (default: cores - 1, at most 4)")
     pr.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def cmd_predict(args) -> None:
     from ..backbones.families import check_device
+    from ..io.folders import check_not_an_input, files_named_like
     from ..io.write import atomic_text, check_output_file
     from ..runs.predict import (
         Classifier,
@@ -43,9 +44,13 @@ def cmd_predict(args) -> None:
         raise UserError("give either --images PATH... or --csv FILE --root DIR")
     if args.csv and not args.root:
         raise UserError("--csv needs --root: the folder the CSV's paths are relative to")
-    out = check_output_file(Path(args.out), "--out", overwrite=args.overwrite)
     paths = find_images(args.images) if args.images else \
         images_from_csv(Path(args.csv), Path(args.root), args.path_col, args.allow_symlinks_outside)
+    inputs = [("the run folder", args.run), ("--csv", args.csv), ("--root", args.root),
+              ("--pretrained", args.pretrained), *(("--images", p) for p in args.images or ()),
+              *files_named_like(Path(args.out), paths)]
+    check_not_an_input(Path(args.out), inputs)  # before --overwrite is asked for: it would not help
+    out = check_output_file(Path(args.out), "--out", overwrite=args.overwrite)
     check_device(args.device or "cpu")
     classifier = Classifier.from_run(args.run, device=args.device or "cpu", pretrained=args.pretrained)
     rows, failures = predict_files(classifier, paths, batch_size=args.batch_size, workers=args.workers,
@@ -69,7 +74,7 @@ def add_export(ex) -> None:
 
 
 def cmd_export(args) -> None:
-    from ..io.folders import check_replaceable, groupcoop_kind, output_lock
+    from ..io.folders import check_replaceable, output_lock
     from ..io.write import ensure_writable_dir
     from ..runs.predict import export_head
 
@@ -77,10 +82,7 @@ def cmd_export(args) -> None:
     if out.suffix == ".safetensors" and not out.is_dir():
         raise UserError(f"--out {out}: export writes a folder (head.safetensors, and the model files beside it); "
                         f"give a folder name, e.g. --out {out.with_suffix('')}")
-    check_replaceable(out, args.overwrite)
-    kind = groupcoop_kind(out) if out.is_dir() and any(out.iterdir()) else None
-    if kind not in (None, "export"):  # --overwrite replaces an earlier export, never a run (its own source)
-        raise UserError(f"--out {out} holds a groupcoop {kind}, not an export; choose another folder")
+    check_replaceable(out, args.overwrite, "export", [("the run folder", args.run), ("--pretrained", args.pretrained)])
     ensure_writable_dir(out.parent, "--out")
     with output_lock(out):
         head = export_head(Path(args.run), out, pretrained=args.pretrained)

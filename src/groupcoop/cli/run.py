@@ -8,7 +8,6 @@ import json
 import sys
 from pathlib import Path
 
-from ..errors import UserError
 from .args import (
     add_backbone_flags,
     add_common,
@@ -16,6 +15,7 @@ from .args import (
     add_grouping_flags,
     add_log_flag,
     add_vocabulary_flag,
+    check_grid_file,
     count,
     dataset_from_args,
     grouping_flags,
@@ -38,16 +38,15 @@ def add_demo(demo) -> None:
 
 def cmd_demo(args) -> None:
     from ..features.cache import check_cache_dir
-    from ..io.folders import check_outside, check_replaceable, groupcoop_kind
+    from ..io.folders import check_cache_folder, check_replaceable
     from ..io.write import ensure_writable_dir
     from ..runs.demo import run_demo
 
     out = Path(args.out).expanduser()
-    # a previous demo is replaced without --overwrite: that is what `make demo` re-runs do
-    check_replaceable(out, overwrite=out.is_dir() and groupcoop_kind(out) == "demo")
+    check_replaceable(out, overwrite=True, kind="demo")  # a previous demo is replaced: what `make demo` re-runs do
     ensure_writable_dir(out.parent, "--out")
     cache_dir = check_cache_dir(args.cache_dir)
-    check_outside(cache_dir, "--cache-dir", out, "--out")
+    check_cache_folder(cache_dir, out)
     run_demo(out, seeds=args.seeds, task=args.task, cache_dir=cache_dir, workers=args.workers,
              progress=not args.quiet, log=print, device=args.device)
 
@@ -91,22 +90,25 @@ def add_train(train) -> None:
 
 
 def cmd_train(args) -> None:
-    from ..io.folders import check_outside, check_replaceable, output_lock
+    from ..io.folders import check_cache_folder, check_replaceable, output_lock
     from ..io.write import ensure_writable_dir
     from ..runs.tracking import check_trackers
 
     settings = run_settings_from_args(args)  # settings and --out are checked before torch is imported
     trackers = check_trackers(args.log)
     out = Path(args.out).expanduser()
+    inputs = [("the dataset folder", settings.root), ("--config", args.config), ("--pretrained", settings.pretrained)]
+    check_replaceable(out, True, "run", inputs)  # what --overwrite would not change is refused before any work
     ensure_writable_dir(out.parent, "--out")
     from ..features.cache import check_cache_dir
     from ..runs.folder import holds_run, run_report, write_run
     from ..runs.pipeline import check_run, prepare, run_method
 
     cache_dir = check_cache_dir(args.cache_dir)
-    check_outside(cache_dir, "--cache-dir", out, "--out")
+    check_cache_folder(cache_dir, out)
     dataset, settings, backbone = check_run(settings, allow_symlinks_outside=args.allow_symlinks_outside)
-    check_replaceable(out, args.overwrite or holds_run(out, settings.dump()))  # an identical run may be redone in place
+    # an identical run may be redone in place
+    check_replaceable(out, args.overwrite or holds_run(out, settings.dump()), "run", inputs)
     with output_lock(out):
         prep = prepare(dataset, backbone, cache_dir=cache_dir, feature_dtype=settings.feature_dtype,
                        workers=args.workers, progress=not args.quiet, verify_cache=args.verify_cache)
@@ -146,13 +148,17 @@ def cmd_extract(args) -> None:
         summary_lines,
     )
     from ..features.extract import resolve_precision
+    from ..io.folders import check_cache_folder
+    from ..limits import check_shards
 
     ranks = Ranks.from_env()
     device = ranks.device(args.device or "cpu")
     check_device(device)
     resolve_precision(device, args.precision)
     cache_dir = check_cache_dir(args.cache_dir)
+    check_cache_folder(cache_dir)
     dataset = dataset_from_args(args)
+    check_shards(len(dataset.images), args.shard_size)
     with process_group(ranks, device):
         backbone = load_backbone(args.backbone, args.pretrained, device=device)
         info = extract_cache(backbone, dataset.images, ranks, cache_dir=cache_dir, dtype=args.feature_dtype,
@@ -213,7 +219,7 @@ def cmd_groups(args) -> None:
     from ..features.cache import check_cache_dir
     from ..grouping.options import GroupingOptions
     from ..grouping.plan import resolve_grouping, write_groups
-    from ..io.folders import check_outside, check_replaceable, output_lock
+    from ..io.folders import check_cache_folder, check_replaceable, output_lock
     from ..io.write import ensure_writable_dir
     from ..runs.pipeline import prepare
     from ..schema import build
@@ -221,10 +227,11 @@ def cmd_groups(args) -> None:
     given = {"source": args.labeler, **{k: getattr(args, k) for k in grouping_flags()}}
     options = build(GroupingOptions, {k: v for k, v in given.items() if v is not None}, "groups options")
     out = Path(args.out).expanduser()
-    check_replaceable(out, args.overwrite)
+    check_replaceable(out, args.overwrite, "groups",
+                      [("the dataset folder", args.root), ("--pretrained", args.pretrained)])
     ensure_writable_dir(out.parent, "--out")
     cache_dir = check_cache_dir(args.cache_dir)
-    check_outside(cache_dir, "--cache-dir", out, "--out")
+    check_cache_folder(cache_dir, out)
     dataset = dataset_from_args(args)
     options = resolve_grouping(dataset, options)
     check_device(args.device or "cpu")
@@ -259,14 +266,8 @@ def cmd_discover(args) -> None:
     from ..features.cache import check_cache_dir
     from ..grouping.discovery import load_vocabulary
 
-    grid = None
-    if args.grid:
-        from ..io.write import check_output_file
-
-        grid = check_output_file(Path(args.grid), "--grid", overwrite=args.overwrite)
-        if grid.suffix.lower() != ".png":
-            raise UserError(f"--grid {grid}: the grid is a PNG image; give a file name ending in .png")
     dataset = dataset_from_args(args)
+    grid = check_grid_file(args, dataset)
     vocabulary = load_vocabulary(args.vocabulary, dataset)  # a bad file is refused before any image is read
     candidates = discover(dataset, backbone=args.backbone, pretrained=args.pretrained, vocabulary=vocabulary,
                           top=args.top, score=args.score, cache_dir=check_cache_dir(args.cache_dir),

@@ -48,16 +48,11 @@ def add_sweep(sw) -> None:
 
 def cmd_sweep(args) -> None:
     from ..features.cache import check_cache_dir
-    from ..io.folders import (
-        check_replaceable,
-        groupcoop_kind,
-        output_lock,
-        write_manifest,
-    )
+    from ..io.folders import check_cache_folder, output_lock, write_manifest
     from ..io.write import atomic_text, ensure_writable_dir
     from ..runs.settings import key_values
     from ..sweeps.cost import estimate
-    from ..sweeps.grid import expand, load_grid, parse_shard, shard
+    from ..sweeps.grid import GRID_FILE, expand, load_grid, parse_shard, shard
     from ..sweeps.run import print_runs, run_sweep
     from ..sweeps.summary import write_summary
 
@@ -86,34 +81,31 @@ def cmd_sweep(args) -> None:
     index, count = parse_shard(args.shard)
     specs = expand(grid, roots)
     mine = shard(specs, index, count)
-    out = Path(args.out or Path("runs") / grid.name).expanduser()
+    out = Path(args.out or grid.folder).expanduser()
     if args.dry_run:
         print_runs(mine, out)
         print(estimate(mine, fuse=args.fuse, max_prompts=args.max_fused_prompts))
         return
     from ..backbones.families import check_device
-    from ..sweeps.run import check_roots, check_run_folders
+    from ..sweeps.run import check_sweep_folder
 
     if args.summary_only and not out.is_dir():
         raise UserError(f"--summary-only: there is no sweep folder {out}; give the --out of a sweep that ran, "
                         "or run the sweep without --summary-only")
     check_device(grid.device)
-    check_roots(mine)
-    if not args.summary_only:
-        check_run_folders(mine, out, args.overwrite)  # before anything is written
-    if out.exists() and groupcoop_kind(out) != "sweep":
-        check_replaceable(out, overwrite=False)  # an empty folder is fine; anything else is refused
+    write_grid = check_sweep_folder(mine, out, grid, args.overwrite, args.summary_only)
     ensure_writable_dir(out, "--out")
     cache_dir = check_cache_dir(args.cache_dir)
+    check_cache_folder(cache_dir, out)
     log = progress_log(args)
     if not args.summary_only:
         with output_lock(out / f"shard-{index}-of-{count}"):
             out.mkdir(parents=True, exist_ok=True)
-            if not (out / "grid.yaml").exists():
+            if write_grid:
                 import yaml
 
-                atomic_text(out / "grid.yaml", yaml.safe_dump(grid.model_dump(), sort_keys=False))
-                write_manifest(out, "sweep")
+                atomic_text(out / GRID_FILE, yaml.safe_dump(grid.model_dump(), sort_keys=False))
+                write_manifest(out, "sweep", nested=False)
             run_sweep(mine, out, jobs=args.jobs, cache_dir=cache_dir, workers=args.workers, log=log, fuse=args.fuse,
                       max_prompts=args.max_fused_prompts, overwrite=args.overwrite, trackers=tuple(trackers))
     text, n = write_summary(specs, out, grid)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import UserError
+from ..limits import DEFAULT_MAX_PIXELS, MAX_ASPECT
 
 SPLITS = {"train": 0, "val": 1, "test": 2}
 
@@ -42,13 +42,39 @@ class ImageSource(Protocol):
 MAX_PIXELS_ENV = "GROUPCOOP_MAX_IMAGE_PIXELS"
 
 
-def _pixel_limit() -> int | None:
-    """Pillow's decompression-bomb limit, raised by $GROUPCOOP_MAX_IMAGE_PIXELS (0: no limit)."""
+def pixel_limit() -> int | None:
+    """The most pixels an image may have: $GROUPCOOP_MAX_IMAGE_PIXELS (0: no limit), by default
+    Pillow's own default. Read per image; Pillow's process-wide setting is never changed."""
     from ..io.environment import value
 
     if not os.environ.get(MAX_PIXELS_ENV, "").strip():
-        return Image.MAX_IMAGE_PIXELS
+        return DEFAULT_MAX_PIXELS
     return value(MAX_PIXELS_ENV)
+
+
+def check_image_size(size: tuple[int, int], shown, limit: int | None) -> None:
+    """Refuse, from the header's size alone, an image too large or too thin to decode and resize
+    (a 1 KB PNG of 400000 x 1 pixels resizes to 224 x 89.6M)."""
+    width, height = size
+    if limit is not None and width * height > limit:
+        raise UserError(f"image {shown} has {width}x{height} = {width * height} pixels, more than the limit of "
+                        f"{limit} pixels that guards against decompression bombs; shrink it, or raise the limit "
+                        f"with {MAX_PIXELS_ENV}=<pixels> (0: no limit)")
+    if min(width, height) < 1 or max(width, height) > MAX_ASPECT * min(width, height):
+        raise UserError(f"image {shown} is {width}x{height} pixels, one side more than {MAX_ASPECT} times the "
+                        "other; crop it, or remove its row from the metadata")
+
+
+def _open_image(fh, shown) -> Image.Image:
+    """Image.open (lazy: it reads the header) with Pillow's process-wide bomb warning silenced, as our
+    per-image check (`check_image_size`) decides; past Pillow's own hard limit it refuses, in one line."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(fh)
+    except Image.DecompressionBombError:
+        raise UserError(f"image {shown} has more than {2 * Image.MAX_IMAGE_PIXELS} pixels, more than Pillow "
+                        "opens at all; shrink it") from None
 
 
 @dataclass(frozen=True)
@@ -96,22 +122,15 @@ class PathImages:
         shown = self.root / self.paths[i]
         if path.is_dir():
             raise UserError(f"image {shown} is a folder, not an image file; fix its row in the metadata")
-        limit = Image.MAX_IMAGE_PIXELS = _pixel_limit()
+        limit = pixel_limit()
         if not path.exists():
             raise UserError(f"image {shown} not found; restore it or remove its row from the metadata")
         try:
-            with warnings.catch_warnings():
-                # Pillow only warns between its limit and twice the limit: make the limit the limit
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                # a regular file only: a FIFO or a device among the images never blocks the read
-                with open_regular(path, "image", "replace it with an image file or remove its row",
-                                  name=shown) as fh, Image.open(fh) as img:
-                    return img.convert("RGB")
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-            size = re.search(r"\((\d+) pixels\)", str(err))
-            raise UserError(f"image {shown} has {size.group(1) + ' pixels' if size else 'too many pixels'}, more "
-                            f"than the limit of {limit} pixels that guards against decompression bombs; shrink it, "
-                            f"or raise the limit with {MAX_PIXELS_ENV}=<pixels> (0: no limit)") from None
+            # a regular file only: a FIFO or a device among the images never blocks the read
+            with open_regular(path, "image", "replace it with an image file or remove its row",
+                              name=shown) as fh, _open_image(fh, shown) as img:
+                check_image_size(img.size, shown, limit)  # the header's size, before any decode
+                return img.convert("RGB")
         except FileNotFoundError:
             raise UserError(f"image {shown} not found; restore it or remove its row from the metadata") from None
         except (OSError, ValueError, SyntaxError) as err:

@@ -7,7 +7,10 @@ bias attributes (`attr_cols`), and one the split (`split_col`, default `split`).
 Encodings: split values 0/1/2 or train/val/test (any case). Labels and attribute values are
 integers 0..k-1 or strings; strings map to codes in sorted order, unless names are given, in
 which case a string maps to its position in the given list. An empty attribute cell means
-"unknown" (-1); an empty label or path is an error.
+"unknown" (-1); an empty label or path is an error. A bias column empty in every row of a split
+(the training split, say) is the label-free case for that split: it loads, and a labeler
+(`--groups pseudo`) makes the groups there; a column empty in every row and without given names
+(attr_values / attr_phrases) is left out.
 
 Groups: g = y * prod(attribute sizes) + mixed-radix(a1, a2, ...), a1 least significant
 (see `base.group_index`).
@@ -25,7 +28,7 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
-from ..errors import UserError, close_matches
+from ..errors import UserError, close_matches, quoted
 from ..schema import Frozen, PhraseLists, Text, TextList
 from .base import GroupDataset, PathImages
 from .metadata import (check_split_coverage, checked_image_paths, header_lines, integer_codes, read_table,
@@ -70,7 +73,7 @@ def encode_labels(
             codes[i] = index[v]
         else:
             raise UserError(
-                f"{path}, line {lines[i]}: column {column} holds {v!r}, not one of the given names "
+                f"{path}, line {lines[i]}: column {column} holds {quoted(v)}, not one of the given names "
                 f"{', '.join(names)}{close_matches(v, names)}; fix the value or the names"
             )
     return codes, names
@@ -116,23 +119,27 @@ def load_csv(
     lines = header_lines(len(frame))
 
     y, found_classes = encode_labels(frame[label_col], class_names, path, label_col, lines, allow_missing=False)
-    class_names = found_classes or [f"class_{k}" for k in range(int(y.max(initial=0)) + 1)]
-    attrs, values = [], []
+    class_names = found_classes or [f"class_{k}" for k in range(int(y.max(initial=0)) + 1)]  # 0..K-1: K present
+    kept, attrs, values, phrases, unlabelled = [], [], [], [], []
     for j, col in enumerate(attr_cols):
         given = attr_values[j] if attr_values is not None else None
+        phrase = list(attr_phrases[j]) if attr_phrases is not None else None
         codes, names = encode_labels(frame[col], given, path, col, lines, allow_missing=True)
-        if (codes < 0).all():
-            raise UserError(f"{path}: column {col} has no value in any row; fill it in, or drop it from attr_cols "
-                            "and name the values with --bias-prompts for --groups pseudo")
-        attrs.append(codes)
-        values.append(names or [f"{col}={k}" for k in range(int(codes.max(initial=0)) + 1)])
-    phrases = [list(p) for p in attr_phrases] if attr_phrases is not None else [list(v) for v in values]
-    for col, v, p in zip(attr_cols, values, phrases):
-        if len(p) != len(v):
+        if (codes < 0).all():  # no label in any row: the label-free case, not an error
+            unlabelled.append(col)
+            names = names or phrase
+            if names is None:
+                continue  # nothing names its values: as if the column were not there (--bias-prompts names them)
+        names = names or [f"{col}={k}" for k in range(int(codes.max(initial=0)) + 1)]
+        if phrase is not None and len(phrase) != len(names):
             raise UserError(
-                f"attr_phrases for {col} has {len(p)} entries but the column has {len(v)} values; "
+                f"attr_phrases for {col} has {len(phrase)} entries but the column has {len(names)} values; "
                 "give one phrase per value"
             )
+        kept.append(col)
+        attrs.append(codes)
+        values.append(names)
+        phrases.append(phrase or list(names))
 
     ds = GroupDataset(
         name="csv",
@@ -141,10 +148,10 @@ def load_csv(
         attrs=np.stack(attrs, axis=1) if attrs else np.zeros((len(frame), 0)),
         split=split_codes(frame[split_col], path, split_col, lines),
         class_names=list(class_names),
-        attribute_names=list(attr_cols),
+        attribute_names=kept,
         attribute_values=values,
         attribute_phrases=phrases,
-        info={"metadata_file": str(path)},
+        info={"metadata_file": str(path), **({"unlabelled_columns": unlabelled} if unlabelled else {})},
     )
     check_split_coverage(ds, path)
     return ds

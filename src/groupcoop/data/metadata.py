@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..errors import UserError, close_matches
+from ..errors import UserError, close_matches, quoted
 from .base import SPLITS, GroupDataset
 
 
@@ -36,6 +36,10 @@ def read_table(path: Path, **read_csv_options) -> pd.DataFrame:
 
     try:
         with open_regular(path, "table", "give the CSV file itself") as fh:
+            if read_csv_options.get("header", "infer") == "infer":  # pandas renames a repeated column 'x.1'
+                _distinct_columns(pd.read_csv(fh, encoding="utf-8-sig", header=None, nrows=1, dtype=str,
+                                              sep=read_csv_options.get("sep", ",")), path)
+                fh.seek(0)
             frame = pd.read_csv(fh, encoding="utf-8-sig", **read_csv_options)
     except UnicodeDecodeError as err:
         raise UserError(f"cannot parse {path}: it is not UTF-8 text (byte {err.start}); save it as UTF-8") from None
@@ -44,6 +48,17 @@ def read_table(path: Path, **read_csv_options) -> pd.DataFrame:
         raise UserError(f"cannot parse {path}: {reason}; check that it is an unmodified copy of the file") from None
     frame.columns = [str(c).strip() for c in frame.columns]
     return frame
+
+
+def _distinct_columns(header: pd.DataFrame, path: Path) -> None:
+    """Refuse a header naming a column twice, spaces around a name not counting (' label' is 'label')."""
+    seen: dict[str, int] = {}
+    for k, cell in enumerate(header.iloc[0].tolist() if len(header) else []):
+        name = "" if pd.isna(cell) else str(cell).strip()
+        if name and name in seen:
+            raise UserError(f"{path}: the header names column {quoted(name)} twice (columns {seen[name] + 1} and "
+                            f"{k + 1}, spaces around names not counting); rename or remove one")
+        seen.setdefault(name, k)
 
 
 def require_columns(frame: pd.DataFrame, columns: Sequence[str], path: Path) -> None:
@@ -70,7 +85,9 @@ def integer_codes(
     n_values: int | None = None,
     allow_missing: bool = False,
 ) -> np.ndarray:
-    """Integer codes in [0, n_values); empty cells (and -1) become -1 when allowed."""
+    """Integer codes in [0, n_values); empty cells (and -1) become -1 when allowed. Without `n_values`,
+    the codes must be 0..K-1 for the K distinct values present (a stray 1e12 is refused, not K = 10^12)."""
+    given = n_values is not None
     numeric = pd.to_numeric(values, errors="coerce")
     empty = values.isna().to_numpy(copy=True)
     if allow_missing:
@@ -78,18 +95,18 @@ def integer_codes(
     bad = numeric.isna().to_numpy() & ~empty
     as_float = numeric.to_numpy(dtype=float, na_value=np.nan)
     with np.errstate(invalid="ignore"):
-        bad |= ~empty & ((as_float != np.round(as_float)) | (as_float < 0))
-        if n_values is not None:
-            bad |= ~empty & (as_float >= n_values)
+        bad |= ~empty & (~np.isfinite(as_float) | (as_float != np.round(as_float)) | (as_float < 0))
+        if n_values is None:  # names are made per value: as many as the distinct values present, never max + 1
+            n_values = max(1, len(np.unique(as_float[~empty & ~bad])))
+        bad |= ~empty & (as_float >= n_values)
     if empty.any() and not allow_missing:
         i = int(np.flatnonzero(empty)[0])
         raise UserError(f"{path}, line {lines[i]}: empty value in column {column}; fill it in or remove the row")
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        allowed = f"0..{n_values - 1}" if n_values is not None else "a non-negative integer"
-        raise UserError(
-            f"{path}, line {lines[i]}: column {column} holds '{values.iloc[i]}', expected {allowed}; fix the value"
-        )
+        counted = "" if given else f" (codes count up from 0: {n_values} distinct values)"
+        raise UserError(f"{path}, line {lines[i]}: column {column} holds {quoted(str(values.iloc[i]))}, expected "
+                        f"0..{n_values - 1}{counted}; fix the value")
     return np.where(empty, -1, np.nan_to_num(as_float, nan=-1)).astype(np.int64)
 
 
@@ -103,7 +120,7 @@ def split_codes(
     codes = keys.map(known)
     if codes.isna().any():
         i = int(np.flatnonzero(codes.isna().to_numpy())[0])
-        what = "empty split" if pd.isna(values.iloc[i]) else f"unknown split '{values.iloc[i]}'"
+        what = "empty split" if pd.isna(values.iloc[i]) else f"unknown split {quoted(str(values.iloc[i]))}"
         raise UserError(f"{path}, line {lines[i]}: {what} in column {column}; use 0/1/2 or train/val/test")
     return codes.to_numpy(dtype=np.int64)
 
@@ -156,7 +173,7 @@ def checked_image_paths(
         rel = inside_root(base_abs, base_real, raw)
         if rel is None:
             raise UserError(
-                f"{source}, line {line}: image path {raw!r} in column {column} points outside {base}; "
+                f"{source}, line {line}: image path {quoted(raw)} in column {column} points outside {base}; "
                 "give paths relative to that folder (no '..', no absolute paths elsewhere)"
             )
         cleaned.append(rel)
@@ -175,7 +192,8 @@ def checked_image_paths(
 
 
 def check_split_coverage(ds: GroupDataset, source: Path) -> None:
-    """Every split has rows of every class and of every labelled attribute value."""
+    """Every split has rows of every class, and of every value of an attribute it has labels of (a
+    split with none of an attribute's labels is label-free for it: pseudo-groups stand in)."""
     for split, code in SPLITS.items():
         rows = ds.split == code
         if not rows.any():
@@ -187,9 +205,9 @@ def check_split_coverage(ds: GroupDataset, source: Path) -> None:
                     "every split needs every class; check the split and label columns"
                 )
         for j, (attr, values) in enumerate(zip(ds.attribute_names, ds.attribute_values)):
-            if not (ds.attrs[:, j] >= 0).any():
-                continue  # attribute unlabelled everywhere: nothing to compare
-            present = set(np.unique(ds.attrs[rows, j]).tolist())
+            present = set(np.unique(ds.attrs[rows, j]).tolist()) - {-1}
+            if not present:
+                continue  # no labels of this attribute in this split: nothing to compare
             for v, value in enumerate(values):
                 if v not in present:
                     raise UserError(

@@ -3,18 +3,10 @@ and how many workers to start."""
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from ..errors import UserError
-
-
-def cpu_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+from ..limits import check_workers, cpu_cores
 
 
 def default_workers(device: str = "cpu", processes_per_node: int = 1) -> int:
@@ -59,7 +51,7 @@ def collate_decoded(items):
 
 def image_loader(images, preprocess, start: int, stop: int, batch_size: int, workers: int, pin: bool = False):
     return torch.utils.data.DataLoader(
-        DecodedImages(images, preprocess, start, stop), batch_size=batch_size, num_workers=workers,
+        DecodedImages(images, preprocess, start, stop), batch_size=batch_size, num_workers=check_workers(workers),
         collate_fn=collate_decoded, pin_memory=pin, persistent_workers=False,
         prefetch_factor=4 if workers > 0 else None)
 
@@ -86,5 +78,6 @@ def shards_loader(images, preprocess, shards: list[tuple[int, int]], batch_size:
     Each worker keeps 4 batches ready (2 with more than 4 workers: 32 workers x 2 batches of 256
     images at 224 px already hold 10 GB)."""
     return torch.utils.data.DataLoader(
-        DecodedImages(images, preprocess), batch_sampler=ShardBatches(shards, batch_size), num_workers=workers,
+        DecodedImages(images, preprocess), batch_sampler=ShardBatches(shards, batch_size),
+        num_workers=check_workers(workers),
         collate_fn=collate_decoded, pin_memory=pin, prefetch_factor=(4 if workers <= 4 else 2) if workers else None)

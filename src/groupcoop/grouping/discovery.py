@@ -42,7 +42,7 @@ from ..errors import UserError, close_matches
 from ..io.read import read_yaml_mapping
 from .labelfree import (DISCOVERY_MIN_CONCENTRATION, DISCOVERY_MIN_CONDITIONAL, DISCOVERY_MIN_VALUE_SHARE,
                         DISCOVERY_SCORE, DISCOVERY_THRESHOLDS)
-from ..schema import Frozen, build
+from ..schema import MAX_VALUES, MAX_VOCABULARY_ATTRIBUTES, Frozen, Phrase, build
 
 SHIPPED = {"clip": "vocabularies/clip.yaml", "world": "vocabularies/world.yaml"}
 PROBE_FOLDS = 3  # error_concentration: folds of the cross-validated probe
@@ -53,15 +53,13 @@ SHOWN = 10  # candidates a run's metrics.json and report list
 
 # --- vocabularies --------------------------------------------------------------------------------
 
-Phrase = Annotated[str, Field(strict=True, min_length=1)]
-
-
 class VocabularyFile(Frozen):
     """What a vocabulary file holds."""
 
     extends: Literal[tuple(SHIPPED)] | None = None
     attributes: Annotated[dict[Annotated[str, Field(strict=True, min_length=1)],
-                               Annotated[list[Phrase], Field(min_length=2)]], Field(min_length=1)]
+                               Annotated[list[Phrase], Field(min_length=2, max_length=MAX_VALUES)]],
+                          Field(min_length=1, max_length=MAX_VOCABULARY_ATTRIBUTES)]
 
     @field_validator("attributes")
     @classmethod

@@ -44,7 +44,9 @@ def _hidden_note(ds: GroupDataset, split: str) -> str:
 def resolve_grouping(ds: GroupDataset, options: GroupingOptions) -> GroupingOptions:
     """The options with the source decided, checked against what the dataset offers (no features needed)."""
     train_rows = ds.split_indices("train")
-    attrs = ds.attrs[~np.isin(ds.split, [SPLITS[s] for s in ds.hidden_splits])]  # hidden labels are not missing ones
+    # hidden labels are not missing ones, nor are those of a split without any (the label-free case)
+    free = [code for s, code in SPLITS.items() if s in ds.hidden_splits or not (ds.attrs[ds.split == code] >= 0).any()]
+    attrs = ds.attrs[~np.isin(ds.split, free)]
     if options.source is None and ds.attribute_names and (attrs < 0).any() and (attrs >= 0).any():
         missing = int((attrs < 0).any(axis=1).sum())
         columns = ", ".join(a for j, a in enumerate(ds.attribute_names) if (attrs[:, j] < 0).any())
@@ -198,6 +200,20 @@ class GroupPlan:
     quality: dict | None = None
     discovery: dict | None = None  # bias_prompts auto: what was discovered (metrics.json `discovery`)
 
+    def per_class(self, split: str) -> bool:
+        """Whether `report[split]` holds classes: a gt plan's split without bias labels."""
+        return self.source == "gt" and not self.report[split][1]
+
+    def report_names(self, split: str) -> list[str]:
+        """The names of the ids `report[split]` holds: the labeler's groups, or the classes."""
+        return list(self.spec.class_names) if self.per_class(split) else self.spec.names()
+
+    def report_words(self, split: str) -> str:
+        """What `report[split]` holds, in words (metrics.json `report_groups`)."""
+        if self.report[split][1]:
+            return "true groups"
+        return "classes (no bias labels)" if self.per_class(split) else f"{self.source} groups"
+
 
 def _discovered(prep, options: GroupingOptions, seed: int) -> tuple[str, GroupSpec, dict]:
     """Source, spec and report of `bias_prompts: auto`: the discovered attributes, or the fallback
@@ -267,8 +283,13 @@ def plan_groups(prep, options: GroupingOptions, seed: int, train_groups: bool = 
                     variant=options.variant, reference=reference)
         return labelled[split]
 
-    report = {s: ((ds.groups[rows[s]], True) if ds.labelled(rows[s]) else (label(s), False))
-              for s in ("val", "test") if len(rows[s])}
+    def reported(split: str) -> tuple[np.ndarray, bool]:
+        if ds.labelled(rows[split]):
+            return ds.groups[rows[split]], True
+        # gt cannot label a split without bias labels (hidden, or none in the data): it is reported per class
+        return (ds.y[rows[split]] if source == "gt" else label(split)), False
+
+    report = {s: reported(s) for s in ("val", "test") if len(rows[s])}
     val_groups, chosen = _selection(selection, source, report.get("val", (None, False))[1], rows["val"], ds, label)
     quality = None
     if train_groups and source != "gt" and ds.labelled(rows["train"]):

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UserError, close_matches
+from ..errors import UserError, close_matches, quoted
 
 PREFIX = "GROUPCOOP_"
 
@@ -79,7 +79,7 @@ def value(name: str, environ: Mapping[str, str] | None = None):
     try:
         return VARIABLES[name].parse(text)
     except ValueError as err:
-        raise UserError(f"${name}={text!r} {err} ({VARIABLES[name].meaning}); fix or unset it") from None
+        raise UserError(f"${name}={quoted(text)} {err} ({VARIABLES[name].meaning}); fix or unset it") from None
 
 
 def check_environment(environ: Mapping[str, str] | None = None) -> None:

@@ -17,7 +17,8 @@ import yaml
 
 from ..errors import UserError
 from ..io.folders import atomic_folder, check_replaceable, output_lock
-from ..io.read import read_if_present
+from ..io.read import NotYaml, parse_yaml, read_if_present
+from ..limits import YAML_MAX_BYTES
 from ..methods.head import Head
 from ..metrics import format_group_table
 from ..methods.prompts import PromptLearner, nearest_tokens
@@ -48,7 +49,7 @@ class Run:
     def save(self, folder: Path, overwrite: bool = False) -> Path:
         """Write the run folder atomically (refusing a folder that holds anything but a groupcoop run)."""
         folder = Path(folder)
-        check_replaceable(folder, overwrite)
+        check_replaceable(folder, overwrite, "run", flag="folder", overwrite_flag="overwrite=True")
         with output_lock(folder):
             write_run(folder, self)
         return folder
@@ -58,10 +59,10 @@ def read_run_config(folder: Path) -> dict:
     """A run folder's config.yaml as a dict ({} when absent or not a YAML mapping).
 
     Anything but a regular file there (a FIFO, a device) is one error line, never a hang."""
-    text = read_if_present(Path(folder) / "config.yaml", "run config")
+    text = read_if_present(Path(folder) / "config.yaml", "run config", limit=YAML_MAX_BYTES)
     try:
-        config = yaml.safe_load(text) if text is not None else None
-    except yaml.YAMLError:
+        config = parse_yaml(text, "run config") if text is not None else None
+    except NotYaml:
         return {}
     return config if isinstance(config, dict) else {}
 
@@ -105,11 +106,10 @@ def holds_run(folder: Path, settings: dict) -> bool:
     return same_settings(folder, settings) and read_metrics(folder) is not None
 
 
-def fill_run_folder(folder: Path, run: Run, trackers: list[str] | tuple = (), name: str = "") -> None:
-    """Write a run's files into `folder` (created if needed); its epochs go to epochs.csv and to
-    each of `trackers` (`tracking.send`, the run named `name`)."""
+def fill_run_folder(folder: Path, run: Run) -> None:
+    """Write a run's files into `folder` (created if needed); its epochs go to epochs.csv."""
     from ..io.csv_safe import csv_text
-    from .tracking import EPOCH_COLUMNS, epoch_rows, send
+    from .tracking import EPOCH_COLUMNS, epoch_rows
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.yaml").write_text(yaml.safe_dump(run.settings.dump(), sort_keys=False), encoding="utf-8")
@@ -123,14 +123,17 @@ def fill_run_folder(folder: Path, run: Run, trackers: list[str] | tuple = (), na
     run.head.save(folder / "head.safetensors")
     if run.learner is not None:
         run.learner.save(folder)
-    if trackers:
-        send(list(trackers), folder, name or folder.name, run.settings.dump(), run.metrics)
 
 
 def write_run(out: Path, run: Run, trackers: list[str] | tuple = ()) -> None:
-    """Write the run folder into a temporary sibling, then move it into place."""
+    """Write the run folder into a temporary sibling and move it into place; only then send it to
+    `trackers` (`tracking.send`), so that a tracker that fails never costs the run."""
     with atomic_folder(Path(out), kind="run") as tmp:
-        fill_run_folder(tmp, run, trackers, name=str(out))
+        fill_run_folder(tmp, run)
+    if trackers:
+        from .tracking import send
+
+        send(list(trackers), Path(out), str(out), run.settings.dump(), run.metrics)
 
 
 def discovery_line(d: dict) -> str:

@@ -141,7 +141,7 @@ class PlannedRun:
         splits = {}
         for split in ("val", "test"):
             if len(ds.split_indices(split)):
-                splits[split] = evaluate_split(head, prep, split, plan.report[split], plan.spec.names())
+                splits[split] = evaluate_split(head, prep, split, plan.report[split], plan.report_names(split))
         val_trained = recipe.needs_groups == "val" or "last_layer" in fitted.extra
         metrics = {
             "method": recipe.name,
@@ -153,7 +153,7 @@ class PlannedRun:
             "selection": settings.selection,
             "selection_groups": plan.selection.used if not val_trained else
             f"{'true' if plan.report['val'][1] else plan.source} val groups (half-splits of val)",
-            "report_groups": {s: ("true groups" if plan.report[s][1] else f"{plan.source} groups") for s in splits},
+            "report_groups": {s: plan.report_words(s) for s in splits},
             "trainable_params": int(fitted.trainable),
             "total_params": int(bb.parameter_count() + fitted.trainable),
             "seed": settings.seed,

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from ..backbones.families import load_backbone, load_export_backbone
 from ..backbones.protocol import Backbone
 from ..data.base import PathImages
-from ..errors import UserError
+from ..errors import UserError, quoted
 from ..methods.head import Head, Prediction, load_head
 from .folder import read_run_config
 
@@ -106,7 +106,12 @@ class Classifier:
     @classmethod
     def from_run(cls, folder: str | Path, device: str = "cpu", pretrained: str | None = None) -> "Classifier":
         """The classifier of a run folder (`groupcoop train`, `Run.save`) or an export folder (`groupcoop export`)."""
-        head, backbone = load_run_head(Path(folder), pretrained=pretrained, device=device)
+        from .arguments import check
+
+        given = check("Classifier.from_run()", folder=folder, pretrained=pretrained, device=device)
+        if given["folder"] is None:
+            raise UserError("Classifier.from_run() needs a run or export folder")
+        head, backbone = load_run_head(given["folder"], pretrained=pretrained, device=device)
         return cls(head, backbone)
 
     @property
@@ -138,30 +143,34 @@ class Classifier:
         return self.head.predict(F.normalize(feats, dim=-1))
 
     def predict(self, images) -> Prediction:
-        """Predictions for PIL images, image paths, or a preprocessed batch (B, 3, H, W)."""
+        """Predictions for PIL images, image paths, or a preprocessed batch (B, 3, H, W) of the dtype the
+        backbone's preprocess makes (float32; raw uint8 pixels or float64 are refused, `arguments.check_batch`)."""
+        from .arguments import check_batch
+
         if isinstance(images, torch.Tensor):
-            batch = images if images.ndim == 4 else images[None]
-            expected = tuple(self.backbone.preprocess(Image.new("RGB", (8, 8))).shape)
-            if batch.ndim != 4 or batch.shape[0] == 0 or tuple(batch.shape[1:]) != expected:
-                raise UserError(f"predict() needs a preprocessed batch of shape (batch >= 1, {', '.join(map(str, expected))}), "
-                                f"got {tuple(images.shape)}; or pass PIL images or image paths")
+            batch = check_batch(images, self.backbone.preprocess(Image.new("RGB", (8, 8))))
         else:
             items = [images] if isinstance(images, (str, Path, Image.Image)) else list(images)
             if not items:
                 raise UserError("predict() got no images; give PIL images, image paths or a preprocessed batch")
-            batch = torch.stack([self.backbone.preprocess(_open(x)) for x in items])
+            batch = torch.stack([self.backbone.preprocess(_open(x, i)) for i, x in enumerate(items)])
         return self.predict_features(self.backbone.encode_images(batch))
 
 
 GroupCoOpClassifier = Classifier  # its older name
 
 
-def _open(item) -> Image.Image:
+def _open(item, index: int = 0) -> Image.Image:
+    from .arguments import check_image_size
+
     if isinstance(item, Image.Image):
+        check_image_size(item, index)
         return item.convert("RGB")
     if not isinstance(item, (str, Path)):
         raise UserError(f"predict() takes PIL images or image paths, not {type(item).__name__}")
-    return PathImages(Path("."), (str(item),), allow_outside=True).load(0)
+    image = PathImages(Path("."), (str(item),), allow_outside=True).load(0)
+    check_image_size(image, index)
+    return image
 
 
 # --- groupcoop predict ---------------------------------------------------------------------------
@@ -208,7 +217,7 @@ def images_from_csv(csv_path: Path, root: Path, path_col: str, allow_symlinks_ou
     for line, raw in enumerate(frame[path_col].tolist(), start=2):
         rel = inside_root(base, base_real, raw) if isinstance(raw, str) and raw.strip() else None
         if rel is None:
-            raise UserError(f"{csv_path}, line {line}: path {raw!r} is empty or leaves --root; give paths relative to it")
+            raise UserError(f"{csv_path}, line {line}: path {quoted(raw)} is empty or leaves --root; give paths relative to it")
         out.append(rel)
     images = PathImages(root, tuple(out), allow_outside=allow_symlinks_outside)
     images.check_confined()

@@ -22,7 +22,7 @@ from ..data.registry import dataset_options, is_known
 from ..errors import UserError
 from ..grouping.options import GroupingOptions
 from ..methods import Recipe, get_method
-from ..schema import Frozen, Seed, Text, build, unknown_key
+from ..schema import Frozen, Seed, Text, build, shown_key, unknown_key
 
 
 # --- a whole run -----------------------------------------------------------------------------
@@ -143,17 +143,19 @@ def check_hyperparameter_keys(values: dict, methods: list[str], where: str, flag
 # --- KEY=VALUE flags and config files -----------------------------------------------------------
 
 def key_values(pairs: list[str] | None, flag: str) -> dict:
-    """KEY=VALUE strings -> dict, values read as YAML scalars (numbers, booleans, lists)."""
-    import yaml
+    """KEY=VALUE strings -> dict, values read as YAML scalars (numbers, booleans, lists); a value that
+    is not YAML stays text, one past `parse_yaml`'s bounds is refused."""
+    from ..errors import quoted
+    from ..io.read import NotYaml, parse_yaml
 
     out = {}
     for pair in pairs or []:
         if "=" not in pair or not pair.split("=", 1)[0].strip():
-            raise UserError(f"{flag} expects KEY=VALUE, got '{pair}'")
+            raise UserError(f"{flag} expects KEY=VALUE, got {quoted(pair)}")
         key, value = pair.split("=", 1)
         try:
-            out[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError:
+            out[key.strip()] = parse_yaml(value, f"{flag} {shown_key(key.strip())}")
+        except NotYaml:
             out[key.strip()] = value
     return out
 

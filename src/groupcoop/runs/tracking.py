@@ -3,9 +3,10 @@
 `epoch_rows` turns a run's training history into the rows of `epochs.csv` (epoch, train loss,
 validation worst-group and average accuracy, whether it is the selected epoch); a method that
 trains in one go (zero-shot, linear probes, DFR) has none, and its epochs.csv holds the header
-only. `send` hands the same rows, the run's settings and its test numbers to each tracker when
-the run is written. The trackers are imported only when asked for and are no dependency of
-groupcoop: `check_trackers` refuses a missing one with one line before any training.
+only. `send` hands the same rows, the run's settings and its test numbers to each tracker once
+the run folder is written, so a tracker that fails never costs the run. The trackers are imported
+only when asked for and are no dependency of groupcoop: `check_trackers` refuses a missing one
+with one line before any training.
 """
 
 from __future__ import annotations
@@ -67,39 +68,74 @@ def _final(metrics: dict) -> dict:
 
 
 def send(names: list[str], folder: Path, name: str, settings: dict, metrics: dict) -> None:
-    """The run's epoch rows, settings and final numbers to each tracker in `names`; tensorboard's
-    event files go into `folder`/tensorboard (the run folder being written)."""
+    """The run's epoch rows, settings and final numbers to each tracker in `names`, once its folder is
+    written; tensorboard's event files go into `folder`/tensorboard. Every tracker is tried; the ones
+    that fail are named in one UserError line (the run folder stays as it is)."""
     rows, final = epoch_rows(metrics), _final(metrics)
+    failed = []
     for tracker in names:
-        if tracker == "tensorboard":
-            from torch.utils.tensorboard import SummaryWriter
+        try:
+            _SENDERS[tracker](Path(folder), name, settings, rows, final)
+        except Exception as err:  # noqa: BLE001 - any tracker backend error: the run is kept either way
+            first = (str(err).strip().splitlines() or [""])[0][:200]
+            failed.append(f"--log {tracker} failed ({type(err).__name__}: {first})")
+    if failed:
+        raise UserError(f"the run is written to {folder}, but {'; '.join(failed)}; its epochs are in its epochs.csv; "
+                        "fix the tracker and run the command again to log the run")
 
-            writer = SummaryWriter(log_dir=str(Path(folder) / TENSORBOARD_FOLDER))
-            try:
-                for row in rows:
-                    for key in ("train_loss", "val_worst_group_acc", "val_avg_acc"):
-                        if row[key] is not None:
-                            writer.add_scalar(key, row[key], row["epoch"])
-                for key, value in final.items():
-                    writer.add_scalar(key, value, 0)
-            finally:
-                writer.close()
-        elif tracker == "wandb":
-            import wandb
 
-            run = wandb.init(project="groupcoop", name=name, config=_flat(settings), reinit=True)
-            try:
-                for row in rows:
-                    run.log({k: v for k, v in row.items() if k != "epoch" and v is not None}, step=row["epoch"])
-                run.summary.update(final)
-            finally:
-                run.finish()
-        elif tracker == "mlflow":
-            import mlflow
+def _tensorboard(folder: Path, name: str, settings: dict, rows: list[dict], final: dict) -> None:
+    """Event files written in a temporary folder inside the run folder, then moved to tensorboard/ and
+    added to its manifest: a failure leaves the run folder as it was."""
+    import shutil
+    import tempfile
 
-            with mlflow.start_run(run_name=name):
-                mlflow.log_params(_flat(settings))
-                for row in rows:
-                    mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch" and v is not None},
-                                       step=row["epoch"])
-                mlflow.log_metrics({k.replace("/", "_"): v for k, v in final.items()})
+    from torch.utils.tensorboard import SummaryWriter
+
+    from ..io.folders import write_manifest
+    from ..io.write import share_per_umask
+
+    tmp = Path(tempfile.mkdtemp(dir=folder, prefix=f".{TENSORBOARD_FOLDER}.tmp-"))
+    try:
+        (tmp / TENSORBOARD_FOLDER).mkdir()
+        writer = SummaryWriter(log_dir=str(tmp / TENSORBOARD_FOLDER))
+        try:
+            for row in rows:
+                for key in ("train_loss", "val_worst_group_acc", "val_avg_acc"):
+                    if row[key] is not None:
+                        writer.add_scalar(key, row[key], row["epoch"])
+            for key, value in final.items():
+                writer.add_scalar(key, value, 0)
+        finally:
+            writer.close()
+        for path in tmp.rglob("*"):
+            share_per_umask(path, folder=path.is_dir())
+        (tmp / TENSORBOARD_FOLDER).rename(folder / TENSORBOARD_FOLDER)
+        write_manifest(folder, "run")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _wandb(folder: Path, name: str, settings: dict, rows: list[dict], final: dict) -> None:
+    import wandb
+
+    run = wandb.init(project="groupcoop", name=name, config=_flat(settings), reinit=True)
+    try:
+        for row in rows:
+            run.log({k: v for k, v in row.items() if k != "epoch" and v is not None}, step=row["epoch"])
+        run.summary.update(final)
+    finally:
+        run.finish()
+
+
+def _mlflow(folder: Path, name: str, settings: dict, rows: list[dict], final: dict) -> None:
+    import mlflow
+
+    with mlflow.start_run(run_name=name):
+        mlflow.log_params(_flat(settings))
+        for row in rows:
+            mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch" and v is not None}, step=row["epoch"])
+        mlflow.log_metrics({k.replace("/", "_"): v for k, v in final.items()})
+
+
+_SENDERS = {"tensorboard": _tensorboard, "wandb": _wandb, "mlflow": _mlflow}

@@ -161,6 +161,21 @@ class Grid(Frozen):
                             f"(e.g. `seeds: 0..4` is 5 seeds), or pass --max-runs {n} to run them all")
         return values
 
+    @property
+    def folder(self) -> Path:
+        """The default sweep folder, runs/<name>; the name becomes one folder name as run labels do
+        (`_slug`), so `../..` or an absolute path never leads out of ./runs."""
+        return Path("runs", _slug(self.name))
+
+    def same_runs(self, other: Grid) -> bool:
+        """Whether two grids make the same runs and tables (their names aside), compared as grid.yaml holds them."""
+        import yaml
+
+        def written(grid: Grid):
+            return yaml.safe_load(yaml.safe_dump(grid.model_dump(exclude={"name"})))
+
+        return written(self) == written(other)
+
     @model_validator(mode="after")
     def _known_hyperparameters(self):
         check_hyperparameter_keys(self.hyperparameters, [m.method for m in self.methods],
@@ -214,6 +229,27 @@ def load_grid(path: str | Path | None, overrides: dict | None = None, hyperparam
                                   f"{', '.join(dict.fromkeys(methods))})", flag="--set")
         grid = grid.model_copy(update={"hyperparameters": {**grid.hyperparameters, **hyperparameters}})
     return grid
+
+
+GRID_FILE = "grid.yaml"  # the grid a sweep folder was made with
+
+
+def check_grid_folder(out: Path, grid: Grid, overwrite: bool) -> bool:
+    """Refuse a sweep folder made with another grid (its grid.yaml) unless `overwrite`; a grid.yaml
+    that cannot be read as a grid counts as another. Returns whether grid.yaml must be (re)written."""
+    path = Path(out) / GRID_FILE
+    if not os.path.lexists(path):
+        return True
+    try:
+        stored = build(Grid, read_yaml_mapping(path, "grid file"), f"grid {path}", context={"max_runs": float("inf")})
+    except UserError:
+        stored = None
+    if stored is not None and stored.same_runs(grid):
+        return False
+    if not overwrite:
+        raise UserError(f"--out {out} holds a sweep of another grid (its {GRID_FILE}); choose another --out, or pass "
+                        "--overwrite to run this grid there (its run folders of other settings are replaced)")
+    return True
 
 
 # --- runs ---------------------------------------------------------------------------------------
@@ -273,6 +309,10 @@ def expand(grid: Grid, roots: dict[str, str] | None = None) -> list[RunSpec]:
     from ..data.registry import loader_spec
 
     roots = roots or {}
+    unknown = set(roots) - {d.name for d in grid.datasets} - {d.label for d in grid.datasets}
+    if unknown:
+        raise UserError(f"--root {min(unknown)}=...: no dataset of the grid has that name; the grid's datasets: "
+                        f"{', '.join(dict.fromkeys(d.label or d.name for d in grid.datasets))}")
     specs, seen = [], set()
     for d in grid.datasets:
         loader_spec(d.name)  # an unknown name is refused here, before anything runs

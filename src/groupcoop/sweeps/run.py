@@ -11,10 +11,11 @@ backbone, before the runs; each worker fuses its share of the runs (`work_units`
 from __future__ import annotations
 
 import os
-import re
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +75,66 @@ def _init_worker(threads: int, parent: int | None = None) -> None:
 
     if parent is not None:
         _die_with_parent(parent)
+        ignore_ctrl_c()
     torch.set_num_threads(threads)
+
+
+def ignore_ctrl_c() -> None:
+    """A worker leaves Ctrl-C to the sweep process, which stops it (`_stop_workers`): the terminal
+    sends SIGINT to every process of the group, and a worker's KeyboardInterrupt is only a traceback."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@contextmanager
+def _workers_deaf_to_ctrl_c() -> Iterator[None]:
+    """Start worker processes in here: SIGINT is blocked meanwhile, and a process inherits that mask
+    through fork and exec, so a worker is deaf to Ctrl-C from its first instruction, before
+    `_init_worker` runs (a Ctrl-C meanwhile reaches the sweep process when the block ends)."""
+    import signal
+
+    if not hasattr(signal, "pthread_sigmask"):  # not POSIX: `ignore_ctrl_c` alone
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _as_finished(futures) -> Iterator:
+    """Each future as it finishes. The waits are short because the kernel may hand a Ctrl-C to any
+    thread (a torch or executor thread): the main thread raises KeyboardInterrupt when it wakes up."""
+    pending = set(futures)
+    while pending:
+        done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+        yield from done
+
+
+def _stop_workers(pool: ProcessPoolExecutor, now: bool) -> None:
+    """Drop the runs not started, and end the workers at once (`now`: Ctrl-C) or once the runs under way
+    are written (a Ctrl-C meanwhile ends them at once). A worker ended halfway through writing leaves a
+    temporary folder, removed when the sweep resumes."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # shutdown() forgets them
+    pool.shutdown(wait=False, cancel_futures=True)
+    if not now:
+        try:
+            for process in processes:
+                process.join()
+            return
+        except KeyboardInterrupt:
+            _end(processes)
+            raise
+    _end(processes)
+
+
+def _end(processes: list) -> None:
+    for process in processes:
+        process.terminate()  # SIGTERM: a worker ignores SIGINT
+    for process in processes:
+        process.join()
 
 
 def extract_one(spec: RunSpec, cache_dir, workers) -> str:
@@ -150,41 +210,60 @@ def check_run_folders(specs: list[RunSpec], out: Path, overwrite: bool = False) 
         check_inside(folder, out, "run folder", "remove the link, or choose another --out")
         if not os.path.lexists(folder) or same_settings(folder, spec.settings):
             continue
-        check_replaceable(folder, overwrite=True)  # never a folder of the user's files
+        check_replaceable(folder, overwrite=True, kind="run")  # never a folder of the user's files, nor another kind
         if not overwrite:
             raise UserError(f"run folder {folder} already holds a run of other settings (the grid changed?); "
                             "pass --overwrite to replace such runs, or choose another --out")
 
 
+def check_sweep_folder(specs: list[RunSpec], out: Path, grid, overwrite: bool = False,
+                       summary_only: bool = False) -> bool:
+    """Before anything is written: the dataset folders exist (`check_roots`) and `out` is none of them,
+    every run folder lies inside `out` (`check_run_folders`), and `out` is nothing, an empty folder or
+    a sweep folder (resumed, never replaced) of this grid, another only with `overwrite`
+    (`grid.check_grid_folder`). Returns whether grid.yaml must be (re)written."""
+    from ..io.folders import check_not_an_input, check_replaceable, groupcoop_kind
+    from .grid import check_grid_folder
+
+    check_roots(specs)
+    check_not_an_input(out, [("the dataset folder", r) for r in dict.fromkeys(s.settings.get("root") for s in specs)])
+    if not summary_only:
+        check_run_folders(specs, out, overwrite)
+    if out.exists() and groupcoop_kind(out) != "sweep":
+        check_replaceable(out, overwrite=False, kind="sweep")  # an empty folder is fine; anything else is refused
+    return check_grid_folder(out, grid, overwrite)
+
+
 def remove_stale_temporaries(specs: list[RunSpec], out: Path) -> int:
-    """Remove the temporary folders a killed sweep left beside its run folders (`files.atomic_folder`
-    names them `.<run>.tmp-` or `.<run>.old-` plus 8 random characters); only those of these specs' runs,
-    whose writer is gone: the caller holds these specs' lock. Returns how many were removed."""
+    """Remove the temporary folders a killed sweep left beside its run folders (`folders.temporaries`:
+    `.<run>.tmp-` or `.<run>.old-` plus 8 random characters); only those of these specs' runs, whose
+    writer is gone: the caller holds these specs' lock. Returns how many were removed."""
     import shutil
 
-    from ..io.folders import check_inside
+    from ..io.folders import check_inside, temporaries
 
     removed = 0
     for spec in specs:
         parent = out / spec.folder.parent
         if not parent.is_dir() or parent.is_symlink():
             continue
-        pattern = re.compile(rf"\.{re.escape(spec.folder.name)}\.(tmp|old)-[a-z0-9_]{{8}}")
-        for entry in os.scandir(parent):
-            if pattern.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False):
-                check_inside(entry.path, out, "temporary folder", "remove it by hand")
-                shutil.rmtree(entry.path)
-                removed += 1
+        for tmp in temporaries(out / spec.folder):
+            check_inside(tmp, out, "temporary folder", "remove it by hand")
+            shutil.rmtree(tmp)
+            removed += 1
     return removed
 
 
 def check_roots(specs: list[RunSpec]) -> None:
-    """A dataset folder left as an unset ${VARIABLE} is named before anything runs."""
+    """A dataset folder that is missing (or left as an unset ${VARIABLE}) is named before anything runs."""
     for s in specs:
         root = s.settings.get("root") or ""
         if "$" in root:
             raise UserError(f"dataset {s.settings['dataset']}: its folder {root} uses an environment variable that is "
                             f"not set; set it or pass --root {s.settings['dataset']}=FOLDER")
+        if root and not Path(root).expanduser().is_dir():
+            raise UserError(f"dataset {s.settings['dataset']}: its folder {root} is not a folder (missing?); nothing "
+                            f"was written; pass --root {s.settings['dataset']}=FOLDER with the dataset's folder")
 
 
 def run_sweep(specs: list[RunSpec], out: Path, jobs: int = 1, cache_dir=None, workers: int | None = 0,
@@ -196,9 +275,18 @@ def run_sweep(specs: list[RunSpec], out: Path, jobs: int = 1, cache_dir=None, wo
     passes (one per worker), at most `max_prompts` prompts per text-encoder call. The caller holds
     the lock of these specs (`cli.cmd_sweep`: one per shard). A run folder of other settings is
     replaced only with `overwrite` (`check_run_folders`). Each run's epochs also go to `trackers`
-    (`tracking.send`).
+    (`tracking.send`). Ctrl-C ends the workers; the KeyboardInterrupt then says how many runs are kept.
     """
     out = Path(out)
+    try:
+        return _run_sweep(specs, out, jobs, cache_dir, workers, log, fuse, max_prompts, overwrite, trackers)
+    except KeyboardInterrupt:  # main.py prints it in one line, status 130
+        kept = sum(finished(s, out) for s in specs)
+        raise KeyboardInterrupt(f"{kept} of {len(specs)} runs are finished and kept; run the same command to "
+                                "resume") from None
+
+
+def _run_sweep(specs, out, jobs, cache_dir, workers, log, fuse, max_prompts, overwrite, trackers) -> dict:
     check_roots(specs)
     check_run_folders(specs, out, overwrite)
     stale = remove_stale_temporaries(specs, out)
@@ -213,7 +301,6 @@ def run_sweep(specs: list[RunSpec], out: Path, jobs: int = 1, cache_dir=None, wo
     threads = max(1, (os.cpu_count() or 1) // jobs)
     order = sorted(todo, key=lambda s: (s.data_key, s.method, s.groups, s.seed))
     units = work_units(order, jobs, fuse)
-    first_of_data = list({s.data_key: s for s in reversed(order)}.values())
     start = time.perf_counter()
     completed = 0
 
@@ -222,29 +309,46 @@ def run_sweep(specs: list[RunSpec], out: Path, jobs: int = 1, cache_dir=None, wo
         completed += 1
         _progress(log, done_before + completed, total, completed, len(order), start, folder, seconds)
 
+    def features_ready() -> None:
+        nonlocal start
+        log(f"features ready ({(time.perf_counter() - start) / 60:.1f} min)")
+        start = time.perf_counter()  # the ETA counts runs only
+
     if jobs == 1:
         _init_worker(threads)
         for unit in units:
             run_group(unit, out, cache_dir, workers, fuse, max_prompts, report, trackers)
     else:
-        import multiprocessing
-
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker,
-                                 initargs=(threads, os.getpid())) as pool:
-            # features first, one task per dataset, so that no two processes extract the same images
-            for future in [pool.submit(extract_one, s, cache_dir, workers) for s in first_of_data]:
-                future.result()
-            log(f"features ready ({(time.perf_counter() - start) / 60:.1f} min)")
-            start = time.perf_counter()  # the ETA counts runs only
-            pending = {pool.submit(run_group, unit, out, cache_dir, workers, fuse, max_prompts, None, trackers)
-                       for unit in units}
-            while pending:  # a fused share reports its runs when the whole share is done
-                finished_now, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in finished_now:
-                    for folder, seconds in future.result():
-                        report(folder, seconds)
+        first_of_data = list({s.data_key: s for s in reversed(order)}.values())
+        _run_parallel(units, first_of_data, jobs, threads, (out, cache_dir, workers, fuse, max_prompts), trackers,
+                      features_ready, report)
     return {"total": total, "ran": len(order), "skipped": done_before}
+
+
+def _run_parallel(units, first_of_data, jobs, threads, where: tuple, trackers, features_ready, report) -> None:
+    """`units` in `jobs` worker processes, after the features of each dataset (`first_of_data`)."""
+    import multiprocessing
+
+    out, cache_dir, workers, fuse, max_prompts = where
+    pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+                               initargs=(threads, os.getpid()))
+    try:
+        # features first, one task per dataset, so that no two processes extract the same images
+        with _workers_deaf_to_ctrl_c():  # a submit may start a worker
+            extracting = [pool.submit(extract_one, s, cache_dir, workers) for s in first_of_data]
+        for future in _as_finished(extracting):
+            future.result()
+        features_ready()
+        with _workers_deaf_to_ctrl_c():
+            pending = [pool.submit(run_group, unit, out, cache_dir, workers, fuse, max_prompts, None, trackers)
+                       for unit in units]
+        for future in _as_finished(pending):  # a fused share reports its runs when the whole share is done
+            for folder, seconds in future.result():
+                report(folder, seconds)
+    except BaseException as err:
+        _stop_workers(pool, now=isinstance(err, KeyboardInterrupt))
+        raise
+    pool.shutdown()
 
 
 def _progress(log, done, total, ran, to_run, start, folder, seconds) -> None:
