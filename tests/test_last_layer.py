@@ -88,3 +88,12 @@ def test_groupcoop_with_a_last_layer_runs_end_to_end(waterbirds_prep):
     assert m["last_layer"]["kind"] == "dfr_prompts" and m["splits"]["test"]["worst_group_acc"] > 0
     assert result.head.row_names == list(ds.class_names)  # one row per class now
     assert len(result.learner.info["groups"]) == 4  # the learned prompts keep their group names
+
+
+def test_a_val_split_too_small_to_regress_on_keeps_the_prompts():
+    rng = np.random.default_rng(2)
+    val = planted([40, 40, 1, 0], rng)  # class 1 has one image: some half-split lacks it
+    prompts = spurious_prompts()
+    out = groupcoop.reweighted_last_layer(task_on(val), groupcoop.GroupCoOpParams(last_layer="dfr"), Fitted(prompts, 5))
+    assert out.head is prompts and out.trainable == 5
+    assert out.extra["last_layer"]["kind"] == "none" and "no examples" in out.extra["last_layer"]["why"]
