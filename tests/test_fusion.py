@@ -257,12 +257,18 @@ def test_dry_run_estimates_the_fused_cost(cli, monkeypatch):
     from groupcoop.presets import resolve
 
     grid = resolve("waterbirds")  # the paper preset, shipped in the package (configs/ moved there)
-    hours = {}
+    seconds = {}
     for flags in ([], ["--no-fuse"]):
         result = cli("sweep", grid, "--dry-run", *flags)
         assert result.code == 0, result.err
-        hours[bool(flags)] = float(re.search(r"training at most ([\d.]+) h", result.out).group(1))
+        seconds[bool(flags)] = training_seconds(result.out)
     assert "fused" in cli("sweep", grid, "--dry-run").out
-    assert hours[False] < hours[True] / 2  # 24 learned-prompt runs per backbone share their text steps
+    assert seconds[False] < seconds[True] / 2  # 24 learned-prompt runs per backbone share their text steps
     capped = cli("sweep", grid, "--dry-run", "--max-fused-prompts", "4").out
-    assert hours[False] < float(re.search(r"training at most ([\d.]+) h", capped).group(1)) <= hours[True]
+    assert seconds[False] < training_seconds(capped) <= seconds[True]
+
+
+def training_seconds(text: str) -> float:
+    """The dry run's "training at most N h|min|s", in seconds."""
+    value, unit = re.search(r"training at most ([\d.]+) (h|min|s)\b", text).groups()
+    return float(value) * {"h": 3600, "min": 60, "s": 1}[unit]

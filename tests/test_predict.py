@@ -19,11 +19,14 @@ TRAIN = ["train", "--dataset", "synth-waterbirds", "--backbone", "groupcoop-tiny
 
 
 def readme_block(marker: str) -> str:
-    """The ```python block that follows `<!-- test: marker -->` in the README."""
-    text = README.read_text(encoding="utf-8")
-    match = re.search(rf"<!-- test: {marker} -->\s*```python\n(.*?)```", text, re.S)
-    assert match, f"README has no python block marked {marker}"
-    return match.group(1)
+    """The ```python block that follows `<!-- test: marker -->` in the README or a docs page; where both
+    hold it, every copy must be the same."""
+    pages = [README, *sorted((README.parent / "docs").glob("*.md"))]
+    found = [m.group(1) for page in pages
+             for m in re.finditer(rf"<!-- test: {marker} -->\s*```python\n(.*?)```", page.read_text(encoding="utf-8"), re.S)]
+    assert found, f"neither README nor docs/ has a python block marked {marker}"
+    assert all(block == found[0] for block in found), f"the copies of the block {marker} differ"
+    return found[0]
 
 
 @pytest.fixture(scope="module")

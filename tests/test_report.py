@@ -325,3 +325,87 @@ def test_report_of_a_real_run(mini_run):
     assert len(tokens) == len(learner.names) and all(len(e["slots"]) == learner.n_ctx for e in tokens)
     page = check_page(run_report_html(metrics, tokens))
     assert page.sections == ["summary", "groups", "training", "pseudo-groups", "prompts"]
+
+
+# ---------------------------------------------------------------- report nits
+
+
+def test_sweep_page_title_names_the_grid_once():
+    from groupcoop.reports.sweep import sweep_report_html
+
+    rows = [{"dataset": "d", "method": "coop", "groups": "-", "seed": 0, "test_worst_group_acc": 0.5,
+             "test_avg_acc": 0.7}]
+    default = sweep_report_html("sweep", rows, "| method | d |\n|---|---|\n| coop | 50.0 |")  # Grid's default name
+    assert "<title>groupcoop sweep</title>" in default and "sweep sweep" not in default
+    named = sweep_report_html("paper-waterbirds", rows, "| method | d |\n|---|---|\n| coop | 50.0 |")
+    assert "<title>groupcoop sweep: paper-waterbirds</title>" in named
+
+
+def _figures(monkeypatch, module: str) -> list:
+    """Every matplotlib figure `module` turns into a PNG, kept for inspection."""
+    import importlib
+
+    kept = []
+    target = importlib.import_module(module)
+    real = target.png
+
+    def keep(fig):
+        kept.append(fig)
+        fig.canvas.draw()  # ticks are placed on draw
+        return real(fig)
+
+    monkeypatch.setattr(target, "png", keep)
+    return kept
+
+
+def test_epoch_axes_have_whole_number_ticks(monkeypatch):
+    figures = _figures(monkeypatch, "groupcoop.reports.run")
+    check_page(run_report_html(full_metrics(), TOKENS))  # 4 epochs: matplotlib's default ticks are 1, 1.5, ...
+    axes = [ax for fig in figures for ax in fig.axes if ax.get_xlabel() == "epoch"]
+    assert len(axes) == 2  # training loss, validation accuracy
+    for ax in axes:
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
+
+
+def test_labeler_groups_show_by_name_in_a_report(monkeypatch):
+    t = np.array([0] * 50 + [1] * 10 + [2] * 8 + [3] * 40)
+    p = t.copy()
+    p[:3] = 1
+    labeler = ["bird, cluster 0", "bird, cluster 1", "fish, cluster 0", "fish, <cluster 1>"]
+    metrics = full_metrics()
+    metrics["group_quality"] = quality(t, p, names=NAMES, pred_names=labeler)
+    assert [g["pred_name"] for g in metrics["group_quality"]["groups"]] == labeler
+    assert metrics["group_quality"]["confusion"]["pred_names"] == labeler
+    figures = _figures(monkeypatch, "groupcoop.reports.run")
+    text = run_report_html(metrics)
+    table = re.search(r'<section id="pseudo-groups">.*?</section>', text, re.S).group(0)
+    cells = re.findall(r"<td[^>]*>([^<]*)</td>", table)
+    assert "bird, cluster 1" in cells and "fish, &lt;cluster 1&gt;" in cells  # names, escaped, not ids
+    heatmap = next(ax for fig in figures for ax in fig.axes if ax.get_xlabel().startswith("labeler group"))
+    assert heatmap.get_xlabel() == "labeler group"
+    assert sorted(label.get_text() for label in heatmap.get_xticklabels()) == sorted(labeler)
+    json.dumps(metrics["group_quality"])  # metrics.json stays JSON
+
+
+def test_demo_report_links_each_methods_run_folders():
+    summary = demo_summary({"zeroshot": 0.60, "coop": 0.20, "groupcoop": 0.73})
+    text = demo_html(summary)
+    check_page(text)
+    links = re.findall(r'<a href="([^"]+)">([^<]+)</a>', text)
+    seed = summary["coop"]["over_seeds"]["seeds"][0]  # the demo writes OUT/<method>/seed-<seed>/
+    assert links == [(f"{m}/seed-{seed}/report.html", f"{m}/seed-{seed}") for m in ("zeroshot", "coop", "groupcoop")]
+
+
+def test_epochs_csv_names_the_worst_part_as_metrics_json_does():
+    from groupcoop.io.csv_safe import csv_text
+    from groupcoop.runs.tracking import EPOCH_COLUMNS, epoch_rows
+
+    history = [{"epoch": e, "loss": 0.5, "val_worst_class_acc": 0.6 + 0.1 * e, "val_avg_acc": 0.8} for e in range(2)]
+    rows = epoch_rows({"history": history, "best_epoch": 2})
+    assert [r["val_worst_class_acc"] for r in rows] == [h["val_worst_class_acc"] for h in history]
+    assert all(r["val_worst_group_acc"] is None for r in rows)
+    header = csv_text(rows, EPOCH_COLUMNS).splitlines()[0]
+    assert '"val_worst_class_acc"' in header and '"val_worst_group_acc"' in header
+    grouped = epoch_rows({"history": [{"epoch": 0, "loss": 1.0, "val_worst_group_acc": 0.4, "val_avg_acc": 0.7}]})
+    assert grouped[0]["val_worst_group_acc"] == 0.4 and grouped[0]["val_worst_class_acc"] is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -257,3 +258,44 @@ def test_a_label_free_dfr_entry_first_in_a_grid_runs(tmp_path, cli, waterbirds_p
     assert result.code == 0, result.err
     (metrics,) = out.glob("runs/*/*/dfr/*/seed-0/metrics.json")
     assert json.loads(metrics.read_text())["selection_groups"] == "pseudo val groups (half-splits of val)"
+
+
+# ---------------------------------------------------------------- listing and cost nits
+
+
+def test_cost_durations_show_minutes_or_seconds_below_an_hour():
+    from groupcoop.sweeps.cost import duration
+
+    assert [duration(s) for s in (0, 0.04, 8.44, 59.9, 60, 750, 3600, 9000)] == \
+        ["0 s", "under 0.1 s", "8.4 s", "59.9 s", "1.0 min", "12.5 min", "1.00 h", "2.50 h"]
+
+
+def test_a_synthetic_grids_dry_run_estimate_is_not_zero_hours(tmp_path, cli):
+    result = cli("sweep", tiny_grid(tmp_path), "--out", tmp_path / "sweep", "--dry-run")
+    assert result.code == 0, result.err
+    line = next(x for x in result.out.splitlines() if x.startswith("estimated on one GPU"))
+    assert "0.00 h" not in line and re.search(r"feature extraction [\d.]+ (s|min)\b", line), line
+
+
+def test_list_presets_shows_whole_first_sentences(cli):
+    from groupcoop.presets import available, summary
+
+    listed = cli("sweep", "--list-presets")
+    assert listed.code == 0, listed.err
+    for name, path in available().items():
+        text = summary(path)
+        assert text and text[-1] in ".?!", (name, text)  # a whole sentence, never cut at a line's end
+        assert text in listed.out, name
+    # the dev suite's first sentence runs over two comment lines
+    assert "is chosen on these 30 random tasks of the synthetic world, and never on the report suite." in listed.out
+
+
+def test_a_preset_summary_is_its_first_sentence_only(tmp_path):
+    from groupcoop.presets import summary
+
+    path = tmp_path / "p.yaml"
+    path.write_text("# One grid (issue 3): it runs over\n# two lines, e.g. this. Second sentence.\n"
+                    "#   groupcoop sweep p\nname: p\n# a later comment\n")
+    assert summary(path) == "One grid (issue 3): it runs over two lines, e.g. this."
+    path.write_text("name: p\n# No full stop here\n")
+    assert summary(path) == "No full stop here"

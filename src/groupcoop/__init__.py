@@ -24,6 +24,7 @@ _API = {
     "GroupingOptions": "grouping.options",
     "Classifier": "runs.predict",
     "GroupCoOpClassifier": "runs.predict",  # Classifier's older name
+    "GroupCoOpEstimator": "runs.estimator",  # scikit-learn estimator on image features
     "Prediction": "methods.head",
     "load_dataset": "data.registry",
     "list_datasets": "data.registry",

@@ -7,11 +7,14 @@ The CLI's `train` and the demo are users of the same functions (`check_run`, `pr
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from .data.base import GroupDataset
 from .errors import UserError
+from .io.progress import info, shown
 from .runs.arguments import check
+from .runs import phases
 from .runs.pipeline import check_run, prepare, run_method
 from .runs.folder import Run, read_run_config
 from .runs.settings import RunSettings, make_settings
@@ -32,6 +35,10 @@ def fit(dataset: str | GroupDataset, backbone: str = "groupcoop-tiny", pretraine
     `selection` is the model-selection rule (auto, labeler, worst_class, average);
     `hide_bias_labels` the splits ('train', 'val') whose bias labels are dropped right after loading.
     Every argument is checked before any work (`runs.arguments.check`); a bad one raises UserError.
+    `progress=True` prints what it does on stderr, one line per phase (load, extract with a progress
+    bar, discover, label, train with a line per epoch, evaluate) and one before any download; without
+    it nothing is printed, and the lines go to the `groupcoop` logger (INFO). `log`, a callable taking
+    a line, receives the discover, label, train, epoch and evaluate lines instead.
     """
     given = check("fit()", dataset=dataset, root=root, progress=progress, workers=workers, log=log, config=config,
                   cache_dir=cache_dir)
@@ -44,10 +51,13 @@ def fit(dataset: str | GroupDataset, backbone: str = "groupcoop-tiny", pretraine
         if value is not None:
             values.setdefault(key, value)
     settings = make_settings(values, "fit()")
-    ds, settings, bb = check_run(settings, dataset=loaded)
-    prep = prepare(ds, bb, cache_dir=cache_dir, feature_dtype=settings.feature_dtype, workers=workers,
-                   progress=progress)
-    return run_method(prep, settings, log=log or (lambda s: None))
+    with shown(progress):
+        started = time.perf_counter()
+        ds, settings, bb = check_run(settings, dataset=loaded)
+        info(phases.loaded(ds, bb, time.perf_counter() - started))
+        prep = prepare(ds, bb, cache_dir=cache_dir, feature_dtype=settings.feature_dtype, workers=workers,
+                       progress=progress)
+        return run_method(prep, settings, log=log or info)
 
 
 def fit_many(dataset: str | GroupDataset, runs: list[str | dict | RunSettings], backbone: str = "groupcoop-tiny",
@@ -89,17 +99,20 @@ def fit_many(dataset: str | GroupDataset, runs: list[str | dict | RunSettings], 
             if getattr(s, key) != getattr(settings[0], key):
                 raise UserError(f"fit_many() run {k} has {key} {getattr(s, key)!r}, run 0 {getattr(settings[0], key)!r}: "
                                 "one call trains runs of one dataset, backbone and feature cache; call it once for each")
-    ds, _, bb = check_run(settings[0], dataset=loaded)
-    settings = [check_run(s, dataset=ds, backbone=bb)[1] for s in settings]
-    prep = prepare(ds, bb, cache_dir=cache_dir, feature_dtype=settings[0].feature_dtype, workers=workers,
-                   progress=progress)
-    return fit_runs(prep, settings, log=log or (lambda s: None), fuse=fuse, max_prompts=max_prompts or DEFAULT_MAX_PROMPTS)
+    with shown(progress):  # the lines `fit` prints, each run's tagged with its method and seed where fused
+        started = time.perf_counter()
+        ds, _, bb = check_run(settings[0], dataset=loaded)
+        settings = [check_run(s, dataset=ds, backbone=bb)[1] for s in settings]
+        info(phases.loaded(ds, bb, time.perf_counter() - started))
+        prep = prepare(ds, bb, cache_dir=cache_dir, feature_dtype=settings[0].feature_dtype, workers=workers,
+                       progress=progress)
+        return fit_runs(prep, settings, log=log or info, fuse=fuse, max_prompts=max_prompts or DEFAULT_MAX_PROMPTS)
 
 
 def discover(dataset: str | GroupDataset, backbone: str = "groupcoop-tiny", pretrained: str | None = None,
              vocabulary=None, top: int | None = 10, cache_dir: str | Path | None = None, *, score: str | None = None,
              root: str | None = None, device: str = "cpu", workers: int | None = None, progress: bool = False,
-             seed: int = 0, grid: str | Path | None = None) -> list[dict]:
+             seed: int = 0, grid: str | Path | None = None, unkept: list | None = None) -> list[dict]:
     """Bias discovery on the dataset's training split: the vocabulary's attributes ranked by how
     strongly their zero-shot value assignments go with the class, best first (at most `top`;
     None: all), and the image features' own unnamed attribute where they hold one no caption names.
@@ -111,9 +124,11 @@ def discover(dataset: str | GroupDataset, backbone: str = "groupcoop-tiny", pret
     `residual_errors` and `zeroshot_ratio`. `vocabulary` is a YAML file, a `discovery.Vocabulary`,
     or None for the shipped one (world for synth-* datasets, clip otherwise). With `grid` (a .png
     path) and an unnamed attribute found, example training images of each class x value are written
-    there. Reads image features and class labels, never a bias label.
+    there. `unkept`, a list, receives the vocabulary's attributes that are no candidate, each
+    {"attribute", "reason"} (fewer than two values matched enough images). Reads image features and
+    class labels, never a bias label.
     """
-    from .backbones.families import check_device
+    from .backbones.families import check_device, load_backbone
     from .data.registry import load_dataset
     from .grouping.discovery import DISCOVERY_SCORE, Vocabulary, check_score, discover_on, load_vocabulary
 
@@ -125,8 +140,12 @@ def discover(dataset: str | GroupDataset, backbone: str = "groupcoop-tiny", pret
     check_device(device)
     ds = dataset if isinstance(dataset, GroupDataset) else load_dataset(dataset, root)
     vocab = vocabulary if isinstance(vocabulary, Vocabulary) else load_vocabulary(vocabulary, ds)
-    prep = prepare(ds, backbone, pretrained, device=device, cache_dir=cache_dir, workers=workers, progress=progress)
-    candidates = discover_on(prep, vocab, score, seed=seed)
+    with shown(progress):
+        started = time.perf_counter()
+        bb = load_backbone(backbone, pretrained, device=device)
+        info(phases.loaded(ds, bb, time.perf_counter() - started))
+        prep = prepare(ds, bb, cache_dir=cache_dir, workers=workers, progress=progress)
+    candidates = discover_on(prep, vocab, score, seed=seed, unkept=unkept)
     unnamed = next((c for c in candidates if c.get("unnamed")), None)
     if grid is not None and unnamed is not None:
         from .reports.gallery import unnamed_grid

@@ -20,6 +20,7 @@ Selection = Literal["auto", "labeler", "worst_class", "average"]
 HideableSplit = Literal["train", "val"]  # splits whose bias labels a run may drop (test always reports true groups)
 DiscoveryScore = Literal["cramers_v", "nmi", "error_concentration"]  # how bias discovery ranks an attribute
 AUTO = "auto"  # `bias_prompts: auto`: the labeler's attributes come from bias discovery
+DEFAULT_METHOD = "groupcoop"  # the method of `groupcoop train` without --method
 
 DEVICE_PATTERN = r"cpu|cuda(:\d+)?|mps"  # the torch devices a run may name (checked against the machine later)
 

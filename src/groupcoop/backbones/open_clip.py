@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from .content import OWN_FILES, check_export_files, digest, file_sha256, folder_files, state_dict_sha256
+from .fetch import hub_offline, open_clip_downloads
 from .protocol import TINY, Backbone, special_prefix_length
 from ..errors import UserError, close_matches
 from ..io.read import read_text
@@ -433,6 +434,10 @@ def load(name: str, pretrained: str | None = None, device: str | torch.device = 
         if needs:
             raise UserError(f"backbone {name} needs the package '{needs}', which is not installed; "
                             f"pip install {needs}, or choose another backbone")
+    named = not name.startswith(("hf-hub:", "local-dir:"))  # open_clip's own architecture: its configs are here
+    tag_cfg = open_clip.get_pretrained_cfg(name, pretrained) if named and pretrained and not _looks_like_file(pretrained) \
+        else None
+    open_clip_downloads(name, pretrained, tag_cfg, open_clip.get_model_config(name) if named else None)  # or refuses
     loggers = _quiet_loggers()
     levels = [lg.level for lg in loggers]
     for lg in loggers:
@@ -440,12 +445,12 @@ def load(name: str, pretrained: str | None = None, device: str | torch.device = 
     root_level = logging.getLogger().level
     logging.getLogger().setLevel(logging.CRITICAL)  # open_clip logs through the root logger
     try:
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), hub_offline():
             torch.manual_seed(0)  # random-init weights are part of the identity: keep them reproducible
             model, _, preprocess = open_clip.create_model_and_transforms(
                 name, pretrained=weights, device=device, weights_only=True
             )
-        tokenizer = open_clip.get_tokenizer(name)
+            tokenizer = open_clip.get_tokenizer(name)
     except ImportError as err:
         missing = getattr(err, "name", None) or str(err)
         raise UserError(f"backbone {name} needs the package '{missing}', which is not installed; pip install {missing}") from None

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .content import check_export_files, digest, folder_files
+from .fetch import before_download, in_hub_cache, offline
 from .protocol import TRANSFORMERS_PREFIX, Backbone, special_prefix_length
 from ..errors import UserError
 
@@ -206,9 +207,13 @@ def load(name: str, pretrained: str | None = None, device: str | torch.device = 
         raise UserError(f"--backbone {name}: {folder} is not a folder; give a folder written by save_pretrained "
                         "(config.json, the weights, the tokenizer and image processor files) or a hub id")
     where = str(folder) if local else source
+    if not local and not in_hub_cache(source, "config.json"):
+        before_download(f"{source} from the Hugging Face hub", name, "download it where there is network access, "
+                        f"save_pretrained it to a folder and pass --backbone {TRANSFORMERS_PREFIX}FOLDER")
+    cached_only = local or offline()  # transformers' own switch for no network: the hub cache or nothing
     loggers = _quiet(transformers)
     try:
-        config = transformers.AutoConfig.from_pretrained(where, local_files_only=local)
+        config = transformers.AutoConfig.from_pretrained(where, local_files_only=cached_only)
         kind = getattr(config, "model_type", None)
         if kind not in FAMILIES:
             raise UserError(f"--backbone {name} is a {kind or 'unknown'} model; groupcoop reads "
@@ -217,12 +222,12 @@ def load(name: str, pretrained: str | None = None, device: str | torch.device = 
         if local:
             _check_processor_files(name, folder, transformers)
         with torch.random.fork_rng(devices=[]):
-            model, report = model_class.from_pretrained(where, local_files_only=local, output_loading_info=True)
+            model, report = model_class.from_pretrained(where, local_files_only=cached_only, output_loading_info=True)
         _check_loading_report(name, report)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(where, local_files_only=local)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(where, local_files_only=cached_only)
         if local:
             _check_tokenizer_files(name, folder, tokenizer)
-        processor = transformers.AutoImageProcessor.from_pretrained(where, local_files_only=local)
+        processor = transformers.AutoImageProcessor.from_pretrained(where, local_files_only=cached_only)
     except UserError:
         raise
     except Exception as err:  # noqa: BLE001 - transformers and the hub raise many types; all mean "cannot load"

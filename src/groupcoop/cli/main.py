@@ -17,6 +17,7 @@ from typing import NamedTuple
 from .. import __version__
 from ..errors import UserError
 from . import listings, predict, run, sweep
+from .args import command_environment
 from .streams import flush_stdout, output_failure, quiet_libraries, reader_left, silence_broken_stdout
 
 EPILOG = "Docs: README.md. Bad input exits with status 2 and one line on stderr."
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         raise
     try:
         check_environment()
-        with quiet_libraries(debug()):
+        with quiet_libraries(debug()), command_environment(args):
             args.func(args)
         flush_stdout()
     except UserError as err:

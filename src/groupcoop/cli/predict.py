@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UserError
-from .args import count, workers
+from .args import add_offline_flag, add_threads_flag, count, workers
 
 # --- predict ---------------------------------------------------------------------------------
 
@@ -25,7 +25,9 @@ def add_predict(pr) -> None:
     pr.add_argument("--batch-size", type=count(1), default=256, help="images per batch (default 256)")
     pr.add_argument("--workers", type=workers, default=None,
                     help="image-decoding worker processes (default: cores - 1, at most 4)")
-    pr.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_threads_flag(pr)
+    add_offline_flag(pr)
+    pr.add_argument("--quiet", action="store_true", help="no progress bar or lines")
 
 
 def cmd_predict(args) -> None:
@@ -71,6 +73,7 @@ def add_export(ex) -> None:
     ex.add_argument("--out", required=True, help="folder to write (created, with its parents)")
     ex.add_argument("--overwrite", action="store_true", help="replace an --out folder that holds an earlier export")
     ex.add_argument("--pretrained", help="the weights file, when the run's weights file has moved")
+    add_offline_flag(ex)
 
 
 def cmd_export(args) -> None:

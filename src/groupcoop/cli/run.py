@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 from .args import (
@@ -21,6 +22,7 @@ from .args import (
     grouping_flags,
     progress_log,
     run_settings_from_args,
+    warn_tiny,
 )
 
 
@@ -52,15 +54,17 @@ def cmd_demo(args) -> None:
 
 
 def add_train(train) -> None:
-    from ..choices import FEATURE_DTYPES, SELECTIONS
+    from ..choices import DEFAULT_METHOD, FEATURE_DTYPES, SELECTIONS
     from ..grouping.labelers import GROUP_SOURCES
     from ..grouping.labelfree import SELECTION_FALLBACK
     from ..methods import METHODS
 
     add_dataset_flags(train, required=False)
     add_backbone_flags(train, required=False)
-    train.add_argument("--method", help=f"one of: {', '.join(METHODS)} (`groupcoop methods` lists them all)")
-    train.add_argument("--groups", help=f"where training groups come from: {', '.join(GROUP_SOURCES)} "
+    train.add_argument("--method", help=f"one of: {', '.join(METHODS)} (default {DEFAULT_METHOD}; `groupcoop methods` "
+                       "lists them all)")
+    train.add_argument("--groups", help=f"where training groups come from: {', '.join(GROUP_SOURCES)}, or "
+                       "file:groups.csv (a `groupcoop groups` output, matched by image path) "
                        "(default gt when the training split has bias labels and --bias-prompts is not auto, "
                        "else pseudo)")
     add_grouping_flags(train)
@@ -102,14 +106,18 @@ def cmd_train(args) -> None:
     ensure_writable_dir(out.parent, "--out")
     from ..features.cache import check_cache_dir
     from ..runs.folder import holds_run, run_report, write_run
+    from ..runs.phases import loaded
     from ..runs.pipeline import check_run, prepare, run_method
 
     cache_dir = check_cache_dir(args.cache_dir)
     check_cache_folder(cache_dir, out)
+    started = time.perf_counter()
     dataset, settings, backbone = check_run(settings, allow_symlinks_outside=args.allow_symlinks_outside)
     # an identical run may be redone in place
     check_replaceable(out, args.overwrite or holds_run(out, settings.dump()), "run", inputs)
+    warn_tiny(args, settings.backbone, dataset)
     with output_lock(out):
+        progress_log(args)(loaded(dataset, backbone, time.perf_counter() - started))  # checks passed, work starts
         prep = prepare(dataset, backbone, cache_dir=cache_dir, feature_dtype=settings.feature_dtype,
                        workers=args.workers, progress=not args.quiet, verify_cache=args.verify_cache)
         run = run_method(prep, settings, log=progress_log(args))
@@ -148,8 +156,10 @@ def cmd_extract(args) -> None:
         summary_lines,
     )
     from ..features.extract import resolve_precision
+    from ..io import progress
     from ..io.folders import check_cache_folder
     from ..limits import check_shards
+    from ..runs.phases import loaded
 
     ranks = Ranks.from_env()
     device = ranks.device(args.device or "cpu")
@@ -160,7 +170,9 @@ def cmd_extract(args) -> None:
     dataset = dataset_from_args(args)
     check_shards(len(dataset.images), args.shard_size)
     with process_group(ranks, device):
+        started = time.perf_counter()
         backbone = load_backbone(args.backbone, args.pretrained, device=device)
+        progress.info(loaded(dataset, backbone, time.perf_counter() - started))
         info = extract_cache(backbone, dataset.images, ranks, cache_dir=cache_dir, dtype=args.feature_dtype,
                              shard_size=args.shard_size, batch_size=args.batch_size, workers=args.workers,
                              precision=args.precision, verify=args.verify_cache, progress=not args.quiet)
@@ -193,7 +205,7 @@ def cmd_evaluate(args) -> None:
     check_device(args.device or "cpu")
     # the run's classifier and backbone are checked before the (possibly long) feature extraction
     head, backbone = load_run_head(Path(args.prompts), backbone=args.backbone, pretrained=args.pretrained,
-                                   device=args.device or "cpu", expect_classes=dataset.class_names)
+                                   device=args.device or "cpu", expect_classes=dataset.class_names, backbone_flag=True)
     prep = prepare(dataset, backbone, cache_dir=cache_dir, workers=args.workers, progress=not args.quiet)
     metrics = evaluate_split(head, prep, args.split)
     print(json.dumps(metrics, indent=1) if args.json else format_group_table(metrics, title=f"{args.split}:"))
@@ -236,6 +248,7 @@ def cmd_groups(args) -> None:
     options = resolve_grouping(dataset, options)
     check_device(args.device or "cpu")
     backbone = load_backbone(args.backbone, args.pretrained, device=args.device or "cpu")
+    warn_tiny(args, args.backbone, dataset)
     with output_lock(out):
         prep = prepare(dataset, backbone, cache_dir=cache_dir, workers=args.workers, progress=not args.quiet)
         print(write_groups(prep, out, options, seed=args.seed))
@@ -269,15 +282,18 @@ def cmd_discover(args) -> None:
     dataset = dataset_from_args(args)
     grid = check_grid_file(args, dataset)
     vocabulary = load_vocabulary(args.vocabulary, dataset)  # a bad file is refused before any image is read
+    warn_tiny(args, args.backbone, dataset)
+    unkept: list[dict] = []  # the vocabulary's attributes that are no candidate, with why
     candidates = discover(dataset, backbone=args.backbone, pretrained=args.pretrained, vocabulary=vocabulary,
                           top=args.top, score=args.score, cache_dir=check_cache_dir(args.cache_dir),
-                          device=args.device or "cpu", workers=args.workers, progress=not args.quiet, grid=grid)
+                          device=args.device or "cpu", workers=args.workers, progress=not args.quiet, grid=grid,
+                          unkept=unkept)
     if args.json:
         print(json.dumps(candidates, indent=1))
     else:
         from ..grouping.discovery import format_candidates
 
-        print(format_candidates(candidates, dataset, vocabulary, args.score))
+        print(format_candidates(candidates, dataset, vocabulary, args.score, unkept))
     if grid is not None:
         found = any(c.get("unnamed") for c in candidates)
         print(f"wrote {grid}" if found else f"no unnamed attribute found, so no --grid written ({grid})",

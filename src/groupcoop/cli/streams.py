@@ -14,7 +14,6 @@ folder is written under a temporary name and renamed (io/write.py, io/folders.py
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import sys
 import warnings
@@ -35,15 +34,16 @@ def quiet_libraries(debug: bool) -> Iterator[None]:
     if debug or sys.warnoptions:  # GROUPCOOP_DEBUG=1, or -W / PYTHONWARNINGS given: show everything
         yield
         return
-    saved_env, saved_level = os.environ.get("PYTHONWARNINGS"), logging.root.manager.disable
+    from ..io.progress import libraries_muted
+
+    saved_env = os.environ.get("PYTHONWARNINGS")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         os.environ["PYTHONWARNINGS"] = "ignore"  # worker processes (sweep --jobs, decoding) start quiet too
-        logging.disable(logging.WARNING)  # open_clip, timm, huggingface_hub, transformers log warnings
         try:
-            yield
+            with libraries_muted():  # open_clip, timm, huggingface_hub, transformers log warnings; ours still show
+                yield
         finally:
-            logging.disable(saved_level)
             if saved_env is None:
                 os.environ.pop("PYTHONWARNINGS", None)
             else:

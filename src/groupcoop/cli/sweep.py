@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UserError
-from .args import add_common, add_log_flag, count, print_columns, progress_log
+from .args import add_common, add_log_flag, add_offline_flag, count, print_columns, progress_log
 
 
 def add_sweep(sw) -> None:
@@ -42,6 +42,7 @@ def add_sweep(sw) -> None:
     sw.add_argument("--summary-only", action="store_true", help="only rebuild runs.csv, table.md and report.html")
     sw.add_argument("--overwrite", action="store_true", help="replace run folders that hold a run of other settings "
                     "(default: refused; finished runs of the same settings are always kept, damaged ones redone)")
+    add_offline_flag(sw)
     add_common(sw)
     sw.set_defaults(workers=0)
 
@@ -107,7 +108,8 @@ def cmd_sweep(args) -> None:
                 atomic_text(out / GRID_FILE, yaml.safe_dump(grid.model_dump(), sort_keys=False))
                 write_manifest(out, "sweep", nested=False)
             run_sweep(mine, out, jobs=args.jobs, cache_dir=cache_dir, workers=args.workers, log=log, fuse=args.fuse,
-                      max_prompts=args.max_fused_prompts, overwrite=args.overwrite, trackers=tuple(trackers))
+                      max_prompts=args.max_fused_prompts, overwrite=args.overwrite, trackers=tuple(trackers),
+                      threads=args.threads)
     text, n = write_summary(specs, out, grid)
     write_manifest(out, "sweep", nested=False)
     print(text)

@@ -23,7 +23,7 @@ from .csv_dataset import CsvOptions, load_csv
 from .multiceleba import MultiCelebAOptions, load_multiceleba
 from .subpopbench import KnownSubpopOptions, SubpopBenchOptions, load_subpopbench
 from .world.datasets import make_task_dataset
-from .world.random_tasks import RANDOM_TASK_PREFIX, parse_random_task_name, random_task
+from .world.random_tasks import RANDOM_TASK_PREFIX, describe_random_tasks, parse_random_task_name, random_task
 from .world.tasks import TASKS, SyntheticTask
 from .waterbirds import load_waterbirds
 
@@ -87,9 +87,8 @@ def _loaders() -> dict[str, LoaderSpec]:
                                "SubpopBench's chexpert/ folder (subpop_bench_meta/metadata_no_finding.csv)",
                                KnownSubpopOptions, size=(190_000, 167_000), shape=(2, 6)),
         "csv": LoaderSpec(
-            load_csv,
-            "a folder of images + a CSV; options csv_path=, path_col=, label_col=, attr_cols=, class_names=, "
-            "attr_values=, attr_phrases=, split_col=", CsvOptions,
+            load_csv, "a folder of images + a CSV; options " + ", ".join(f"{k}=" for k in CsvOptions.model_fields),
+            CsvOptions,
         ),
     }
     for name, task in TASKS.items():
@@ -97,8 +96,7 @@ def _loaders() -> dict[str, LoaderSpec]:
         table[name] = LoaderSpec(partial(load_synthetic, name), f"built-in synthetic world, {task.description} (no --root)",
                                  SyntheticOptions, needs_root=False, size=size, shape=shape)
     table[f"{RANDOM_TASK_PREFIX}<seed>"] = LoaderSpec(
-        load_synthetic, "a random task of the synthetic world drawn from <seed>: 1-3 biases among background, colour "
-        "and size, random value pairs and orientations, 1-20% conflicting per bias, 2k-10k train images (no --root)",
+        load_synthetic, f"a random task of the synthetic world drawn from <seed>: {describe_random_tasks()} (no --root)",
         NoOptions, needs_root=False)
     return table
 
@@ -139,6 +137,10 @@ def is_known(name: str) -> bool:
 def dataset_options(name: str, options: dict | None) -> dict:
     """The dataset's options checked against its schema, with defaults filled in."""
     spec, _ = loader_spec(name)
+    drawn = [k for k in ("val_fraction", "test_fraction") if isinstance(options, dict) and options.get(k) is not None]
+    if drawn and "val_fraction" not in spec.options.model_fields:
+        raise UserError(f"--{drawn[0].replace('_', '-')} splits a csv dataset without a split column at random; "
+                        f"{name} comes with its own splits, drop it")
     if isinstance(options, dict) and "root" in options:
         raise UserError(f"dataset {name} options: root is not an option; give the dataset folder with --root"
                         + ("" if spec.needs_root else f" ({name} needs none)"))

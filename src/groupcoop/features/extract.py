@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from ..choices import PRECISIONS
 from ..errors import UserError
+from ..io.progress import info
 from .cache import FeatureCache, open_cache, stale_shards, stale_stamps
 from .decode import default_workers, shards_loader
 from .store import Features
@@ -103,11 +104,15 @@ def fill_cache(backbone, images, cache: FeatureCache, shards: list[tuple[int, in
     todo = list(stamps)
     if stop_after_shards is not None:
         todo = todo[:stop_after_shards]
+    share = sum(stop - start for start, stop in shards)
     if not todo:
+        info(f"extract: the features of all {share} images are in the feature cache")
         return 0
     workers = default_workers(backbone.device.type) if workers is None else workers
-    bar = tqdm(total=sum(shards[k][1] - shards[k][0] for k in todo), unit="img", desc=f"features {backbone.name}",
-               disable=not progress, dynamic_ncols=True)
+    n_todo = sum(shards[k][1] - shards[k][0] for k in todo)
+    info(f"extract: encoding {n_todo} of {share} images with {backbone.name} on {backbone.device} "
+         f"({workers} decoding workers)")
+    bar = tqdm(total=n_todo, unit="img", desc=f"features {backbone.name}", disable=not progress, dynamic_ncols=True)
     written = 0
     try:
         for j, feats in encode_shards(backbone, images, [shards[k] for k in todo], batch_size, workers, precision, bar):

@@ -23,107 +23,27 @@ zero-shot's errors and still goes with the class within the cells of the ones ke
 proxy of a kept attribute adds nothing). The image side (unnamed.py) adds an unnamed attribute
 where the image features hold one no kept caption explains. The choices are named in `labelfree.py`.
 
-A vocabulary is a YAML file `{attributes: {name: [phrase, ...]}}`, optionally with `extends:
-clip|world` to add to (or replace attributes of) a shipped one (`vocabularies/*.yaml`).
+Vocabularies (attribute names -> value phrases, YAML files) are read in vocabulary.py.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import Field, field_validator
 
 from ..choices import DISCOVERY_SCORES
 from ..data.base import apply_phrase
 from ..errors import UserError, close_matches
-from ..io.read import read_yaml_mapping
 from .labelfree import (DISCOVERY_MIN_CONCENTRATION, DISCOVERY_MIN_CONDITIONAL, DISCOVERY_MIN_VALUE_SHARE,
                         DISCOVERY_SCORE, DISCOVERY_THRESHOLDS)
-from ..schema import MAX_VALUES, MAX_VOCABULARY_ATTRIBUTES, Frozen, Phrase, build
+from .vocabulary import (SHIPPED, Vocabulary, VocabularyFile, default_vocabulary, load_vocabulary,  # noqa: F401
+                         value_name, with_slot)
 
-SHIPPED = {"clip": "vocabularies/clip.yaml", "world": "vocabularies/world.yaml"}
 PROBE_FOLDS = 3  # error_concentration: folds of the cross-validated probe
 PROBE_MAX_ROWS = 20000  # error_concentration: the probe sees at most this many training images (seeded draw)
 MIN_CLASS_ERRORS = 5  # error_concentration: a class with fewer probe errors says nothing
 SHOWN = 10  # candidates a run's metrics.json and report list
-
-
-# --- vocabularies --------------------------------------------------------------------------------
-
-class VocabularyFile(Frozen):
-    """What a vocabulary file holds."""
-
-    extends: Literal[tuple(SHIPPED)] | None = None
-    attributes: Annotated[dict[Annotated[str, Field(strict=True, min_length=1)],
-                               Annotated[list[Phrase], Field(min_length=2, max_length=MAX_VALUES)]],
-                          Field(min_length=1, max_length=MAX_VOCABULARY_ATTRIBUTES)]
-
-    @field_validator("attributes")
-    @classmethod
-    def _distinct(cls, value):
-        for name, phrases in value.items():
-            normalised = [with_slot(p) for p in phrases]
-            if len(set(normalised)) != len(normalised):
-                raise ValueError(f"attribute {name} lists a value twice")
-        return value
-
-
-@dataclass(frozen=True)
-class Vocabulary:
-    name: str  # where it came from, for reports: "world (shipped)" or the file's path
-    attributes: dict[str, tuple[str, ...]]  # name -> value phrases, each with "{}"
-
-
-def with_slot(phrase: str) -> str:
-    """A value phrase with "{}" where the class name goes ("on water" -> "{} on water", as apply_phrase reads it)."""
-    phrase = phrase.strip()
-    return phrase if "{}" in phrase else f"{{}} {phrase}"
-
-
-def value_name(phrase: str) -> str:
-    """A value's short name from its phrase: "{} on water" -> "on water"."""
-    return " ".join(phrase.replace("{}", " ").split()) or phrase
-
-
-def _read(path: Path, what: str) -> VocabularyFile:
-    return build(VocabularyFile, read_yaml_mapping(path, what), f"{what} {path}")
-
-
-def _shipped(name: str) -> Path:
-    """The file of a vocabulary that ships inside the package."""
-    from importlib import resources
-
-    return Path(str(resources.files("groupcoop") / SHIPPED[name]))
-
-
-def load_vocabulary(path: str | Path | None = None, dataset=None) -> Vocabulary:
-    """A vocabulary file (or, with no path, the shipped one for the dataset: `world` for the
-    synthetic world, `clip` otherwise); a bad file is one UserError line."""
-    if path is None:
-        name = default_vocabulary(dataset)
-        shipped = _shipped(name)
-        return Vocabulary(f"{name} (shipped)", _attributes(_read(shipped, "shipped vocabulary")))
-    path = Path(path).expanduser()
-    given = _read(path, "vocabulary file")
-    attributes = {}
-    if given.extends:
-        attributes = _attributes(_read(_shipped(given.extends), "shipped vocabulary"))
-    attributes.update(_attributes(given))
-    return Vocabulary(str(path) + (f" (extends {given.extends})" if given.extends else ""), attributes)
-
-
-def _attributes(vocabulary: VocabularyFile) -> dict[str, tuple[str, ...]]:
-    return {name: tuple(with_slot(p) for p in phrases) for name, phrases in vocabulary.attributes.items()}
-
-
-def default_vocabulary(dataset) -> str:
-    """The shipped vocabulary a dataset uses by default: `world` for synthetic tasks, `clip` otherwise."""
-    from ..data.world.render import SyntheticImages
-
-    return "world" if dataset is not None and isinstance(dataset.images, SyntheticImages) else "clip"
 
 
 def check_score(score: str) -> str:
@@ -217,7 +137,8 @@ def _scored(assigned: np.ndarray, y: np.ndarray, compute: tuple[str, ...], error
 def rank_candidates(x: np.ndarray, y: np.ndarray, value_features: dict[str, tuple[tuple[str, ...], np.ndarray]],
                     score: str = DISCOVERY_SCORE, compute: tuple[str, ...] | None = None,
                     min_share: float = DISCOVERY_MIN_VALUE_SHARE, seed: int = 0,
-                    zeroshot_pred: np.ndarray | None = None, image_side: bool = True) -> list[dict]:
+                    zeroshot_pred: np.ndarray | None = None, image_side: bool = True,
+                    unkept: list | None = None) -> list[dict]:
     """Candidates ranked by `score`, best first, from image features `x` (n, D), classes `y` and,
     per attribute, its value phrases with their class-averaged text features (V, D); with
     `image_side`, also the unnamed partition of the image features (unnamed.py) where no kept
@@ -228,7 +149,8 @@ def rank_candidates(x: np.ndarray, y: np.ndarray, value_features: dict[str, tupl
     value), dropped, assigned (each training image's value), spurious (whether it goes with the
     class above the threshold, concentrates the errors and adds to the ones ranked above it: what
     `bias_prompts: auto` may keep). The unnamed candidate, where found, comes right after the spurious
-    caption candidates: it is what they leave unexplained."""
+    caption candidates: it is what they leave unexplained. An attribute left with fewer than two values is
+    no candidate; `unkept`, where given, receives it as {"attribute", "reason"}."""
     from .unnamed import image_candidate
 
     compute = tuple(dict.fromkeys([score, *(compute or ())]))
@@ -237,8 +159,11 @@ def rank_candidates(x: np.ndarray, y: np.ndarray, value_features: dict[str, tupl
         errors["zeroshot"] = (zeroshot_pred != y).astype(np.int64)
     out = []
     for attribute, (phrases, text) in value_features.items():
-        kept, assigned = assign_values(x @ text.T, min_share)
+        scores = x @ text.T
+        kept, assigned = assign_values(scores, min_share)
         if not kept:
+            if unkept is not None:
+                unkept.append({"attribute": attribute, "reason": _why_unkept(scores, phrases, min_share)})
             continue
         shares = np.bincount(assigned, minlength=len(kept)) / len(assigned)
         out.append({"attribute": attribute, "values": [phrases[k] for k in kept], "scores": _scored(assigned, y, compute, errors),
@@ -255,6 +180,14 @@ def rank_candidates(x: np.ndarray, y: np.ndarray, value_features: dict[str, tupl
             found["score"], found["spurious"] = found["scores"][score], True
             out.insert(sum(c["spurious"] for c in out), found)  # after the captioned ones it is the residual of
     return out
+
+
+def _why_unkept(scores: np.ndarray, phrases, min_share: float) -> str:
+    """Why an attribute kept fewer than two values, in words: the value most images matched, and its share."""
+    shares = np.bincount(np.argmax(scores, axis=1), minlength=len(phrases)) / max(len(scores), 1)
+    top = int(np.argmax(shares))
+    return (f"fewer than two of its {len(phrases)} values matched {100 * min_share:g}% of the images: "
+            f"{value_name(phrases[top])} {100 * shares[top]:.0f}%")
 
 
 def conditional_association(y: np.ndarray, values: np.ndarray, kept: list[dict]) -> float:
@@ -309,8 +242,9 @@ def value_features(backbone, class_names, vocabulary: Vocabulary) -> dict[str, t
 
 
 def discover_on(prep, vocabulary: Vocabulary, score: str = DISCOVERY_SCORE, compute: tuple[str, ...] | None = None,
-                seed: int = 0) -> list[dict]:
-    """Ranked candidates on a prepared dataset's training split (features and class labels only)."""
+                seed: int = 0, unkept: list | None = None) -> list[dict]:
+    """Ranked candidates on a prepared dataset's training split (features and class labels only);
+    `unkept` receives the attributes left out, with why (`rank_candidates`)."""
     ds = prep.dataset
     rows = ds.split_indices("train")
     if not len(rows):
@@ -318,7 +252,7 @@ def discover_on(prep, vocabulary: Vocabulary, score: str = DISCOVERY_SCORE, comp
     x = prep.feats.numpy(rows).astype(np.float64)
     classes = prep.backbone.text_features(list(ds.class_names)).float().cpu().numpy()
     return rank_candidates(x, ds.y[rows], value_features(prep.backbone, ds.class_names, vocabulary),
-                           score, compute, seed=seed, zeroshot_pred=np.argmax(x @ classes.T, axis=1))
+                           score, compute, seed=seed, zeroshot_pred=np.argmax(x @ classes.T, axis=1), unkept=unkept)
 
 
 @dataclass(frozen=True)
@@ -372,17 +306,20 @@ def discover_for_run(prep, options, seed: int = 0, image_side: bool = True) -> D
                       auto_attributes(usable, options.discover_score, options.discover_top))
 
 
-def format_candidates(candidates: list[dict], dataset, vocabulary: Vocabulary, score: str | None = None) -> str:
-    """The ranked candidates as a table for the terminal, with what `bias_prompts: auto` would keep."""
+def format_candidates(candidates: list[dict], dataset, vocabulary: Vocabulary, score: str | None = None,
+                      unkept: list[dict] | None = None) -> str:
+    """The ranked candidates as a table for the terminal, with what `bias_prompts: auto` would keep, and
+    the vocabulary's attributes left out, with why (`unkept`)."""
     score = score or DISCOVERY_SCORE
     n_train = len(dataset.split_indices("train"))
     threshold = DISCOVERY_THRESHOLDS[score]
     lines = [f"bias candidates on {dataset.name} train ({n_train} images), vocabulary {vocabulary.name}, score {score}, "
              "and the image features' own partition (unnamed):", ""]
+    dropped = ["", "dropped (no candidate):", *(f"  {u['attribute']} ({u['reason']})" for u in unkept)] if unkept else []
     if not candidates:
         return "\n".join(lines + ["  no attribute kept two values (each value must match at least "
                                   f"{100 * DISCOVERY_MIN_VALUE_SHARE:g}% of the images), and the image features "
-                                  "split no class in two"])
+                                  "split no class in two", *dropped])
     width = max(len("attribute"), *(len(c["attribute"]) for c in candidates))
     lines.append(f"  {'rank':>4}  {'attribute':<{width}}  {'score':>6}  {'errors':>6}  values (share of training images)")
     for rank, c in enumerate(candidates, 1):
@@ -400,5 +337,5 @@ def format_candidates(candidates: list[dict], dataset, vocabulary: Vocabulary, s
               "and zero-shot still reads right"]
     if not any(c["spurious"] for c in candidates):
         lines.append(NOTHING_SPURIOUS)
-    return "\n".join(lines)
+    return "\n".join(lines + dropped)
 

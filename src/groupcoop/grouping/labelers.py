@@ -111,6 +111,15 @@ LABELERS: dict[str, Labeler] = {  # the group sources: --groups takes these name
     "pseudo": Labeler("pseudo", _pseudo, needs_scores=True, needs_feats=True, variants=PSEUDO_VARIANTS),
 }
 GROUP_SOURCES: tuple[str, ...] = tuple(LABELERS)
+# groups read from a file (`--groups file:PATH`, from_file.py): a group source that is no labeler
+FILE_SOURCE = "file"
+
+
+def why_no_phrases(source: str, dataset_name: str) -> str:
+    """Why a run's groups have no value phrases, for an error line."""
+    if source == FILE_SOURCE:
+        return "groups read from a file have none"
+    return f"{source} clusters have no names" if get_labeler(source).unnamed else f"{dataset_name} has none"
 
 
 # ---------------------------------------------------------------- the one interface

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, model_serializer, model_validator
 
 from ..choices import AUTO, DiscoveryScore
+from ..errors import UserError
 from ..schema import Frozen, Int, PhraseLists, Text
-from .labelers import GROUP_SOURCES
+from .labelers import FILE_SOURCE, GROUP_SOURCES
 from .labelfree import DISCOVER_TOP, DISCOVERY_SCORE
 from .pseudo import DEFAULT_PSEUDO_VARIANT, PSEUDO_VARIANTS
 
@@ -25,10 +26,12 @@ class GroupingOptions(Frozen):
     resolved once, when the dataset is known (`plan.resolve_grouping`). `bias_prompts: auto`
     takes the labeler's attributes from bias discovery (discovery.py): at most `discover_top`
     candidates of `vocabulary` (default: the shipped one for the dataset) ranked by
-    `discover_score`; with it, `source` None means pseudo.
+    `discover_score`; with it, `source` None means pseudo. `source: file` reads the training groups
+    from `file` (from_file.py; `--groups file:PATH` says both at once).
     """
 
-    source: Literal[GROUP_SOURCES] | None = None
+    source: Literal[(*GROUP_SOURCES, FILE_SOURCE)] | None = None
+    file: Text | None = None  # source file: the groups file (a groups.csv), matched to the images by path
     bias_prompts: Literal[AUTO] | PhraseLists | None = None  # value phrases per attribute, for zeroshot/pseudo
     clusters: Annotated[Int, Field(ge=2, le=1000)] | None = None  # clusters per attribute of an unnamed labeler (kmeans)
     variant: Literal[tuple(PSEUDO_VARIANTS)] = DEFAULT_PSEUDO_VARIANT  # the pseudo labeler's variant
@@ -39,7 +42,30 @@ class GroupingOptions(Frozen):
     @model_validator(mode="before")
     @classmethod
     def _shorthand(cls, value):
-        return {"source": value} if isinstance(value, str) else value
+        """`pseudo` for {source: pseudo}; `file:PATH` for {source: file, file: PATH}."""
+        value = {"source": value} if isinstance(value, str) else value
+        source = value.get("source") if isinstance(value, dict) else None
+        if isinstance(source, str) and source.startswith(FILE_SOURCE + ":"):
+            value = {**value, "source": FILE_SOURCE, "file": source.split(":", 1)[1].strip() or None}
+        return value
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        """Without `file` where there is none: a run's config.yaml and metrics.json stay as they were."""
+        data = handler(self)
+        if self.file is None and isinstance(data, dict):
+            data.pop("file", None)
+        return data
+
+    @model_validator(mode="after")
+    def _file(self):
+        """A groups file goes with `source: file`, and that source with a file."""
+        if self.source == FILE_SOURCE and self.file is None:
+            raise UserError("--groups file needs the file: --groups file:groups.csv (written by `groupcoop groups`)")
+        if self.file is not None and self.source != FILE_SOURCE:
+            raise UserError(f"groups file {self.file} is read with --groups file:PATH, not with --groups "
+                            f"{self.source or '(default)'}; drop one of them")
+        return self
 
     @property
     def discovers(self) -> bool:

@@ -33,6 +33,9 @@ from ..io.write import atomic_text
 from .options import GroupingOptions
 from .quality import quality as group_quality
 from .labelfree import AUTO_FALLBACK_LABELER, SELECTION_FALLBACK
+from .labelers import FILE_SOURCE
+
+GIVEN = ("gt", FILE_SOURCE)  # sources that read groups given with the data, and label no split without them
 
 
 # --- resolved once, before any image is read -------------------------------------------------
@@ -54,6 +57,8 @@ def resolve_grouping(ds: GroupDataset, options: GroupingOptions) -> GroupingOpti
                         "one; fill them in, or pass --groups pseudo (or zeroshot, kmeans) to label every row "
                         "with a labeler")
     options = options.resolved(ds.labelled(train_rows))
+    if options.source == FILE_SOURCE:
+        return _file_grouping(ds, options)
     if options.source == "gt" and not ds.labelled(train_rows):
         raise UserError(f"--groups gt needs bias labels, but {ds.name} has none for its training split"
                         f"{_hidden_note(ds, 'train')}; use --groups pseudo, zeroshot or kmeans")
@@ -75,6 +80,19 @@ def resolve_grouping(ds: GroupDataset, options: GroupingOptions) -> GroupingOpti
     return options
 
 
+def _file_grouping(ds: GroupDataset, options: GroupingOptions) -> GroupingOptions:
+    """`source: file`: the file read and matched now (no features needed); no labeler knob applies."""
+    from .from_file import read_group_file
+
+    given = [flag for flag, value in (("--bias-prompts", options.bias_prompts), ("--clusters", options.clusters),
+                                      ("--vocabulary", options.vocabulary)) if value is not None]
+    if given:
+        raise UserError(f"--groups file: reads the groups from {options.file}, so {given[0]} (a labeler's setting) "
+                        f"does not apply; drop {given[0]}")
+    read_group_file(ds, options.file)
+    return options
+
+
 def resolve_method_grouping(recipe, ds: GroupDataset, options: GroupingOptions) -> GroupingOptions:
     """`resolve_grouping`, plus what the method needs of the data (no features needed).
 
@@ -85,6 +103,9 @@ def resolve_method_grouping(recipe, ds: GroupDataset, options: GroupingOptions) 
     """
     if recipe.needs_groups != "val":
         return resolve_grouping(ds, options)
+    if options.source == FILE_SOURCE:
+        raise UserError(f"--method {recipe.name} trains on the validation split's groups, and --groups file: gives the "
+                        "training split's; drop --groups, or use a method that trains on the training split")
     val_rows = ds.split_indices("val")
     if not len(val_rows):
         raise UserError(f"--method {recipe.name} trains on the validation split, and {ds.name} has none; "
@@ -113,6 +134,9 @@ def check_selection(recipe, ds: GroupDataset, options: GroupingOptions, selectio
         raise UserError(f"--method {recipe.name} trains on the validation split's groups and tunes itself on "
                         f"held-out halves of them, so --selection {selection} does not apply to it; drop --selection")
     val_rows = ds.split_indices("val")
+    if selection == "labeler" and options.source == FILE_SOURCE:
+        raise UserError("--selection labeler selects on the labeler's validation groups, and --groups file: gives the "
+                        "training split's only; pass --selection auto, worst_class or average")
     if selection == "labeler" and options.source == "gt" and len(val_rows) and not ds.labelled(val_rows):
         raise UserError(f"--selection labeler selects on the labeler's validation groups, and --groups gt cannot "
                         f"label {ds.name}'s validation split, which has no bias labels{_hidden_note(ds, 'val')}; "
@@ -129,6 +153,10 @@ def labeler_spec(ds: GroupDataset, options: GroupingOptions) -> GroupSpec:
     """
     if options.discovers:
         raise ValueError("bias_prompts auto: the labeler's attributes are discovered in plan_groups")
+    if options.source == FILE_SOURCE:
+        from .from_file import read_group_file
+
+        return read_group_file(ds, options.file)[0]
     bias_prompts = options.bias_prompts
     if ds.attribute_names:
         if bias_prompts and [len(p) for p in bias_prompts] != ds.attr_sizes:
@@ -201,8 +229,8 @@ class GroupPlan:
     discovery: dict | None = None  # bias_prompts auto: what was discovered (metrics.json `discovery`)
 
     def per_class(self, split: str) -> bool:
-        """Whether `report[split]` holds classes: a gt plan's split without bias labels."""
-        return self.source == "gt" and not self.report[split][1]
+        """Whether `report[split]` holds classes: a gt (or file) plan's split without bias labels."""
+        return self.source in GIVEN and not self.report[split][1]
 
     def report_names(self, split: str) -> list[str]:
         """The names of the ids `report[split]` holds: the labeler's groups, or the classes."""
@@ -245,15 +273,19 @@ def plan_groups(prep, options: GroupingOptions, seed: int, train_groups: bool = 
     if options.source is None:
         raise ValueError("plan_groups needs resolved grouping options (resolve_method_grouping)")
     ds = prep.dataset
-    discovery = None
+    discovery, from_file = None, None
     if options.discovers:
         source, spec, discovery = _discovered(prep, options, seed)
+    elif options.source == FILE_SOURCE:
+        from .from_file import read_group_file
+
+        source, (spec, from_file) = FILE_SOURCE, read_group_file(ds, options.file)
     else:
         source, spec = options.source, labeler_spec(ds, options)
     rows = {s: ds.split_indices(s) for s in ("train", "val", "test")}
     labelled: dict[str, np.ndarray] = {}
 
-    whole_split = labelers.LABELERS[source].whole_split(options.variant) is not None
+    whole_split = source in labelers.LABELERS and labelers.LABELERS[source].whole_split(options.variant) is not None
     kept: dict[str, tuple] = {}  # the training split's inputs, kept only for a whole-split variant
 
     def labeler_inputs(split: str) -> tuple:
@@ -272,6 +304,10 @@ def plan_groups(prep, options: GroupingOptions, seed: int, train_groups: bool = 
         if split not in labelled:
             if source == "gt":
                 labelled[split] = ds.groups[r]
+            elif source == FILE_SOURCE:
+                if split != "train":
+                    raise ValueError("a groups file gives the training split's groups only")
+                labelled[split] = from_file
             else:
                 scores, feats = labeler_inputs(split)
                 reference = None
@@ -287,13 +323,14 @@ def plan_groups(prep, options: GroupingOptions, seed: int, train_groups: bool = 
         if ds.labelled(rows[split]):
             return ds.groups[rows[split]], True
         # gt cannot label a split without bias labels (hidden, or none in the data): it is reported per class
-        return (ds.y[rows[split]] if source == "gt" else label(split)), False
+        return (ds.y[rows[split]] if source in GIVEN else label(split)), False
 
     report = {s: reported(s) for s in ("val", "test") if len(rows[s])}
     val_groups, chosen = _selection(selection, source, report.get("val", (None, False))[1], rows["val"], ds, label)
     quality = None
     if train_groups and source != "gt" and ds.labelled(rows["train"]):
-        quality = group_quality(ds.groups[rows["train"]], label("train"), names=ds.group_names())
+        quality = group_quality(ds.groups[rows["train"]], label("train"), names=ds.group_names(),
+                                pred_names=spec.names())
     return GroupPlan(source, spec, label("train") if train_groups else None, val_groups, chosen, report, quality,
                      discovery)
 
@@ -303,10 +340,10 @@ def _selection(rule: str, source: str, val_labelled: bool, val_rows: np.ndarray,
     """The validation partition a rule selects on, and the Selection saying so.
 
     `auto`: the true groups where val has them; else `labelfree.SELECTION_FALLBACK`, except
-    that a gt labeler cannot label val, so then worst_class."""
+    that gt (or a groups file) cannot label val, so then worst_class."""
     used = rule
     if rule == "auto":
-        used = "true" if val_labelled else SELECTION_FALLBACK if source != "gt" else "worst_class"
+        used = "true" if val_labelled else SELECTION_FALLBACK if source not in GIVEN else "worst_class"
     if used == "true":
         return ds.groups[val_rows], Selection(rule, "true val groups", "val_worst_group_acc")
     if used == "labeler":
@@ -317,14 +354,18 @@ def _selection(rule: str, source: str, val_labelled: bool, val_rows: np.ndarray,
 
 
 def write_groups(prep, out: Path, options: GroupingOptions, seed: int = 0) -> str:
-    """Label the training split with a labeler; write groups.csv and quality.json; return a summary."""
+    """Label the training split with a labeler; write groups.csv (a row per image: its index and path,
+    which `--groups file:groups.csv` matches by) and quality.json; return a summary."""
     import pandas as pd
+
+    from .from_file import image_keys
 
     ds = prep.dataset
     plan = plan_groups(prep, options, seed)
     rows = ds.split_indices("train")
     names = plan.spec.names()
-    table = pd.DataFrame({"index": rows, "y": ds.y[rows], "group": plan.train,
+    keys = image_keys(ds)
+    table = pd.DataFrame({"index": rows, "path": [keys[r] for r in rows], "y": ds.y[rows], "group": plan.train,
                           "group_name": [names[g] for g in plan.train]})
     if ds.has_group_labels:
         table["true_group"] = ds.groups[rows]

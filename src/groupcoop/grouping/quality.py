@@ -12,6 +12,7 @@ def quality(
     true_groups: np.ndarray,
     pred_groups: np.ndarray,
     names: Sequence[str] | Mapping[int, str] | None = None,
+    pred_names: Sequence[str] | Mapping[int, str] | None = None,
 ) -> dict:
     """How well predicted groups agree with true ones (rows with a true group < 0 are skipped).
 
@@ -21,7 +22,9 @@ def quality(
     group: its matched predicted group `pred` (None if unmatched), sizes, precision, recall.
     `min_recall` is the smallest of those recalls (the worst-served true group);
     `confusion` holds the counts: `matrix[i][j]` images of true group `true[i]` that got
-    predicted group `pred[j]` (ids in increasing order, only ids that occur).
+    predicted group `pred[j]` (ids in increasing order, only ids that occur). With `pred_names`
+    (the labeler's group names) each matched group has its `pred_name` and the confusion its
+    `pred_names`, so reports show names, not ids.
     """
     from scipy.optimize import linear_sum_assignment
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
@@ -54,6 +57,7 @@ def quality(
             "group": g,
             "name": _name(names, g),
             "pred": pred,
+            **({"pred_name": None if pred is None else _name(pred_names, pred)} if pred_names is not None else {}),
             "n_true": n_true,
             "n_pred": n_pred,
             "precision": hit / n_pred if n_pred else 0.0,
@@ -67,7 +71,9 @@ def quality(
         "n": int(len(t)),
         "min_recall": float(min(g["recall"] for g in groups)),
         "groups": groups,
-        "confusion": {"true": t_ids.tolist(), "pred": p_ids.tolist(), "matrix": table.tolist()},
+        "confusion": {"true": t_ids.tolist(), "pred": p_ids.tolist(), "matrix": table.tolist(),
+                      **({"pred_names": [_name(pred_names, g) for g in p_ids.tolist()]} if pred_names is not None
+                         else {})},
     }
 
 

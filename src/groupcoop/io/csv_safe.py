@@ -47,6 +47,13 @@ def neutralise(cell: str) -> str:
     return cell
 
 
+def read_back(cell: str) -> str:
+    """A text cell as it was before `neutralise` (the leading `'` it added taken off again)."""
+    if cell.startswith("'") and neutralise(cell[1:]) == cell:
+        return cell[1:]
+    return cell
+
+
 def _cell(value):
     if value is None:
         return ""

@@ -227,12 +227,11 @@ def needs_phrases(name: str, what: str) -> Callable[[RunPlan, Any], None]:
     discovery that finds nothing leaves the method plain zero-shot."""
     def check(plan: RunPlan, hp) -> None:
         from ..errors import UserError
-        from ..grouping.labelers import get_labeler
+        from ..grouping.labelers import why_no_phrases
 
         if plan.spec.phrases is not None or plan.grouping.discovers:
             return
-        source = plan.grouping.source
-        why = f"{source} clusters have no names" if get_labeler(source).unnamed else f"{plan.dataset.name} has none"
+        why = why_no_phrases(plan.grouping.source, plan.dataset.name)
         raise UserError(f"--method {name} {what}, read from the bias value phrases, and {why}; pass --bias-prompts "
                         "\"on land,on water\" (one phrase per value) with --groups zeroshot, pseudo or gt, or --groups "
                         "pseudo --bias-prompts auto to discover them")

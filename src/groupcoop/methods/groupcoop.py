@@ -15,7 +15,9 @@ from .base import FitTask, Fitted, PromptParams, Recipe, prompts_fit
 class GroupCoOpParams(PromptParams):
     """GroupCoOp [Kim, Oh, Kwak, arXiv 2509.23781]: one learned prompt per (class, group),
     group-wise cross-entropy, group-balanced sampling, class score = aggregate of its group
-    prompts. `n_ctx` and `lr` were chosen on the dev suite (docs/defaults.md)."""
+    prompts. `n_ctx` and `lr` were chosen on the dev suite (docs/defaults.md). Without bias labels on
+    val (`last_layer: auto`), a DFR last layer on the labeler's val groups is fitted over the image
+    features and the group prompts' logits, also chosen on the dev suite."""
 
     lr: Annotated[Number, Field(gt=0, le=10)] = 5e-4
     n_ctx: Annotated[Int, Field(ge=1, le=64)] = 4  # context vectors per prompt ("a photo of a")
@@ -50,6 +52,7 @@ def reweighted_last_layer(task: FitTask, hp: GroupCoOpParams, fitted: Fitted) ->
     regression on val's groups whose inputs are the C*G group-prompt logits (`dfr_prompts`), or those
     and the image features (`dfr`). Both inputs are linear in the image features, so the result is
     one linear row per class on them, like any head; its group rows are gone (predict names no group)."""
+    from ..errors import UserError
     from .dfr import DFRParams, dfr_regression
     from .linear import Scaler, head_from_logreg, logreg_parameters
 
@@ -61,8 +64,13 @@ def reweighted_last_layer(task: FitTask, hp: GroupCoOpParams, fitted: Fitted) ->
     offset = shift if hp.last_layer == "dfr_prompts" else np.concatenate([np.zeros(x.shape[1]), shift])
     inputs = "the group-prompt logits" if hp.last_layer == "dfr_prompts" else "the image features and group-prompt logits"
     task.log(f"  last layer: DFR on val's groups over {inputs}")
-    coef, intercept, scaler, details = dfr_regression(x @ lift.T + offset, val.y, val.groups, task.n_classes,
-                                                      DFRParams(), task.seed, task.log)
+    try:
+        coef, intercept, scaler, details = dfr_regression(x @ lift.T + offset, val.y, val.groups, task.n_classes,
+                                                          DFRParams(), task.seed, task.log)
+    except UserError as err:  # too small a val split to regress on (a class missing from a half): keep the prompts
+        task.log(f"  last layer left out: {err}")
+        return Fitted(fitted.head, fitted.trainable, {**fitted.extra, "last_layer": {"kind": "none", "why": str(err)}},
+                      fitted.learner)
     scaled = coef / scaler.scale  # score = scaled . (lift x + offset - mean) + intercept
     weight = scaled @ lift
     bias = intercept + scaled @ (offset - scaler.mean)

@@ -33,6 +33,7 @@ comes from a generator seeded with the run's seed; no global RNG is touched.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..io.progress import eta
 from .head import Head, class_scores
 from .base import FitTask, Fitted, SplitData, balanced_weights, score_entry, score_text, selection_score
 from .prompts import PromptLearner
@@ -258,6 +260,7 @@ class LoopRun:
         self.schedule = warmup_cosine(self.opt, self.hp.warmup_epochs * steps_per_epoch, self.hp.epochs * steps_per_epoch)
         self.best, self.best_state, self.best_epoch, self.history, self.stale = (-1.0, -1.0), None, -1, [], 0
         self.epoch = 0
+        self.started = time.perf_counter()
         self._begin_epoch()
 
     def _begin_epoch(self) -> None:
@@ -293,7 +296,8 @@ class LoopRun:
         loss = self.last_loss.item()
         entry = score_entry(score, self.score_key)
         self.history.append({"epoch": self.epoch, "loss": loss, **entry, **self.objective.epoch_entry()})
-        self.log(f"  epoch {self.epoch + 1:3d}/{hp.epochs}  loss {loss:.4f}  {score_text(entry)}")
+        self.log(f"  epoch {self.epoch + 1:3d}/{hp.epochs}  loss {loss:.4f}  {score_text(entry)}"
+                 + eta(time.perf_counter() - self.started, self.epoch + 1, hp.epochs))  # at most: it may stop early
         if self.keep == "last" or score > self.best:
             self.best, self.best_epoch, self.stale = score, self.epoch, 0
             self.best_state = [p.detach().clone() for p in self.rows.parameters]

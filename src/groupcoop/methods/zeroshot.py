@@ -57,11 +57,10 @@ def fit_zeroshot_groups(task: FitTask, hp: ZeroShotGroupsParams) -> Fitted:
 
 def check_named_groups(plan: RunPlan, hp: ZeroShotGroupsParams) -> None:
     """One prompt per group is written from the groups' value phrases: the groups need names."""
-    from ..grouping.labelers import get_labeler
+    from ..grouping.labelers import why_no_phrases
 
     if plan.spec.phrases is None:
-        source = plan.grouping.source
-        why = f"{source} clusters have no names" if get_labeler(source).unnamed else f"{plan.dataset.name} has none"
+        why = why_no_phrases(plan.grouping.source, plan.dataset.name)
         raise UserError(f"--method zeroshot_groups writes one prompt per group from the groups' value phrases, and "
                         f"{why}; pass --bias-prompts \"on land,on water\" (one phrase per value) and --groups "
                         "zeroshot, pseudo or gt")

@@ -26,11 +26,20 @@ def available() -> dict[str, Path]:
 
 
 def summary(path: Path) -> str:
-    """The first comment line of a preset (what it is)."""
+    """What a preset is: the first whole sentence of its leading comment, which may run over several
+    lines (it ends at a line that is not a comment, or at an indented command line)."""
+    import re
+
+    words = []
     for line in path.read_text(encoding="utf-8").splitlines():
-        if line.startswith("#"):
-            return line.lstrip("# ").strip()
-    return ""
+        comment = line.startswith("#") and line.lstrip("#").strip() and not line.startswith("#  ")
+        if comment:
+            words.append(line.lstrip("#").strip())
+        elif words:
+            break
+    text = " ".join(words)
+    end = re.search(r"[.?!](?=\s+[A-Z(`\"']|$)", text)
+    return text[:end.end()] if end else text
 
 
 def resolve(grid: str) -> Path:

@@ -69,6 +69,16 @@ def demo_groups_png(summary: dict, splits: tuple[str, ...] = ("test",)) -> bytes
     return _demo_chart(summary, chosen)
 
 
+def _run_links(method: str, entry: dict) -> str:
+    """Links to a method's run folders (OUT/<method>/seed-<k>/, their report.html), relative to the
+    demo folder so the page works wherever the folder is copied."""
+    from urllib.parse import quote
+
+    seeds = entry.get("over_seeds", {}).get("seeds", [entry.get("seed", 0)])
+    return " ".join(f'<a href="{esc(quote(f"{method}/seed-{k}/report.html"))}">{esc(f"{method}/seed-{k}")}</a>'
+                    for k in seeds)
+
+
 def demo_report_html(summary: dict, conclusion: str, needs: str) -> str:
     """A self-contained HTML page for `groupcoop demo`'s summary.json: the one-line `conclusion`, the
     method comparison (mean ± std over seeds) with the groups each trained on ("none" for a method
@@ -106,7 +116,7 @@ def demo_report_html(summary: dict, conclusion: str, needs: str) -> str:
         return groups["source"] if isinstance(groups, dict) else groups
 
     details = [[esc(m), esc(trained_on(summary[m])), esc(summary[m].get("selection_groups", "–")),
-                f"{summary[m].get('trainable_params', 0):,}"] for m in methods]
+                f"{summary[m].get('trainable_params', 0):,}", _run_links(m, summary[m])] for m in methods]
     sizes = next((e["training_groups"]["sizes"] for e in summary.values() if isinstance(e.get("training_groups"), dict)
                   and isinstance(e["training_groups"].get("sizes"), dict)), None)
     size_table = ("<h3>Training groups</h3><p>Images per group in the training split (what group-balanced "
@@ -115,7 +125,7 @@ def demo_report_html(summary: dict, conclusion: str, needs: str) -> str:
                           numeric={1})) if sizes else ""
     comparison = (f"<p>Accuracy in % ({esc(seeds)}).</p>" + "\n".join(parts)
                   + "<h3>Methods</h3>"
-                  + table(["method", "training groups", "model selection on", "trainable parameters"],
+                  + table(["method", "training groups", "model selection on", "trainable parameters", "run folders"],
                           details, numeric={3})
                   + f"<p>{esc(needs)}</p>" + size_table)
 

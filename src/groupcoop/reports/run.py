@@ -167,6 +167,8 @@ def _worst_key(history: list[dict]) -> str | None:
 
 
 def _training_chart(history: list[dict], best_epoch: int | None) -> bytes:
+    from matplotlib.ticker import MaxNLocator
+
     epochs = [int(h.get("epoch", i)) + 1 for i, h in enumerate(history)]
     worst_key = _worst_key(history)
 
@@ -184,6 +186,7 @@ def _training_chart(history: list[dict], best_epoch: int | None) -> bytes:
     ax_acc.set_title("validation accuracy (%)", fontsize=10)
     for ax in (ax_loss, ax_acc):
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no 1.5 tick
         ax.grid(color="#e5e8eb")
         for side in ("top", "right"):
             ax.spines[side].set_visible(False)
@@ -227,7 +230,8 @@ def _confusion_chart(q: dict) -> bytes | None:
     order = [pred_ids.index(p) for p in matched if p in pred_ids]
     order += [j for j in range(len(pred_ids)) if j not in order]
     matrix = matrix[:, order]
-    cols = [pred_ids[j] for j in order]
+    pred_names = conf.get("pred_names") or [str(p) for p in pred_ids]  # older runs: ids only
+    cols = [pred_names[j] for j in order]
     share = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
     nr, nc = matrix.shape
     fig = figure(min(3.5 + 0.85 * nc, 16), min(1.6 + 0.45 * nr, 14))
@@ -241,7 +245,7 @@ def _confusion_chart(q: dict) -> bytes | None:
     ax.set_yticks(range(nr), [mpl_text(names.get(t, t)) for t in true_ids], fontsize=8)
     ax.set_xticks(range(nc), [mpl_text(c) for c in cols], fontsize=8)
     ax.set_ylabel("true group")
-    ax.set_xlabel("labeler group id")
+    ax.set_xlabel("labeler group" if conf.get("pred_names") else "labeler group id")
     fig.colorbar(im, ax=ax, label="share of the true group", shrink=0.9)
     ax.set_title("labeler groups vs true groups (training split)", fontsize=10)
     return png(fig)
@@ -270,10 +274,10 @@ def _pseudo_section(metrics: dict) -> str:
                     "Columns are ordered so that each true group's matched labeler group is on the diagonal.</p>")
     if q.get("groups"):
         rows = [[esc(g.get("name", g["group"])), f"{g.get('n_true', 0):,}",
-                 esc("–" if g.get("pred") is None else g["pred"]), f"{g.get('n_pred', 0):,}",
+                 esc("–" if g.get("pred") is None else g.get("pred_name", g["pred"])), f"{g.get('n_pred', 0):,}",
                  pct(g.get("precision")), pct(g.get("recall"))] for g in q["groups"]]
         body.append(table(["true group", "n", "matched labeler group", "its n", "precision", "recall"],
-                          rows, numeric={1, 2, 3, 4, 5}))
+                          rows, numeric={1, 3, 4, 5}))
     return section("pseudo-groups", "Pseudo-group quality", "\n".join(body))
 
 

@@ -66,5 +66,12 @@ def sweep_report_html(name: str, rows: list[dict], table_text: str) -> str:
     if any(r.get("run_folder") for r in rows):
         sections.append(section("runs", "Runs", _run_links(rows)))
     n_tasks = len({r["dataset"] for r in rows})
-    return page(f"groupcoop sweep {name}", f"{len(rows)} finished runs on {n_tasks} dataset(s)", sections)
+    return page(sweep_title(name), f"{len(rows)} finished runs on {n_tasks} dataset(s)", sections)
+
+
+def sweep_title(name: str) -> str:
+    """The page title: "groupcoop sweep: NAME", or "groupcoop sweep" for an unnamed grid (its default
+    name is "sweep", which would read "groupcoop sweep sweep")."""
+    name = str(name or "").strip()
+    return "groupcoop sweep" if name.lower() in ("", "sweep") else f"groupcoop sweep: {name}"
 

@@ -97,9 +97,9 @@ def _config(value, name: str, where: str) -> dict:
     if isinstance(value, dict):
         return dict(value)
     if isinstance(value, (str, os.PathLike)):
-        from ..io.read import read_yaml_mapping
+        from .paths import read_settings_file
 
-        return read_yaml_mapping(value, f"{where}: {name} file")
+        return read_settings_file(value, f"{where}: {name} file")  # its relative paths: from its folder
     _fail(where, name, value, "a RunSettings, a dict of its keys, or the path of a YAML file of them")
 
 

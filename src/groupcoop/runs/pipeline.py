@@ -14,6 +14,10 @@ checks the dataset without them, and `plan_run` works on prepared features whose
 has them dropped (done again there, so a caller's own `Prepared` cannot leak them).
 With `bias_prompts: auto` the method's own checks (prompt lengths, named groups) wait until
 the attributes are discovered, after extraction and before training.
+
+Each phase says what it did in one line through the run's `log` (default: the `groupcoop` logger;
+phases.py words them): what discovery kept and the groups before training starts, then the
+training and the evaluation.
 """
 
 from __future__ import annotations
@@ -31,9 +35,11 @@ from ..data.registry import load_dataset
 from ..features.extract import extract_features
 from ..features.store import Features
 from ..grouping.plan import GroupPlan, check_selection, labeler_spec, plan_groups, resolve_method_grouping
+from ..io.progress import info
 from ..methods.head import Head
 from ..methods import FitTask, Fitted, Recipe, RunPlan
 from ..metrics import split_metrics
+from . import phases
 from .folder import Run
 from .settings import RunSettings
 
@@ -142,7 +148,7 @@ class PlannedRun:
         for split in ("val", "test"):
             if len(ds.split_indices(split)):
                 splits[split] = evaluate_split(head, prep, split, plan.report[split], plan.report_names(split))
-        val_trained = recipe.needs_groups == "val" or "last_layer" in fitted.extra
+        val_trained = recipe.needs_groups == "val" or fitted.extra.get("last_layer", {}).get("kind", "none") != "none"
         metrics = {
             "method": recipe.name,
             "backbone": bb.identity,
@@ -151,7 +157,7 @@ class PlannedRun:
             "needs_groups": recipe.needs_groups,
             "val_used_for_training": val_trained,
             "selection": settings.selection,
-            "selection_groups": plan.selection.used if not val_trained else
+            "selection_groups": plan.selection.used if recipe.needs_groups != "val" else
             f"{'true' if plan.report['val'][1] else plan.source} val groups (half-splits of val)",
             "report_groups": {s: plan.report_words(s) for s in splits},
             "trainable_params": int(fitted.trainable),
@@ -182,10 +188,11 @@ UNNAMED_GRID = "unnamed-groups.png"
 
 def discovered_grid(ds: GroupDataset, plan: GroupPlan, per_group: int = 8) -> dict[str, bytes]:
     """Where discovery found an unnamed attribute: a grid of example training images of every group the
-    run made (`UNNAMED_GRID`), so the user can see the attribute and name it; else nothing."""
+    run made (`UNNAMED_GRID`), so the user can see the attribute and name it; else nothing (also for a
+    dataset of features without images, whose ImageSource says `has_pixels = False`)."""
     from ..reports.gallery import rows_png
 
-    if not (plan.discovery or {}).get("unnamed") or plan.train is None:
+    if not (plan.discovery or {}).get("unnamed") or plan.train is None or not getattr(ds.images, "has_pixels", True):
         return {}
     rows = ds.split_indices("train")
     names = plan.spec.names()
@@ -195,7 +202,7 @@ def discovered_grid(ds: GroupDataset, plan: GroupPlan, per_group: int = 8) -> di
     return {UNNAMED_GRID: rows_png(ds, members, title, "train", per_group, seed=0)}
 
 
-def plan_run(prep: Prepared, settings: RunSettings, log=print) -> PlannedRun:
+def plan_run(prep: Prepared, settings: RunSettings, log=info) -> PlannedRun:
     """Plan one method with one seed on prepared features (its groups labelled), with the settings
     `check_run` returned."""
     if settings.groups.source is None:
@@ -204,13 +211,21 @@ def plan_run(prep: Prepared, settings: RunSettings, log=print) -> PlannedRun:
     prep = Prepared(prep.dataset.without_bias_labels(settings.hide_bias_labels), prep.backbone, prep.feats)
     plan = plan_groups(prep, settings.groups, settings.seed, train_groups=recipe.needs_groups != "val",
                        selection=settings.selection)
+    if plan.discovery:
+        log(phases.discovered(plan.discovery))  # before training: what the groups are made of
+    log(phases.labelled(plan))
     if settings.groups.discovers and recipe.check is not None:  # the groups are known now
         grouping = settings.groups.model_copy(update={"source": plan.source})
         recipe.check(RunPlan(prep.dataset, grouping, plan.spec, prep.backbone), settings.params)
     return PlannedRun(prep, settings, plan, FitTask(prep.dataset, prep.backbone, prep.feats, plan, settings.seed, log))
 
 
-def run_method(prep: Prepared, settings: RunSettings, log=print) -> Run:
+def run_method(prep: Prepared, settings: RunSettings, log=info) -> Run:
     """Train (or not) one method with one seed on prepared features, with the settings `check_run` returned."""
     planned = plan_run(prep, settings, log)
-    return planned.finish(planned.fit())
+    log(phases.training(settings, planned.plan))
+    fitted = planned.fit()
+    started = time.perf_counter()
+    run = planned.finish(fitted)
+    log(phases.evaluated(run.metrics, time.perf_counter() - started))
+    return run

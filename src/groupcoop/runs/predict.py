@@ -45,12 +45,13 @@ def is_export(folder: Path) -> bool:
 
 
 def load_run_head(folder: Path, backbone: str | None = None, pretrained: str | None = None, device: str = "cpu",
-                  expect_classes: list[str] | None = None) -> tuple[Head, Backbone]:
+                  expect_classes: list[str] | None = None, backbone_flag: bool = False) -> tuple[Head, Backbone]:
     """A run's (or an exported classifier's) head and its backbone, checked against each other.
 
     The backbone comes from the run's config.yaml unless `backbone`/`pretrained` are given
     (`pretrained` is needed only when the run's weights were a file that has since moved). An
     export folder brings its own: its weights are checked against the checksum recorded at export.
+    `backbone_flag`: the command has --backbone (evaluate), so its error lines may suggest it.
     """
     folder = Path(folder).expanduser()
     if not folder.is_dir():
@@ -58,10 +59,12 @@ def load_run_head(folder: Path, backbone: str | None = None, pretrained: str | N
     if is_export(folder) and backbone is None:
         head, bb = _load_export(folder, device)
     else:
-        head, bb = _load_run(folder, backbone, pretrained, device)
+        head, bb = _load_run(folder, backbone, pretrained, device, backbone_flag)
     if head.info.get("backbone") != bb.identity:
+        fix = "load it with that backbone (--backbone/--pretrained)" if backbone_flag else \
+            "pass the weights file it was trained with (--pretrained FILE)"
         raise UserError(f"the classifier in {folder} was trained on backbone {head.info.get('backbone')}, not "
-                        f"{bb.identity}; load it with that backbone (--backbone/--pretrained) or train a new one")
+                        f"{bb.identity}; {fix} or train a new one")
     if head.weight.shape[1] != bb.embed_dim:
         raise UserError(f"{folder / HEAD_FILE}: rows of {head.weight.shape[1]} features, but {bb.identity} "
                         f"gives {bb.embed_dim}; the file is damaged, train again")
@@ -71,12 +74,15 @@ def load_run_head(folder: Path, backbone: str | None = None, pretrained: str | N
     return head.to(bb.device), bb
 
 
-def _load_run(folder: Path, backbone: str | None, pretrained: str | None, device: str) -> tuple[Head, Backbone]:
+def _load_run(folder: Path, backbone: str | None, pretrained: str | None, device: str,
+              backbone_flag: bool = False) -> tuple[Head, Backbone]:
     config = read_run_config(folder)
     name = backbone or config.get("backbone")
     weights = pretrained if pretrained is not None or backbone else config.get("pretrained")
     if not isinstance(name, str) or not name:
-        raise UserError(f"{folder} has no config.yaml naming its backbone; pass --backbone (and --pretrained)")
+        fix = "pass --backbone (and --pretrained)" if backbone_flag else \
+            "give the whole run folder (its config.yaml names the backbone)"
+        raise UserError(f"{folder} has no config.yaml naming its backbone; {fix}")
     if isinstance(weights, str) and weights not in ("random",) and ("/" in weights) and not Path(weights).exists():
         raise UserError(f"the weights file this run was trained with, {weights}, is gone; pass it with --pretrained FILE")
     if os.path.lexists(folder / HEAD_FILE):
@@ -106,11 +112,22 @@ class Classifier:
     @classmethod
     def from_run(cls, folder: str | Path, device: str = "cpu", pretrained: str | None = None) -> "Classifier":
         """The classifier of a run folder (`groupcoop train`, `Run.save`) or an export folder (`groupcoop export`)."""
+        return cls._from_folder("Classifier.from_run()", folder, device, pretrained)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, device: str = "cpu", pretrained: str | None = None) -> "Classifier":
+        """An exported classifier (`groupcoop export`) in one call: what the README's plain-library
+        block does (every file checked against its sha256, the backbone built, the head read), a run
+        folder too. `predict` then gives the block's probabilities."""
+        return cls._from_folder("Classifier.from_pretrained()", folder, device, pretrained)
+
+    @classmethod
+    def _from_folder(cls, where: str, folder, device: str, pretrained: str | None) -> "Classifier":
         from .arguments import check
 
-        given = check("Classifier.from_run()", folder=folder, pretrained=pretrained, device=device)
+        given = check(where, folder=folder, pretrained=pretrained, device=device)
         if given["folder"] is None:
-            raise UserError("Classifier.from_run() needs a run or export folder")
+            raise UserError(f"{where} needs a run or export folder")
         head, backbone = load_run_head(given["folder"], pretrained=pretrained, device=device)
         return cls(head, backbone)
 

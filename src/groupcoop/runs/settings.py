@@ -10,12 +10,13 @@ reads them from there. This module imports no torch, so `groupcoop --help` stays
 
 from __future__ import annotations
 
+import os
 import re
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from ..choices import DEVICE_PATTERN, HIDEABLE_SPLITS, FeatureDtype, HideableSplit, Selection
 from ..data.registry import dataset_options, is_known
@@ -23,6 +24,7 @@ from ..errors import UserError
 from ..grouping.options import GroupingOptions
 from ..methods import Recipe, get_method
 from ..schema import Frozen, Seed, Text, build, shown_key, unknown_key
+from .paths import absolute_paths
 
 
 # --- a whole run -----------------------------------------------------------------------------
@@ -44,6 +46,23 @@ class RunSettings(Frozen):
     device: Annotated[str, Field(strict=True)] = "cpu"
     feature_dtype: FeatureDtype = "float32"
     hyperparameters: dict[str, Any] = Field(default_factory=dict, validate_default=True)  # defaults filled in
+
+    @model_validator(mode="before")
+    @classmethod
+    def _paths_and_split_seed(cls, values):
+        """Paths absolute (relative ones from the current folder: a config file's were made absolute from
+        its own folder as it was read), and random splits seeded by the run's seed unless given."""
+        if not isinstance(values, dict):
+            return values
+        try:
+            values = absolute_paths(values, os.getcwd())
+        except OSError:  # the current folder is gone: relative paths stay relative
+            pass
+        options = values.get("dataset_options")
+        if isinstance(options, dict) and options.get("split_seed") is None and any(
+                options.get(k) is not None for k in ("val_fraction", "test_fraction")):
+            values = {**values, "dataset_options": {**options, "split_seed": values.get("seed", 0)}}
+        return values
 
     @field_validator("device")
     @classmethod

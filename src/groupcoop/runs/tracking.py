@@ -1,12 +1,12 @@
 """Epoch logs: every run's epochs.csv, and `--log tensorboard|wandb|mlflow` for the user's own tools.
 
 `epoch_rows` turns a run's training history into the rows of `epochs.csv` (epoch, train loss,
-validation worst-group and average accuracy, whether it is the selected epoch); a method that
-trains in one go (zero-shot, linear probes, DFR) has none, and its epochs.csv holds the header
-only. `send` hands the same rows, the run's settings and its test numbers to each tracker once
-the run folder is written, so a tracker that fails never costs the run. The trackers are imported
-only when asked for and are no dependency of groupcoop: `check_trackers` refuses a missing one
-with one line before any training.
+validation worst-group or worst-class accuracy under metrics.json's names for them, average
+accuracy, whether it is the selected epoch); a method that trains in one go (zero-shot, linear
+probes, DFR) has none, and its epochs.csv holds the header only. `send` hands the same rows, the
+run's settings and its test numbers to each tracker once the run folder is written, so a tracker
+that fails never costs the run. The trackers are imported only when asked for and are no
+dependency of groupcoop: `check_trackers` refuses a missing one with one line before any training.
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ TRACKERS = {  # name: (module imported, what to install)
     "wandb": ("wandb", "wandb"),
     "mlflow": ("mlflow", "mlflow"),
 }
-EPOCH_COLUMNS = ("epoch", "train_loss", "val_worst_group_acc", "val_avg_acc", "selected")
+# the selection rule's worst part, under the history's own name: groups, or classes for a label-free rule
+WORST_COLUMNS = ("val_worst_group_acc", "val_worst_class_acc")
+EPOCH_COLUMNS = ("epoch", "train_loss", *WORST_COLUMNS, "val_avg_acc", "selected")
 TENSORBOARD_FOLDER = "tensorboard"  # inside the run folder
 
 
@@ -40,14 +42,13 @@ def check_trackers(names: list[str] | None) -> list[str]:
 
 
 def epoch_rows(metrics: dict) -> list[dict]:
-    """One row per trained epoch (1-based); `val_worst_group_acc` is the worst part the selection
-    rule scores (groups, or classes for a label-free rule)."""
+    """One row per trained epoch (1-based); the worst part the selection rule scores keeps the name
+    metrics.json's history gives it (`WORST_COLUMNS`), the other column stays empty."""
     best = metrics.get("best_epoch")
     rows = []
     for i, h in enumerate(metrics.get("history") or []):
         epoch = int(h.get("epoch", i)) + 1
-        worst = h.get("val_worst_group_acc", h.get("val_worst_class_acc"))
-        rows.append({"epoch": epoch, "train_loss": h.get("loss"), "val_worst_group_acc": worst,
+        rows.append({"epoch": epoch, "train_loss": h.get("loss"), **{k: h.get(k) for k in WORST_COLUMNS},
                      "val_avg_acc": h.get("val_avg_acc"), "selected": int(epoch == best)})
     return rows
 
@@ -101,7 +102,7 @@ def _tensorboard(folder: Path, name: str, settings: dict, rows: list[dict], fina
         writer = SummaryWriter(log_dir=str(tmp / TENSORBOARD_FOLDER))
         try:
             for row in rows:
-                for key in ("train_loss", "val_worst_group_acc", "val_avg_acc"):
+                for key in ("train_loss", *WORST_COLUMNS, "val_avg_acc"):
                     if row[key] is not None:
                         writer.add_scalar(key, row[key], row["epoch"])
             for key, value in final.items():

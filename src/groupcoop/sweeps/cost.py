@@ -125,13 +125,25 @@ def estimate(specs: list[RunSpec], fuse: bool = True, max_prompts: int | None = 
     """A rough cost of a sweep on one GPU, in words: extraction once per (dataset, backbone) plus
     training, with the learned-prompt runs of each (dataset, backbone) fused (`fuse`) or each run alone."""
     cost = sweep_cost(specs, max_prompts)
-    training = (f"training at most {cost.fused / 3600:.2f} h with the learned-prompt runs of each (dataset, backbone) "
-                f"fused ({cost.alone / 3600:.2f} h run one by one)" if fuse else
-                f"training at most {cost.alone / 3600:.2f} h (every run alone, --no-fuse)")
+    training = (f"training at most {duration(cost.fused)} with the learned-prompt runs of each (dataset, backbone) "
+                f"fused ({duration(cost.alone)} run one by one)" if fuse else
+                f"training at most {duration(cost.alone)} (every run alone, --no-fuse)")
     lines = [f"{len(specs)} runs over {len({s.data_key for s in specs})} (dataset, backbone) pairs",
-             f"estimated on one GPU: feature extraction {cost.extraction / 3600:.2f} h, {training}; every run's epochs "
+             f"estimated on one GPU: feature extraction {duration(cost.extraction)}, {training}; every run's epochs "
              "(early stopping ends most runs sooner). These are assumptions, not measurements: see "
              "presets/paper/README.md"]
     if cost.unknown:
         lines.append(f"no size or FLOPs known for: {', '.join(sorted(cost.unknown))} (not in the estimate)")
     return "\n".join(lines)
+
+
+def duration(seconds: float) -> str:
+    """Seconds in the unit that shows them: hours from one hour, minutes from one minute, else seconds
+    (a synthetic grid costs seconds, which "0.00 h" hid)."""
+    if seconds >= 3600:
+        return f"{seconds / 3600:.2f} h"
+    if seconds >= 60:
+        return f"{seconds / 60:.1f} min"
+    if seconds == 0:
+        return "0 s"
+    return f"{seconds:.1f} s" if seconds >= 0.1 else "under 0.1 s"

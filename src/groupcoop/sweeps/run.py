@@ -268,7 +268,7 @@ def check_roots(specs: list[RunSpec]) -> None:
 
 def run_sweep(specs: list[RunSpec], out: Path, jobs: int = 1, cache_dir=None, workers: int | None = 0,
               log=print, fuse: bool = True, max_prompts: int | None = None, overwrite: bool = False,
-              trackers: tuple = ()) -> dict:
+              trackers: tuple = (), threads: int | None = None) -> dict:
     """Run every unfinished spec; returns counts. Progress: done / total with an ETA.
 
     With `fuse`, the learned-prompt runs of each dataset and backbone train together in fused
@@ -276,17 +276,18 @@ def run_sweep(specs: list[RunSpec], out: Path, jobs: int = 1, cache_dir=None, wo
     the lock of these specs (`cli.cmd_sweep`: one per shard). A run folder of other settings is
     replaced only with `overwrite` (`check_run_folders`). Each run's epochs also go to `trackers`
     (`tracking.send`). Ctrl-C ends the workers; the KeyboardInterrupt then says how many runs are kept.
+    `threads` (default: the CPU count) are shared among the `jobs` workers' torch.
     """
     out = Path(out)
     try:
-        return _run_sweep(specs, out, jobs, cache_dir, workers, log, fuse, max_prompts, overwrite, trackers)
+        return _run_sweep(specs, out, jobs, cache_dir, workers, log, fuse, max_prompts, overwrite, trackers, threads)
     except KeyboardInterrupt:  # main.py prints it in one line, status 130
         kept = sum(finished(s, out) for s in specs)
         raise KeyboardInterrupt(f"{kept} of {len(specs)} runs are finished and kept; run the same command to "
                                 "resume") from None
 
 
-def _run_sweep(specs, out, jobs, cache_dir, workers, log, fuse, max_prompts, overwrite, trackers) -> dict:
+def _run_sweep(specs, out, jobs, cache_dir, workers, log, fuse, max_prompts, overwrite, trackers, threads) -> dict:
     check_roots(specs)
     check_run_folders(specs, out, overwrite)
     stale = remove_stale_temporaries(specs, out)
@@ -298,7 +299,7 @@ def _run_sweep(specs, out, jobs, cache_dir, workers, log, fuse, max_prompts, ove
         + (", learned-prompt runs fused" if fuse else ""))
     if not todo:
         return {"total": total, "ran": 0, "skipped": done_before}
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = max(1, (threads or os.cpu_count() or 1) // jobs)
     order = sorted(todo, key=lambda s: (s.data_key, s.method, s.groups, s.seed))
     units = work_units(order, jobs, fuse)
     start = time.perf_counter()

@@ -15,6 +15,7 @@ from .tasks import SyntheticTask
 
 RANDOM_TASK_PREFIX = "synth-random:"
 RANDOM_BIAS_ATTRIBUTES = ("background", "colour", "size", "pattern", "mark")
+RANDOM_BIAS_COUNT = (1, 3)  # biases per task, drawn uniformly (both ends included)
 _RANDOM_TASK_KEY = 7_170_331  # fixed second seed word: random tasks' draws are their own stream
 RANDOM_CONFLICT_RANGE = (0.01, 0.20)  # bias-conflicting share per bias, drawn log-uniformly
 RANDOM_MAJOR_CLASS_RANGE = (0.5, 0.75)  # share of the larger class
@@ -34,6 +35,16 @@ def parse_random_task_name(name: str) -> int | None:
             f"as the seed, e.g. {RANDOM_TASK_PREFIX}7"
         )
     return int(text)
+
+
+def describe_random_tasks() -> str:
+    """What a `synth-random:<seed>` task is, in one line, from the constants `random_task` draws with."""
+    low, high = RANDOM_BIAS_COUNT
+    attributes = ", ".join(RANDOM_BIAS_ATTRIBUTES[:-1]) + " and " + RANDOM_BIAS_ATTRIBUTES[-1]
+    conflict = "-".join(f"{100 * p:g}" for p in RANDOM_CONFLICT_RANGE)
+    train = "-".join(f"{n // 1000}k" if n % 1000 == 0 else str(n) for n in RANDOM_TRAIN_RANGE)
+    return (f"{low}-{high} biases among {attributes}, random value pairs and orientations, {conflict}% conflicting "
+            f"per bias, {train} train images")
 
 
 def caption_orientation(pair: tuple[str, str]) -> str:
@@ -84,7 +95,7 @@ def random_task(seed: int) -> SyntheticTask:
         raise UserError(f"a random task's seed must be a whole number >= 0, not {seed!r}")
     seed = int(seed)
     rng = np.random.default_rng([seed, _RANDOM_TASK_KEY])
-    n_biases = int(rng.integers(1, 4))
+    n_biases = int(rng.integers(RANDOM_BIAS_COUNT[0], RANDOM_BIAS_COUNT[1] + 1))
     attributes = [str(a) for a in rng.choice(RANDOM_BIAS_ATTRIBUTES, size=n_biases, replace=False)]
     biases = tuple(
         (attr, tuple(str(v) for v in rng.choice(ATTRIBUTES[attr], size=2, replace=False))) for attr in attributes
