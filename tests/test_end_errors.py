@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import types
 from pathlib import Path
 
@@ -106,7 +105,7 @@ def test_ctrl_c_in_a_parallel_sweep_is_one_line_without_a_worker_traceback(zeros
     options = {"csv_path": "meta.csv", "path_col": "path", "label_col": "label", "attr_cols": ["place"]}
     grid = tmp_path / "grid.yaml"
     grid.write_text(yaml.safe_dump({"name": "ctrl-c", "datasets": [{"name": "csv", "root": str(root), "options": options}],
-                                    "methods": ["zeroshot"], "seeds": "0..99"}))
+                                    "methods": ["zeroshot"], "seeds": "0..399"}))
     command = [PYTHON, "-m", "groupcoop", "sweep", grid, "--jobs", "2", "--out", tmp_path / "sweep",
                "--cache-dir", run.parent / "cache"]
     # its own process group, as a shell gives a pipeline: Ctrl-C is SIGINT to every process of the group
@@ -114,10 +113,13 @@ def test_ctrl_c_in_a_parallel_sweep_is_one_line_without_a_worker_traceback(zeros
                             env=ENV, start_new_session=True)
     try:
         first = proc.stderr.readline()
-        assert first.startswith("sweep: 100 runs"), first
-        time.sleep(1.0)  # the workers are starting (importing torch): where a Ctrl-C used to leave a traceback
+        assert first.startswith("sweep: 400 runs"), first
+        seen = [first]
+        while not seen[-1].lstrip().startswith("[1/"):  # the workers are running runs (their features are ready)
+            seen.append(proc.stderr.readline())
+            assert seen[-1], "".join(seen)
         os.killpg(proc.pid, signal.SIGINT)
-        err = proc.stderr.read()
+        err = "".join(seen) + proc.stderr.read()
         proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
