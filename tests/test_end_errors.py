@@ -109,8 +109,10 @@ def test_ctrl_c_in_a_parallel_sweep_is_one_line_without_a_worker_traceback(zeros
     command = [PYTHON, "-m", "groupcoop", "sweep", grid, "--jobs", "2", "--out", tmp_path / "sweep",
                "--cache-dir", run.parent / "cache"]
     # its own process group, as a shell gives a pipeline: Ctrl-C is SIGINT to every process of the group
+    # SIGINT at its default, as in a terminal: a test run started in the background (`make test &`) inherits it ignored
     proc = subprocess.Popen([str(c) for c in command], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env=ENV, start_new_session=True)
+                            env=ENV, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         first = proc.stderr.readline()
         assert first.startswith("sweep: 400 runs"), first
