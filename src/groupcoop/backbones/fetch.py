@@ -28,18 +28,10 @@ def offline() -> bool:
 @contextmanager
 def offline_mode(on: bool = True) -> Iterator[None]:
     """HF_HUB_OFFLINE=1 while the block runs (the CLI's --offline); the variable is restored after."""
-    if not on:
+    from unittest import mock
+
+    with mock.patch.dict(os.environ, {"HF_HUB_OFFLINE": "1"} if on else {}):
         yield
-        return
-    saved = os.environ.get("HF_HUB_OFFLINE")
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop("HF_HUB_OFFLINE", None)
-        else:
-            os.environ["HF_HUB_OFFLINE"] = saved
 
 
 def before_download(what: str, name: str, instead: str) -> None:
