@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -104,12 +105,33 @@ def _workers_deaf_to_ctrl_c() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
-def _as_finished(futures) -> Iterator:
-    """Each future as it finishes. The waits are short because the kernel may hand a Ctrl-C to any
-    thread (a torch or executor thread): the main thread raises KeyboardInterrupt when it wakes up."""
+@contextmanager
+def _ctrl_c_as_flag() -> Iterator[threading.Event]:
+    """Within: Ctrl-C sets the event, which `_as_finished` turns into KeyboardInterrupt between waits.
+    Raised wherever the main thread happens to be, it could leave a future's lock held (a
+    concurrent.futures wait holds all of them), and the pool's shutdown then hangs for ever."""
+    import signal
+
+    interrupted = threading.Event()
+    main_thread = threading.current_thread() is threading.main_thread()
+    if not main_thread or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # started in the background
+        yield interrupted
+        return
+    old = signal.signal(signal.SIGINT, lambda *_: interrupted.set())
+    try:
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+def _as_finished(futures, interrupted: threading.Event) -> Iterator:
+    """Each future as it finishes; KeyboardInterrupt once `interrupted` is set. The waits are short
+    because the kernel may hand a Ctrl-C to any thread, and the handler runs when the main thread wakes."""
     pending = set(futures)
     while pending:
         done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+        if interrupted.is_set():
+            raise KeyboardInterrupt
         yield from done
 
 
@@ -334,19 +356,20 @@ def _run_parallel(units, first_of_data, jobs, threads, where: tuple, trackers, f
     pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
                                initargs=(threads, os.getpid()))
     try:
-        # features first, one task per dataset, so that no two processes extract the same images
-        with _workers_deaf_to_ctrl_c():  # a submit may start a worker
-            extracting = [pool.submit(extract_one, s, cache_dir, workers) for s in first_of_data]
-        for future in _as_finished(extracting):
-            future.result()
-        features_ready()
-        with _workers_deaf_to_ctrl_c():
-            pending = [pool.submit(run_group, unit, out, cache_dir, workers, fuse, max_prompts, None, trackers)
-                       for unit in units]
-        for future in _as_finished(pending):  # a fused share reports its runs when the whole share is done
-            for folder, seconds in future.result():
-                report(folder, seconds)
-    except BaseException as err:
+        with _ctrl_c_as_flag() as interrupted:
+            # features first, one task per dataset, so that no two processes extract the same images
+            with _workers_deaf_to_ctrl_c():  # a submit may start a worker
+                extracting = [pool.submit(extract_one, s, cache_dir, workers) for s in first_of_data]
+            for future in _as_finished(extracting, interrupted):
+                future.result()
+            features_ready()
+            with _workers_deaf_to_ctrl_c():
+                pending = [pool.submit(run_group, unit, out, cache_dir, workers, fuse, max_prompts, None, trackers)
+                           for unit in units]
+            for future in _as_finished(pending, interrupted):  # a fused share reports its runs when done
+                for folder, seconds in future.result():
+                    report(folder, seconds)
+    except BaseException as err:  # Ctrl-C is raised above, outside any lock; the default handler is back
         _stop_workers(pool, now=isinstance(err, KeyboardInterrupt))
         raise
     pool.shutdown()
