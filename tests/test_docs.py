@@ -1,6 +1,6 @@
 """The README and the docs site: short enough to read, every page listed, and every `groupcoop`
-command they show accepted by the CLI as written (the python blocks are run by the tests that
-own them: test_predict, test_fusion, test_backbone_transformers, test_extending)."""
+command they show accepted by the CLI as written (test_doc_commands.py runs them; the python blocks
+are run by the tests that own them: test_predict, test_fusion, test_backbone_transformers, test_extending)."""
 
 from __future__ import annotations
 
