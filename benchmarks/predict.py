@@ -46,7 +46,8 @@ def main(argv=None) -> int:
     say("# groupcoop predict benchmark")
     say(f"CPU: {cpu_model()}, {cpu_count()} cores; torch {torch.__version__}; {args.backbone} (random weights); "
         f"{args.images} JPEG images (256 px); batch {args.batch}; {workers} DataLoader worker(s)")
-    wait_until_idle(args.wait_idle)
+    if args.wait_idle:
+        wait_until_idle(args.wait_idle)
     bb = load_backbone(args.backbone, "random")
     gen = torch.Generator().manual_seed(0)
     head = Head.from_text(torch.randn(4, bb.embed_dim, generator=gen), bb.logit_scale, 2,

@@ -127,6 +127,30 @@ def test_a_never_captioned_mark_is_found_as_an_unnamed_attribute_with_an_example
     assert shown.code == 0 and "unnamed 1" in shown.out and f"wrote {grid}" in shown.out, shown.err
     assert grid.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+    # what the grid showed, named on the next run: the same groups, under the user's names
+    again = cli("train", "--config", out / "config.yaml", "--name-attribute", "mark=plain,tagged",
+                "--out", tmp_path / "named", "--quiet")
+    assert again.code == 0, again.err
+    named = json.loads((tmp_path / "named" / "metrics.json").read_text())
+    assert named["discovery"]["unnamed"] == ["mark"] and "mark" in named["discovery"]["used"]
+    names = [g["name"] for g in named["splits"]["test"]["groups"]]
+    assert any("plain" in n for n in names) and any("tagged" in n for n in names), names
+    assert [g["n"] for g in named["splits"]["test"]["groups"]] == [g["n"] for g in metrics["splits"]["test"]["groups"]]
+    assert "named with --name-attribute" in (tmp_path / "named" / "report.html").read_text()
+
+
+@pytest.mark.parametrize("flags, says", [(["--name-attribute", "mark"], "NAME=VALUE_A,VALUE_B"),
+                                         (["--name-attribute", "mark=a,a"], "NAME=VALUE_A,VALUE_B"),
+                                         (["--name-attribute", "mark={} plain,{} tagged"], "names, not phrases"),
+                                         (["--name-attribute", "mark=plain,tagged", "--bias-prompts", "on grass,on water"],
+                                          "goes with --bias-prompts auto")])
+def test_a_bad_name_attribute_is_one_line_before_any_work(cli, tmp_path, flags, says):
+    bias = [] if "--bias-prompts" in flags else ["--bias-prompts", "auto"]
+    result = cli("train", "--dataset", "synth-waterbirds", "--backbone", "groupcoop-tiny", "--method", "zeroshot",
+                 "--groups", "pseudo", *bias, *flags, "--out", tmp_path / "run")
+    assert result.code == 2 and says in result.err and len(result.err.strip().splitlines()) == 1, result.err
+    assert not (tmp_path / "run").exists()
+
 
 def test_nothing_spurious_is_said_in_the_discover_table():
     from groupcoop.grouping.discovery import Vocabulary, format_candidates

@@ -266,6 +266,9 @@ def add_grouping_flags(p) -> None:
                    f"the labeler uses (default {DISCOVER_TOP})")
     p.add_argument("--discover-score", choices=DISCOVERY_SCORES,
                    help=f"with --bias-prompts auto: how discovery ranks attributes (default {DISCOVERY_SCORE})")
+    p.add_argument("--name-attribute", metavar="NAME=A,B",
+                   help="with --bias-prompts auto: names for the attribute found in the image features ('unnamed 1') "
+                   "and its values a and b, as its example grid in report.html shows them, e.g. mark=plain,marked")
 
 
 def add_vocabulary_flag(p, prefix: str = "") -> None:

@@ -282,8 +282,8 @@ class Discovered:
         """The metrics.json block."""
         shown = [{**{k: c[k] for k in ("attribute", "values", "score", "shares", "spurious")},
                   "concentration": round(c["scores"]["concentration"], 4),
-                  **({k: c[k] for k in ("unnamed", "residual_errors", "zeroshot_ratio")}
-                     if c.get("unnamed") else {})}
+                  **({k: c[k] for k in ("unnamed", "residual_errors", "zeroshot_ratio", "value_names", "named_from")
+                      if k in c} if c.get("unnamed") else {})}
                  for c in self.candidates[:SHOWN]]
         return {"vocabulary": self.vocabulary, "score": self.score, "threshold": DISCOVERY_THRESHOLDS[self.score],
                 "min_concentration": DISCOVERY_MIN_CONCENTRATION, "top": self.top,
@@ -299,8 +299,12 @@ NOTHING_SPURIOUS = ("no spurious attribute found: no vocabulary attribute went w
 def discover_for_run(prep, options, seed: int = 0, image_side: bool = True) -> Discovered:
     """Discovery for `bias_prompts: auto` with a run's grouping options (vocabulary, score, top);
     `image_side` False leaves unnamed attributes out (a labeler that cannot label them)."""
+    from .unnamed import named
+
     vocabulary = load_vocabulary(options.vocabulary, prep.dataset)
     candidates = discover_on(prep, vocabulary, options.discover_score, seed=seed)
+    if options.name_attribute is not None:
+        candidates = [named(c, options.name_attribute) if c.get("unnamed") else c for c in candidates]
     usable = [c for c in candidates if image_side or not c.get("unnamed")]
     return Discovered(vocabulary.name, options.discover_score, options.discover_top, candidates,
                       auto_attributes(usable, options.discover_score, options.discover_top))

@@ -38,6 +38,7 @@ class GroupingOptions(Frozen):
     discover_top: Annotated[Int, Field(ge=1, le=8)] = DISCOVER_TOP  # bias_prompts auto: attributes kept at most
     discover_score: DiscoveryScore = DISCOVERY_SCORE  # bias_prompts auto: how candidates are ranked
     vocabulary: Text | None = None  # bias_prompts auto: a vocabulary YAML file (default: the shipped one)
+    name_attribute: Text | None = None  # bias_prompts auto: "NAME=A,B", names for the unnamed attribute (unnamed.py)
 
     @model_validator(mode="before")
     @classmethod
@@ -51,10 +52,12 @@ class GroupingOptions(Frozen):
 
     @model_serializer(mode="wrap")
     def _dump(self, handler):
-        """Without `file` where there is none: a run's config.yaml and metrics.json stay as they were."""
+        """Without `file` or `name_attribute` where there is none: a run's config.yaml and metrics.json stay as
+        they were."""
         data = handler(self)
-        if self.file is None and isinstance(data, dict):
-            data.pop("file", None)
+        for key in ("file", "name_attribute"):
+            if getattr(self, key) is None and isinstance(data, dict):
+                data.pop(key, None)
         return data
 
     @model_validator(mode="after")
@@ -65,6 +68,18 @@ class GroupingOptions(Frozen):
         if self.file is not None and self.source != FILE_SOURCE:
             raise UserError(f"groups file {self.file} is read with --groups file:PATH, not with --groups "
                             f"{self.source or '(default)'}; drop one of them")
+        return self
+
+    @model_validator(mode="after")
+    def _name(self):
+        """A name for the unnamed attribute parses, and goes with discovery (where one is found)."""
+        if self.name_attribute is not None:
+            from .unnamed import parse_name
+
+            parse_name(self.name_attribute)
+            if not self.discovers:
+                raise UserError("--name-attribute names the attribute discovery finds in the image features: "
+                                "it goes with --bias-prompts auto")
         return self
 
     @property

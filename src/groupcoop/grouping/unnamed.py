@@ -34,6 +34,30 @@ VALUES = ("a", "b")
 PHRASES = ("{}", "{}")  # an unnamed value's prompt is the class name alone
 
 
+def parse_name(text: str) -> tuple[str, tuple[str, str]]:
+    """`--name-attribute "mark=plain,marked"`: the unnamed attribute's name and its values' names, in
+    the order of its values a and b (as the example grid shows them)."""
+    from ..errors import UserError, quoted
+
+    name, _, values = text.partition("=")
+    names = tuple(v.strip() for v in values.split(","))
+    if not name.strip() or len(names) != len(VALUES) or not all(names) or len(set(names)) != len(names):
+        raise UserError(f"--name-attribute {quoted(text)}: write NAME=VALUE_A,VALUE_B, the names of the unnamed "
+                        "attribute and of its values a and b as its example grid shows them, e.g. mark=plain,marked")
+    if "{}" in text:
+        raise UserError(f"--name-attribute {quoted(text)}: names, not phrases: the unnamed attribute's groups are "
+                        "labelled from the image features; to prompt with phrases, add the attribute to a "
+                        "vocabulary (--vocabulary)")
+    return name.strip(), names
+
+
+def named(candidate: dict, text: str) -> dict:
+    """The unnamed candidate under the user's names (`parse_name`); its values are still labelled from
+    the image features and prompted with the class name alone."""
+    name, names = parse_name(text)
+    return {**candidate, "attribute": name, "value_names": list(names), "named_from": candidate["attribute"]}
+
+
 def explained(y: np.ndarray, kept: list[dict]) -> np.ndarray:
     """Images whose zero-shot value of some kept caption candidate is not their class's usual one."""
     out = np.zeros(len(y), dtype=bool)

@@ -301,11 +301,13 @@ def _discovery_section(metrics: dict, figures: dict[str, bytes]) -> str:
     for rank, c in enumerate(d.get("candidates") or [], 1):
         phrases, shares = list(c.get("values") or []), list(c.get("shares") or [])
         if c.get("unnamed"):
-            phrases = ["a", "b"][:len(phrases)]
+            phrases = (c.get("value_names") or ["a", "b"])[:len(phrases)]
         values = ", ".join(f"{v} ({pct(sh)}%)" for v, sh in zip(phrases, shares)) if len(shares) == len(phrases) \
             else ", ".join(map(str, phrases))
         if c.get("named_by"):
             values += f"; the same partition as {c['named_by']}"
+        if c.get("named_from"):
+            values += f"; {c['named_from']}, named with --name-attribute"
         score, concentration, name = number(c.get("score")), number(c.get("concentration")), esc(c.get("attribute"))
         chosen = c.get("attribute") in used
         rows.append([str(rank), (name, "best") if chosen else name, "–" if score is None else f"{score:.3f}",
@@ -320,8 +322,9 @@ def _discovery_section(metrics: dict, figures: dict[str, bytes]) -> str:
         name, png = next(iter(figures.items()))
         grid = (f"<p>The run's training groups, with <b>{esc(', '.join(d['unnamed']))}</b> as the image features split "
                 "each class (a random sample per group, also in <code>" + esc(name) + "</code>). Look at what tells "
-                "a from b; name it with a phrase per value (<code>--bias-prompts</code>) or add it to a vocabulary "
-                f'for the next run.</p><img alt="example images per group" src="data:image/png;base64,'
+                "a from b; on the next run, name it (<code>--name-attribute mark=plain,marked</code>: the "
+                "groups stay the image features' split) or add it with a phrase per value to a vocabulary "
+                f'(<code>--vocabulary</code>: zero-shot then labels it).</p><img alt="example images per group" src="data:image/png;base64,'
                 f'{base64.b64encode(png).decode()}" style="max-width:100%">')
     return section("discovery", "Bias discovery", intro + verdict + ranked + grid)
 
