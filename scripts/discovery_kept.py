@@ -3,6 +3,7 @@
     python scripts/discovery_kept.py dev                          # choose on the dev suite
     python scripts/discovery_kept.py report --conditional 0.3     # report, never choose
     python scripts/discovery_kept.py --planted                    # the planted tasks of the tests
+    python scripts/discovery_kept.py dev-wide --zeroshot-ratio 0.5,0.6,0.7,0.8   # the image side's threshold
 
 Per task, discovery runs on the training split (no bias label is read) and keeps at most `--top`
 spurious candidates. A task is a hit when every true bias is found: a captioned one by its name,
@@ -10,7 +11,10 @@ the never-captioned `mark` by a kept unnamed attribute. A distractor is a kept a
 none of the task's biases (an unnamed one counts as the mark where the task has it, else as a
 distractor). Printed per minimum conditional association (`labelfree.DISCOVERY_MIN_CONDITIONAL`,
 `--conditional` to try others): the hit rate overall and on the tasks with the mark, the share of
-tasks that keep a distractor, and the mean number of distractors kept.
+tasks that keep a distractor, and the mean number of distractors kept. `--zeroshot-ratio` tries
+thresholds of the image side's test (`unnamed.ZEROSHOT_RATIO`) at the default conditional one
+instead, and prints each task's ratio: the largest over the two hard sets with enough residual
+images, so a task's unnamed attribute is found exactly where it is at least the threshold.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ from groupcoop.data.world.datasets import make_task_dataset
 from groupcoop.data.world.tasks import SyntheticTask
 from groupcoop.grouping.discovery import discover_on, load_vocabulary, mark_spurious
 from groupcoop.grouping.labelfree import DISCOVER_TOP, DISCOVERY_MIN_CONDITIONAL, DISCOVERY_SCORE
-from groupcoop.grouping.unnamed import image_candidate
+from groupcoop.grouping import unnamed
+from groupcoop.grouping.unnamed import explained, hard_sets, image_candidate, residual_test
 from groupcoop.runs.pipeline import prepare
 from groupcoop.sweeps.grid import load_grid
 
@@ -63,6 +68,23 @@ def kept_for(prep, candidates: list[dict], conditional: float, top: int, seed: i
     return ranked[:top], image_side
 
 
+def largest_ratio(prep, candidates: list[dict], seed: int = 0) -> float:
+    """The image side's ratio that decides: the largest over the hard sets with enough residual images."""
+    ds = prep.dataset
+    rows = ds.split_indices("train")
+    y = ds.y[rows]
+    caption = sorted([c for c in candidates if not c.get("unnamed")], key=lambda c: (-c["score"], c["attribute"]))
+    mark_spurious(caption, y, DISCOVERY_SCORE)
+    x = prep.feats.numpy(rows).astype(np.float64)
+    classes = prep.backbone.text_features(list(ds.class_names)).float().cpu().numpy()
+    right = np.argmax(x @ classes.T, axis=1) == y
+    sets = hard_sets(x, y, seed) or []
+    ratios = [t["ratio"] for t in (residual_test(h, explained(y, [c for c in caption if c["spurious"]]), right)
+                                    for h in sets)
+              if t["residual"].sum() >= max(unnamed.MIN_RESIDUAL, unnamed.MIN_RESIDUAL_SHARE * len(y))]
+    return max(ratios, default=0.0)
+
+
 def judge(biases: list[str], kept: list[str]) -> tuple[bool, int]:
     """(every bias found, number of distractors kept)."""
     unnamed = [k for k in kept if k.startswith("unnamed")]
@@ -79,6 +101,8 @@ def main() -> None:
     ap.add_argument("--conditional", default=None, help="comma-separated thresholds to try "
                     f"(default {DISCOVERY_MIN_CONDITIONAL} and 0, i.e. off)")
     ap.add_argument("--top", type=int, default=DISCOVER_TOP)
+    ap.add_argument("--zeroshot-ratio", default=None, help="comma-separated thresholds of the image side's test "
+                    f"to try at the default conditional one (default: {unnamed.ZEROSHOT_RATIO} only)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     if args.planted:
@@ -89,24 +113,33 @@ def main() -> None:
         ap.error("give a suite (a preset name or grid file) or --planted")
     thresholds = ([float(t) for t in args.conditional.split(",")] if args.conditional
                   else [0.0, DISCOVERY_MIN_CONDITIONAL])
+    ratios = [float(t) for t in args.zeroshot_ratio.split(",")] if args.zeroshot_ratio else None
+    default_ratio = unnamed.ZEROSHOT_RATIO
+    if ratios:
+        thresholds = [DISCOVERY_MIN_CONDITIONAL]
     backbone = load_backbone(TINY)
-    results = {t: [] for t in thresholds}
+    results = {t: [] for t in (ratios or thresholds)}
     for ds in datasets:
         prep = prepare(ds, backbone, progress=False)
         candidates = discover_on(prep, load_vocabulary(None, ds))
         line = [f"{ds.name} [{', '.join(ds.attribute_names)}]"]
-        for t in thresholds:
-            kept, image_side = kept_for(prep, candidates, t, args.top)
+        if ratios:
+            line.append(f"ratio {largest_ratio(prep, candidates):.3f}")
+        for t in ratios or thresholds:
+            if ratios:
+                unnamed.ZEROSHOT_RATIO = t
+            kept, image_side = kept_for(prep, candidates, DISCOVERY_MIN_CONDITIONAL if ratios else t, args.top)
             hit, distractors = judge(list(ds.attribute_names), kept)
             results[t].append((list(ds.attribute_names), hit, distractors))
             line.append(f"{t:g}: {', '.join(kept) or 'nothing'}{'' if hit else ' (miss)'}{image_side}")
         print("  ".join(line), flush=True)
-    print(f"\n| min conditional | tasks | all biases found | tasks with the {UNSEEN}: found | "
+    print(f"\n| {'zero-shot ratio' if ratios else 'min conditional'} | tasks | all biases found | tasks with the {UNSEEN}: found | "
           "tasks keeping a distractor | distractors per task |\n|---|---|---|---|---|---|")
     for t, rows in results.items():
         marked = [r for r in rows if UNSEEN in r[0]]
         mark_hits = sum(r[1] for r in marked)
-        print(f"| {t:g}{' *' if t == DISCOVERY_MIN_CONDITIONAL else ''} | {len(rows)} | "
+        default = t == (default_ratio if ratios else DISCOVERY_MIN_CONDITIONAL)
+        print(f"| {t:g}{' *' if default else ''} | {len(rows)} | "
               f"{100 * np.mean([r[1] for r in rows]):.0f}% | "
               f"{100 * mark_hits / max(len(marked), 1):.0f}% ({mark_hits}/{len(marked)}) | "
               f"{100 * np.mean([r[2] > 0 for r in rows]):.0f}% | {np.mean([r[2] for r in rows]):.2f} |")

@@ -235,7 +235,7 @@ def test_sweep_fuses_by_default_and_no_fuse_gives_the_same_runs(tmp_path, cli, w
     grid = tmp_path / "grid.yaml"
     grid.write_text(yaml.safe_dump({"name": "fuse", "datasets": ["synth-waterbirds"],
                                     "methods": ["zeroshot", "coop", "groupcoop", "jtt"], "groups": ["gt"],
-                                    "seeds": [0, 1],
+                                    "seeds": [0],
                                     "hyperparameters": {"epochs": 1, "first_epochs": 1, "batch_size": 2048}}))
     results = {}
     for name, flags in (("fused", []), ("alone", ["--no-fuse"]), ("jobs", ["--jobs", "2"])):
@@ -243,7 +243,7 @@ def test_sweep_fuses_by_default_and_no_fuse_gives_the_same_runs(tmp_path, cli, w
         assert result.code == 0, result.err
         assert ("learned-prompt runs fused" in result.err) == (name != "alone")
         results[name] = sweep_metrics(tmp_path / name)
-    assert len(results["alone"]) == 8
+    assert len(results["alone"]) == 4
     for name in ("fused", "jobs"):
         assert results[name].keys() == results["alone"].keys()
         for folder, metrics in results[name].items():
