@@ -19,7 +19,6 @@ from groupcoop.presets import resolve
 from groupcoop.sweeps.grid import Grid, expand, load_grid, shard
 from groupcoop.sweeps.summary import bootstrap_ci
 
-CONSOLE_SCRIPT = Path(sys.executable).parent / "groupcoop"
 FAST = {"epochs": 1, "batch_size": 2048}  # 3 steps on synth-waterbirds: the grid machinery is under test
 
 
@@ -93,7 +92,7 @@ sys.exit(main(["sweep", sys.argv[1], "--out", sys.argv[2], "--quiet", "--no-fuse
 """  # one run after another, so that the kill lands between two (fused, the four would end together)
 
 
-def test_killed_sweep_resumes_without_redoing_finished_runs(tmp_path, waterbirds_prep, feature_cache):
+def test_killed_sweep_resumes_without_redoing_finished_runs(tmp_path, waterbirds_prep, feature_cache, cli):
     grid = tiny_grid(tmp_path, methods=["groupcoop"], groups=["gt"], seeds=[0, 1, 2, 3])
     out = tmp_path / "sweep"
     env = {**os.environ, "GROUPCOOP_CACHE": str(feature_cache)}
@@ -107,10 +106,9 @@ def test_killed_sweep_resumes_without_redoing_finished_runs(tmp_path, waterbirds
     finished = done()
     assert 1 <= len(finished) < 4, "the kill should land midway"
     stamps = {p: p.stat().st_mtime_ns for p in finished}
-    again = subprocess.run([str(CONSOLE_SCRIPT), "sweep", str(grid), "--out", str(out)], env=env,
-                           capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0, again.stderr
-    assert f"{len(finished)} already finished" in again.stderr
+    again = cli("sweep", grid, "--out", out)  # in this process, on the same feature cache
+    assert again.code == 0, again.err
+    assert f"{len(finished)} already finished" in again.err
     assert len(done()) == 4
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items()), "finished runs are not redone"
 

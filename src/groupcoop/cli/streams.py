@@ -19,6 +19,7 @@ import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from unittest import mock
 
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 _KEPT = "outputs are written whole or not at all, so nothing half-written is left"
@@ -36,18 +37,11 @@ def quiet_libraries(debug: bool) -> Iterator[None]:
         return
     from ..io.progress import libraries_muted
 
-    saved_env = os.environ.get("PYTHONWARNINGS")
-    with warnings.catch_warnings():
+    # worker processes (sweep --jobs, decoding) start quiet too, through the environment they inherit
+    with warnings.catch_warnings(), mock.patch.dict(os.environ, {"PYTHONWARNINGS": "ignore"}):
         warnings.simplefilter("ignore")
-        os.environ["PYTHONWARNINGS"] = "ignore"  # worker processes (sweep --jobs, decoding) start quiet too
-        try:
-            with libraries_muted():  # open_clip, timm, huggingface_hub, transformers log warnings; ours still show
-                yield
-        finally:
-            if saved_env is None:
-                os.environ.pop("PYTHONWARNINGS", None)
-            else:
-                os.environ["PYTHONWARNINGS"] = saved_env
+        with libraries_muted():  # open_clip, timm, huggingface_hub, transformers log warnings; ours still show
+            yield
 
 
 def flush_stdout() -> None:
