@@ -25,8 +25,8 @@ class JTTParams(PromptParams):
     the validation groups like every method. JTT's grid for lambda_up is {20, 50, 100}."""
 
     shared_ctx: StrictBool = True
-    first_epochs: Annotated[Int, Field(ge=1, le=100_000)] = 2
-    upweight: Annotated[Int, Field(ge=1, le=1000)] = 20
+    first_epochs: Annotated[Int, Field(ge=1, le=100_000)] = 5  # dev suite (docs/defaults.md)
+    upweight: Annotated[Int, Field(ge=1, le=1000)] = 20  # dev suite, of {20, 100}
 
 
 def jtt_repeats(head, train, upweight: int) -> tuple[np.ndarray, dict]:
