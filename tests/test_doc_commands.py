@@ -112,7 +112,8 @@ def test_every_command_shown_runs(page, home, tmp_path_factory, cli, monkeypatch
     usage_run = tmp_path_factory.getbasetemp() / "docs-usage" / "runs" / "wb-groupcoop"
     work = workspace(tmp_path_factory.mktemp(f"docs-{page.stem}", numbered=False), usage_run)
     monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("HF_HOME", str(home / "hf"))  # nothing cached: --offline fails as the page shows
+    for cache in ("HF_HOME", "HF_HUB_CACHE"):  # nothing cached: --offline fails as the page shows
+        monkeypatch.setenv(cache, str(home / "hf"))
     monkeypatch.chdir(work)
     for commands, error in blocks(page):
         for command in filter(runs_here, commands):
