@@ -5,8 +5,8 @@ the cache folder, then a fresh process loads a small random CLIP with 512-d feat
 every feature in the cache (`prepare`), and trains GroupCoOp for one epoch on ground-truth groups (or,
 with `--groups zeroshot`, on zero-shot groups: every train row is scored first)
 (`run_method`: group-balanced sampling over the whole train split, validation, test). The
-child reports its peak resident memory (VmHWM: anonymous and file-backed pages). A second child
-stops before `prepare` (imports, model, labels: the baseline).
+child reports its peak resident memory (VmHWM: anonymous and file-backed pages), and the peak
+before `prepare` (imports, model, labels: the baseline).
 
     .venv/bin/python benchmarks/memory.py                      # 0.5M, 1M and 2M rows
     .venv/bin/python benchmarks/memory.py --rows 2000000 --json
@@ -74,15 +74,19 @@ def dataset(n: int, held_out: int = HELD_OUT):
 
 
 def write_cache(n: int, cache_dir: Path, dim: int = 512, chunk: int = 65536) -> int:
-    """Random float16 rows written shard by shard as extraction would; returns the bytes of features."""
+    """Random float16 rows written shard by shard as extraction would (one random block repeated);
+    returns the bytes of features."""
     import torch
 
     from groupcoop.features.cache import open_cache
 
     cache, shards = open_cache(backbone(), FakeImages(n), cache_dir, "float16")
     gen = torch.Generator().manual_seed(0)
-    for a, b in shards:
-        cache.write_shard(a, b, torch.randn(b - a, dim, generator=gen).half(), "")
+    block = torch.zeros(0, dim, dtype=torch.float16)
+    for a, b in shards:  # one random block in every shard: the bytes are n rows', drawing 2e9 values is not needed
+        if len(block) < b - a:
+            block = torch.randn(b - a, dim, generator=gen).half()
+        cache.write_shard(a, b, block[:b - a], "")
     cache.mark_complete()
     return n * dim * 2
 
@@ -92,9 +96,8 @@ def peak_rss() -> int:
         return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmHWM"))
 
 
-def measure(n: int, cache_dir: Path, batch_size: int, baseline: bool, groups: str = "gt",
-            held_out: int = HELD_OUT) -> dict:
-    """In this process: train one epoch on the cache (or stop before, for the baseline)."""
+def measure(n: int, cache_dir: Path, batch_size: int, groups: str = "gt", held_out: int = HELD_OUT) -> dict:
+    """In this process: the baseline (the peak after imports, model and labels), then one epoch on the cache."""
     import torch
 
     from groupcoop.runs.pipeline import check_run, prepare, run_method
@@ -102,26 +105,22 @@ def measure(n: int, cache_dir: Path, batch_size: int, baseline: bool, groups: st
 
     torch.set_num_threads(1)
     bb, ds = backbone(), dataset(n, held_out)
-    out = {"rows": n, "baseline": baseline}
-    if not baseline:
-        start = time.perf_counter()
-        prep = prepare(ds, bb, cache_dir=cache_dir, feature_dtype="float16", progress=False)
-        settings = make_settings({"dataset": ds.name, "backbone": MODEL, "pretrained": "random", "method": "groupcoop",
-                                  "groups": groups, "feature_dtype": "float16",
-                                  "hyperparameters": {"epochs": 1, "batch_size": batch_size, "n_ctx": 4}})
-        run = run_method(prep, check_run(settings, ds, bb)[1], log=lambda s: None)
-        out.update(seconds=time.perf_counter() - start, steps=-(-int((ds.split == 0).sum()) // batch_size),
-                   test_avg_acc=run.metrics["splits"]["test"]["avg_acc"])
-    out["peak_rss"] = peak_rss()
+    out = {"rows": n, "baseline_rss": peak_rss()}
+    start = time.perf_counter()
+    prep = prepare(ds, bb, cache_dir=cache_dir, feature_dtype="float16", progress=False)
+    settings = make_settings({"dataset": ds.name, "backbone": MODEL, "pretrained": "random", "method": "groupcoop",
+                              "groups": groups, "feature_dtype": "float16",
+                              "hyperparameters": {"epochs": 1, "batch_size": batch_size, "n_ctx": 4}})
+    run = run_method(prep, check_run(settings, ds, bb)[1], log=lambda s: None)
+    out.update(seconds=time.perf_counter() - start, steps=-(-int((ds.split == 0).sum()) // batch_size),
+               test_avg_acc=run.metrics["splits"]["test"]["avg_acc"], peak_rss=peak_rss())
     return out
 
 
-def child(n: int, cache_dir: Path, batch_size: int, baseline: bool, groups: str = "gt",
-          held_out: int = HELD_OUT) -> dict:
+def child(n: int, cache_dir: Path, batch_size: int, groups: str = "gt", held_out: int = HELD_OUT) -> dict:
     cmd = [sys.executable, __file__, "--child", str(n), "--cache", str(cache_dir), "--batch-size", str(batch_size),
            "--groups", groups, "--held-out", str(held_out)]
-    done = subprocess.run(cmd + (["--baseline"] if baseline else []), capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     if done.returncode:
         raise SystemExit(f"child failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -137,21 +136,18 @@ def main(argv=None) -> int:
     p.add_argument("--held-out", type=int, default=HELD_OUT, help="val and test rows each (the rest train)")
     p.add_argument("--json", action="store_true", help="print one JSON line per row count instead of a table")
     p.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
-    p.add_argument("--baseline", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     counts = [int(v) for v in args.rows.split(",")]
     if args.held_out < 1 or any(n <= 2 * args.held_out for n in counts):
         p.error(f"every --rows count must exceed 2 x --held-out ({2 * args.held_out}): val and test take that many")
     if args.child is not None:
-        print(json.dumps(measure(args.child, args.cache, args.batch_size, args.baseline, args.groups, args.held_out)))
+        print(json.dumps(measure(args.child, args.cache, args.batch_size, args.groups, args.held_out)))
         return 0
     rows = []
     with tempfile.TemporaryDirectory(prefix="groupcoop-memory-", dir=args.cache) as tmp:
         for n in counts:
             size = write_cache(n, Path(tmp))
-            base = child(n, Path(tmp), args.batch_size, True, held_out=args.held_out)
-            run = child(n, Path(tmp), args.batch_size, False, args.groups, args.held_out)
-            rows.append({**run, "feature_bytes": size, "baseline_rss": base["peak_rss"]})
+            rows.append({**child(n, Path(tmp), args.batch_size, args.groups, args.held_out), "feature_bytes": size})
             if args.json:
                 print(json.dumps(rows[-1]), flush=True)
             for shard in Path(tmp).glob("*/shard-*"):

@@ -16,11 +16,14 @@ Everything runs on the 12-image CSV dataset of test_hostile.py and its zero-shot
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import os
 import re
 import shutil
+import signal
 import stat
 import subprocess
 from pathlib import Path
@@ -31,11 +34,12 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import groupcoop
 from groupcoop.io.csv_safe import FORMULA_STARTS, csv_text, neutralise
 from groupcoop.errors import UserError
 
 from test_cli import assert_one_line_error
-from test_hostile import (ENV, PYTHON, TINY, csv_args, make_csv_root, snapshot, train_args, write_png,
+from test_hostile import (TINY, csv_args, make_csv_root, snapshot, train_args, write_png,
                           zeroshot_run)  # noqa: F401 (zeroshot_run: a fixture)
 
 PROPERTY = settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
@@ -151,10 +155,41 @@ def test_strict_predict_into_a_new_folder_leaves_nothing(zeroshot_run, cli, tmp_
 
 # --- 2. reads never hang -----------------------------------------------------------------------------
 
-def _run_cli(args, cwd, timeout=180, env=None) -> subprocess.CompletedProcess:
-    """The CLI in its own process, so that a hang fails the test instead of stopping the suite."""
-    return subprocess.run([PYTHON, "-m", "groupcoop", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, cwd=cwd, env=env or ENV)
+class Hung(BaseException):
+    """Raised by the alarm; a BaseException, so that no error handler of the CLI takes it for a failure."""
+
+
+@contextlib.contextmanager
+def alarm(seconds: int, what: str):
+    """A read that hangs (opening a FIFO blocks until a writer comes) fails the test instead of stopping
+    the suite: SIGALRM interrupts the blocked call in this, the main, thread."""
+    def hung(*_):
+        raise Hung(f"{what} hung for {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _run_cli(args, cwd, timeout=120) -> subprocess.CompletedProcess:
+    """The CLI in this process (its imports are loaded already), in `cwd`, under an alarm."""
+    from groupcoop.cli.main import main
+
+    out, err, here = io.StringIO(), io.StringIO(), os.getcwd()
+    try:
+        os.chdir(cwd)
+        with alarm(timeout, f"groupcoop {args[0]}"), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main([str(a) for a in args])
+            except SystemExit as exit_:
+                code = exit_.code if isinstance(exit_.code, int) else 1
+    finally:
+        os.chdir(here)
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 def test_a_fifo_among_the_images_of_a_csv_is_an_error_row_not_a_hang(zeroshot_run, tmp_path):
@@ -195,9 +230,8 @@ def test_a_fifo_where_a_file_is_read_is_one_line(where, zeroshot_run, tmp_path):
     fifo.unlink(missing_ok=True)
     os.mkfifo(fifo)
     if where == "metrics.json":  # the Python API's load_run
-        proc = subprocess.run([PYTHON, "-c", f"import groupcoop; groupcoop.load_run({str(copy)!r})"],
-                              capture_output=True, text=True, timeout=180, env=ENV)
-        assert proc.returncode != 0 and "FIFO" in proc.stderr.strip().splitlines()[-1], proc.stderr
+        with alarm(120, "load_run"), pytest.raises(Exception, match="FIFO"):
+            groupcoop.load_run(copy)
         return
     args = {"config.yaml": ["predict", copy, "--images", data / "img" / "0.png"],
             "head.safetensors": ["predict", copy, "--images", data / "img" / "0.png"],
