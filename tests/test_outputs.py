@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import io
 import json
 import os
 import re
 import shutil
 import signal
 import stat
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -175,51 +173,42 @@ def alarm(seconds: int, what: str):
         signal.signal(signal.SIGALRM, previous)
 
 
-def _run_cli(args, cwd, timeout=120) -> subprocess.CompletedProcess:
-    """The CLI in this process (its imports are loaded already), in `cwd`, under an alarm."""
-    from groupcoop.cli.main import main
-
-    out, err, here = io.StringIO(), io.StringIO(), os.getcwd()
-    try:
-        os.chdir(cwd)
-        with alarm(timeout, f"groupcoop {args[0]}"), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                code = main([str(a) for a in args])
-            except SystemExit as exit_:
-                code = exit_.code if isinstance(exit_.code, int) else 1
-    finally:
-        os.chdir(here)
-    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+@pytest.fixture
+def guarded(cli):
+    """The CLI in this process (the `cli` fixture) under an alarm."""
+    def run(*argv):
+        with alarm(120, f"groupcoop {argv[0]}"):
+            return cli(*argv)
+    return run
 
 
-def test_a_fifo_among_the_images_of_a_csv_is_an_error_row_not_a_hang(zeroshot_run, tmp_path):
+def test_a_fifo_among_the_images_of_a_csv_is_an_error_row_not_a_hang(zeroshot_run, tmp_path, guarded):
     root, run = zeroshot_run
     data = tmp_path / "data"
     shutil.copytree(root, data)
     os.mkfifo(data / "img" / "fifo.png")
     (tmp_path / "list.csv").write_text("path\nimg/0.png\nimg/fifo.png\n")
-    proc = _run_cli(["predict", run, "--csv", tmp_path / "list.csv", "--root", data, "--out", tmp_path / "p.csv",
-                     "--quiet", "--workers", "0"], tmp_path)
-    assert proc.returncode == 0, proc.stderr
+    proc = guarded("predict", run, "--csv", tmp_path / "list.csv", "--root", data, "--out", tmp_path / "p.csv",
+                   "--quiet", "--workers", "0")
+    assert proc.code == 0, proc.err
     rows = {Path(r["path"]).name: r for r in read_rows(tmp_path / "p.csv")}
     assert rows["0.png"]["class"] and "FIFO" in rows["fifo.png"]["error"]
 
 
-def test_a_fifo_in_an_images_folder_is_passed_over_and_one_named_is_refused(zeroshot_run, tmp_path):
+def test_a_fifo_in_an_images_folder_is_passed_over_and_one_named_is_refused(zeroshot_run, tmp_path, guarded):
     root, run = zeroshot_run
     images = tmp_path / "images"
     shutil.copytree(root / "img", images)
     os.mkfifo(images / "fifo.png")
-    proc = _run_cli(["predict", run, "--images", images, "--out", tmp_path / "p.csv", "--quiet", "--workers", "0"],
-                    tmp_path)
-    assert proc.returncode == 0, proc.stderr
+    proc = guarded("predict", run, "--images", images, "--out", tmp_path / "p.csv", "--quiet", "--workers", "0")
+    assert proc.code == 0, proc.err
     assert len(read_rows(tmp_path / "p.csv")) == 12
-    proc = _run_cli(["predict", run, "--images", images / "fifo.png", "--out", tmp_path / "q.csv", "--quiet"], tmp_path)
-    assert proc.returncode == 2 and "FIFO" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    proc = guarded("predict", run, "--images", images / "fifo.png", "--out", tmp_path / "q.csv", "--quiet")
+    assert proc.code == 2 and "FIFO" in proc.err and len(proc.err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("where", ["config.yaml", "head.safetensors", "--config", "meta.csv", "--csv", "metrics.json"])
-def test_a_fifo_where_a_file_is_read_is_one_line(where, zeroshot_run, tmp_path):
+def test_a_fifo_where_a_file_is_read_is_one_line(where, zeroshot_run, tmp_path, guarded):
     root, run = zeroshot_run
     copy, data = tmp_path / "run", tmp_path / "data"
     shutil.copytree(run, copy)
@@ -240,12 +229,12 @@ def test_a_fifo_where_a_file_is_read_is_one_line(where, zeroshot_run, tmp_path):
             "meta.csv": ["datasets", "check", "csv", *csv_args(data)[2:]]}[where]
     if where != "meta.csv":
         args += ["--out", tmp_path / "out", "--quiet"]
-    proc = _run_cli(args, tmp_path)
-    assert proc.returncode == 2, proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1 and "FIFO" in proc.stderr, proc.stderr
+    proc = guarded(*args)
+    assert proc.code == 2, proc.err
+    assert len(proc.err.strip().splitlines()) == 1 and "FIFO" in proc.err, proc.err
 
 
-def test_train_into_a_run_folder_whose_config_is_a_fifo_never_waits_on_it(zeroshot_run, tmp_path):
+def test_train_into_a_run_folder_whose_config_is_a_fifo_never_waits_on_it(zeroshot_run, tmp_path, guarded):
     """`train` (and `sweep`) ask whether --out already holds this run: a FIFO config.yaml is not one."""
     from groupcoop.runs.folder import holds_run
 
@@ -255,9 +244,9 @@ def test_train_into_a_run_folder_whose_config_is_a_fifo_never_waits_on_it(zerosh
     (copy / "config.yaml").unlink()
     os.mkfifo(copy / "config.yaml")
     assert not holds_run(copy, {})
-    proc = _run_cli(train_args(root, copy, "--workers", "0", "--cache-dir", tmp_path / "cache"), tmp_path)
-    assert proc.returncode == 2 and "already holds" in proc.stderr, proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1 and stat.S_ISFIFO(os.lstat(copy / "config.yaml").st_mode)
+    proc = guarded(*train_args(root, copy, "--workers", "0", "--cache-dir", tmp_path / "cache"))
+    assert proc.code == 2 and "already holds" in proc.err, proc.err
+    assert len(proc.err.strip().splitlines()) == 1 and stat.S_ISFIFO(os.lstat(copy / "config.yaml").st_mode)
 
 
 # --- 3. path confinement: predict --csv --root like train ------------------------------------------------
