@@ -49,9 +49,9 @@ def planted_tasks() -> list[SyntheticTask]:
             task("planted-background", "background", ("grass", "water"), (380, 20, 20, 380))]
 
 
-def kept_for(prep, candidates: list[dict], conditional: float, top: int, seed: int = 0) -> tuple[list[str], str]:
-    """The attributes auto keeps at this conditional threshold (caption side, then the image side), and
-    the image side's test in words (residual hard images, zero-shot's relative accuracy on them)."""
+def image_side_inputs(prep, candidates: list[dict], conditional: float = DISCOVERY_MIN_CONDITIONAL):
+    """What the image side reads on the training split: the spurious caption candidates at this
+    conditional threshold, best first, the features, the classes and zero-shot's predictions."""
     ds = prep.dataset
     rows = ds.split_indices("train")
     y = ds.y[rows]
@@ -59,8 +59,15 @@ def kept_for(prep, candidates: list[dict], conditional: float, top: int, seed: i
     mark_spurious(caption, y, DISCOVERY_SCORE, conditional)
     x = prep.feats.numpy(rows).astype(np.float64)
     classes = prep.backbone.text_features(list(ds.class_names)).float().cpu().numpy()
-    found = image_candidate(x, y, [c for c in caption if c["spurious"]], np.argmax(x @ classes.T, axis=1), seed)
-    ranked = [c["attribute"] for c in caption if c["spurious"]]
+    return [c for c in caption if c["spurious"]], x, y, np.argmax(x @ classes.T, axis=1)
+
+
+def kept_for(prep, candidates: list[dict], conditional: float, top: int, seed: int = 0) -> tuple[list[str], str]:
+    """The attributes auto keeps at this conditional threshold (caption side, then the image side), and
+    the image side's test in words (residual hard images, zero-shot's relative accuracy on them)."""
+    spurious, x, y, zeroshot_pred = image_side_inputs(prep, candidates, conditional)
+    found = image_candidate(x, y, spurious, zeroshot_pred, seed)
+    ranked = [c["attribute"] for c in spurious]
     if found is not None and found["found"]:
         ranked.append(found["attribute"])
     image_side = "" if found is None else f" [image side: {found['residual_errors']} residual, zero-shot ratio " \
@@ -70,19 +77,10 @@ def kept_for(prep, candidates: list[dict], conditional: float, top: int, seed: i
 
 def largest_ratio(prep, candidates: list[dict], seed: int = 0) -> float:
     """The image side's ratio that decides: the largest over the hard sets with enough residual images."""
-    ds = prep.dataset
-    rows = ds.split_indices("train")
-    y = ds.y[rows]
-    caption = sorted([c for c in candidates if not c.get("unnamed")], key=lambda c: (-c["score"], c["attribute"]))
-    mark_spurious(caption, y, DISCOVERY_SCORE)
-    x = prep.feats.numpy(rows).astype(np.float64)
-    classes = prep.backbone.text_features(list(ds.class_names)).float().cpu().numpy()
-    right = np.argmax(x @ classes.T, axis=1) == y
-    sets = hard_sets(x, y, seed) or []
-    ratios = [t["ratio"] for t in (residual_test(h, explained(y, [c for c in caption if c["spurious"]]), right)
-                                    for h in sets)
-              if t["residual"].sum() >= max(unnamed.MIN_RESIDUAL, unnamed.MIN_RESIDUAL_SHARE * len(y))]
-    return max(ratios, default=0.0)
+    spurious, x, y, zeroshot_pred = image_side_inputs(prep, candidates)
+    by_captions = explained(y, spurious)
+    tests = [residual_test(hard, by_captions, zeroshot_pred == y) for hard in hard_sets(x, y, seed) or []]
+    return max((t["ratio"] for t in tests if t["enough"]), default=0.0)
 
 
 def judge(biases: list[str], kept: list[str]) -> tuple[bool, int]:

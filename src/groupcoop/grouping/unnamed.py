@@ -97,7 +97,7 @@ def residual_test(hard: np.ndarray, explained_: np.ndarray, right: np.ndarray) -
     base = float(right[~hard].mean()) if (~hard).any() else 0.0
     ratio = float(right[residual].mean()) / base if residual.any() and base > 0 else 0.0
     enough = int(residual.sum()) >= max(MIN_RESIDUAL, MIN_RESIDUAL_SHARE * len(hard))
-    return {"residual": residual, "ratio": ratio, "found": bool(enough and ratio >= ZEROSHOT_RATIO)}
+    return {"residual": residual, "ratio": ratio, "enough": enough, "found": bool(enough and ratio >= ZEROSHOT_RATIO)}
 
 
 def image_candidate(x: np.ndarray, y: np.ndarray, kept: list[dict], zeroshot_pred: np.ndarray | None,
