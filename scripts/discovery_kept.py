@@ -1,20 +1,20 @@
 """What `bias_prompts: auto` keeps over a suite of tasks, caption and image side together (issue 24).
 
-    python scripts/discovery_kept.py dev                          # choose on the dev suite
-    python scripts/discovery_kept.py report --conditional 0.3     # report, never choose
-    python scripts/discovery_kept.py --planted                    # the planted tasks of the tests
-    python scripts/discovery_kept.py dev-wide --zeroshot-ratio 0.5,0.6,0.7,0.8   # the image side's threshold
+    python scripts/discovery_kept.py dev                                      # choose on the dev suite
+    python scripts/discovery_kept.py discovery-dev-wide --conditional 0.15,0.3 --max-proxy 0.3,1.01
+    python scripts/discovery_kept.py report                                   # report, never choose
+    python scripts/discovery_kept.py --planted                                # the planted tasks of the tests
 
 Per task, discovery runs on the training split (no bias label is read) and keeps at most `--top`
 spurious candidates. A task is a hit when every true bias is found: a captioned one by its name,
-the never-captioned `mark` by a kept unnamed attribute. A distractor is a kept attribute that is
-none of the task's biases (an unnamed one counts as the mark where the task has it, else as a
-distractor). Printed per minimum conditional association (`labelfree.DISCOVERY_MIN_CONDITIONAL`,
-`--conditional` to try others): the hit rate overall and on the tasks with the mark, the share of
-tasks that keep a distractor, and the mean number of distractors kept. `--zeroshot-ratio` tries
-thresholds of the image side's test (`unnamed.ZEROSHOT_RATIO`) at the default conditional one
-instead, and prints each task's ratio: the largest over the two hard sets with enough residual
-images, so a task's unnamed attribute is found exactly where it is at least the threshold.
+any one (the never-captioned `mark` above all) by a kept unnamed attribute whose values go with
+the bias's within each class (Cramér's V, size-weighted, at least `MATCH`; the true labels are
+read here, to judge, never by discovery). A distractor is a kept attribute that is none of the
+task's biases. Printed per pair of the caption side's thresholds (`--conditional`:
+`labelfree.DISCOVERY_MIN_CONDITIONAL`, `--max-proxy`: `labelfree.DISCOVERY_MAX_PROXY`): the hit
+rate overall and on the tasks with the mark, the share of tasks that keep a distractor, and the
+mean number of distractors kept. Each task's line shows what was kept and the image side's test
+(set-apart images, zero-shot's relative accuracy on them, share near the boundary).
 """
 
 from __future__ import annotations
@@ -29,14 +29,14 @@ from groupcoop.backbones.families import TINY, load_backbone
 from groupcoop.data.registry import load_dataset
 from groupcoop.data.world.datasets import make_task_dataset
 from groupcoop.data.world.tasks import SyntheticTask
-from groupcoop.grouping.discovery import discover_on, load_vocabulary, mark_spurious
-from groupcoop.grouping.labelfree import DISCOVER_TOP, DISCOVERY_MIN_CONDITIONAL, DISCOVERY_SCORE
-from groupcoop.grouping import unnamed
-from groupcoop.grouping.unnamed import explained, hard_sets, image_candidate, residual_test
+from groupcoop.grouping.discovery import cramers_v, discover_on, load_vocabulary, mark_spurious
+from groupcoop.grouping.labelfree import DISCOVER_TOP, DISCOVERY_MAX_PROXY, DISCOVERY_MIN_CONDITIONAL, DISCOVERY_SCORE
+from groupcoop.grouping.unnamed import image_candidate
 from groupcoop.runs.pipeline import prepare
 from groupcoop.sweeps.grid import load_grid
 
 UNSEEN = "mark"  # the world's never-captioned attribute
+MATCH = 0.5  # an unnamed attribute is the bias whose values go with its own this much within each class
 
 
 def planted_tasks() -> list[SyntheticTask]:
@@ -49,58 +49,63 @@ def planted_tasks() -> list[SyntheticTask]:
             task("planted-background", "background", ("grass", "water"), (380, 20, 20, 380))]
 
 
-def image_side_inputs(prep, candidates: list[dict], conditional: float = DISCOVERY_MIN_CONDITIONAL):
-    """What the image side reads on the training split: the spurious caption candidates at this
-    conditional threshold, best first, the features, the classes and zero-shot's predictions."""
+def image_side_inputs(prep, candidates: list[dict], conditional: float, proxy: float):
+    """What the image side reads on the training split: the spurious caption candidates at these
+    thresholds, best first, the features, the classes and zero-shot's predictions."""
     ds = prep.dataset
     rows = ds.split_indices("train")
     y = ds.y[rows]
     caption = sorted([c for c in candidates if not c.get("unnamed")], key=lambda c: (-c["score"], c["attribute"]))
-    mark_spurious(caption, y, DISCOVERY_SCORE, conditional)
+    mark_spurious(caption, y, DISCOVERY_SCORE, conditional, proxy)
     x = prep.feats.numpy(rows).astype(np.float64)
     classes = prep.backbone.text_features(list(ds.class_names)).float().cpu().numpy()
     return [c for c in caption if c["spurious"]], x, y, np.argmax(x @ classes.T, axis=1)
 
 
-def kept_for(prep, candidates: list[dict], conditional: float, top: int, seed: int = 0) -> tuple[list[str], str]:
-    """The attributes auto keeps at this conditional threshold (caption side, then the image side), and
-    the image side's test in words (residual hard images, zero-shot's relative accuracy on them)."""
-    spurious, x, y, zeroshot_pred = image_side_inputs(prep, candidates, conditional)
-    found = image_candidate(x, y, spurious, zeroshot_pred, seed)
-    ranked = [c["attribute"] for c in spurious]
+def within_class_v(y: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
+    return float(sum((y == k).sum() * cramers_v(a[y == k], b[y == k]) for k in np.unique(y)) / len(y))
+
+
+def kept_for(prep, candidates: list[dict], conditional: float, proxy: float, top: int, seed: int = 0,
+             memo: dict | None = None) -> tuple[list[str], str]:
+    """The attributes auto keeps at these thresholds (caption side, then the image side), an unnamed one
+    named by the true bias it matches (`MATCH`, else "unnamed"), and the image side's test in words."""
+    spurious, x, y, zeroshot_pred = image_side_inputs(prep, candidates, conditional, proxy)
+    kept = [c["attribute"] for c in spurious]
+    memo = {} if memo is None else memo  # the image side depends only on the kept caption candidates
+    key = (tuple(kept), proxy)
+    if key not in memo:
+        memo[key] = image_candidate(x, y, spurious, zeroshot_pred, seed, proxy)
+    found = memo[key]
     if found is not None and found["found"]:
-        ranked.append(found["attribute"])
-    image_side = "" if found is None else f" [image side: {found['residual_errors']} residual, zero-shot ratio " \
-                                          f"{found['zeroshot_ratio']:.2f}]"
-    return ranked[:top], image_side
+        ds = prep.dataset
+        truth = ds.attrs[ds.split_indices("train")]
+        match = {b: within_class_v(y, found["assigned"], truth[:, j]) for j, b in enumerate(ds.attribute_names)}
+        best = max(match, key=match.get, default=None)
+        kept.append(f"unnamed={best}" if best is not None and match[best] >= MATCH else "unnamed")
+    image_side = "" if found is None else (f" [image side: {found['set_apart']} set apart, zero-shot ratio "
+                                           f"{found['zeroshot_ratio']:.2f}, near boundary {found['near_boundary']:.3f}]")
+    return kept[:top], image_side
 
 
-def largest_ratio(prep, candidates: list[dict], seed: int = 0) -> float:
-    """The image side's ratio that decides: the largest over the hard sets with enough residual images."""
-    spurious, x, y, zeroshot_pred = image_side_inputs(prep, candidates)
-    by_captions = explained(y, spurious)
-    tests = [residual_test(hard, by_captions, zeroshot_pred == y) for hard in hard_sets(x, y, seed) or []]
-    return max((t["ratio"] for t in tests if t["enough"]), default=0.0)
-
-
-def judge(biases: list[str], kept: list[str]) -> tuple[bool, int]:
-    """(every bias found, number of distractors kept)."""
-    unnamed = [k for k in kept if k.startswith("unnamed")]
-    named = [k for k in kept if not k.startswith("unnamed")]
-    found = set(named) | ({UNSEEN} if unnamed else set())
-    distractors = len([k for k in named if k not in biases]) + (len(unnamed) if UNSEEN not in biases else 0)
-    return set(biases) <= found, distractors
+def judge(biases: list[str], kept: list[str]) -> tuple[bool, int, bool]:
+    """(every bias found, number of distractors kept, the mark found); an unnamed one counts as the
+    bias it matched."""
+    found = {k.partition("=")[2] if k.startswith("unnamed") else k for k in kept}
+    distractors = len([k for k in found if k not in biases]) + (len(kept) - len(found))
+    return set(biases) <= found, distractors, UNSEEN in found
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("suite", nargs="?", help="a grid YAML whose datasets are the tasks (dev)")
     ap.add_argument("--planted", action="store_true", help="the planted tasks instead of a suite")
-    ap.add_argument("--conditional", default=None, help="comma-separated thresholds to try "
-                    f"(default {DISCOVERY_MIN_CONDITIONAL} and 0, i.e. off)")
+    ap.add_argument("--conditional", default=str(DISCOVERY_MIN_CONDITIONAL),
+                    help=f"comma-separated minimum conditional associations to try (default {DISCOVERY_MIN_CONDITIONAL})")
+    ap.add_argument("--max-proxy", default=str(DISCOVERY_MAX_PROXY),
+                    help=f"comma-separated maximum within-class association with a kept attribute to try "
+                         f"(default {DISCOVERY_MAX_PROXY}; 1.01 is off)")
     ap.add_argument("--top", type=int, default=DISCOVER_TOP)
-    ap.add_argument("--zeroshot-ratio", default=None, help="comma-separated thresholds of the image side's test "
-                    f"to try at the default conditional one (default: {unnamed.ZEROSHOT_RATIO} only)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     if args.planted:
@@ -109,35 +114,26 @@ def main() -> None:
         datasets = [load_dataset(d.name) for d in load_grid(presets.resolve(args.suite)).datasets]
     else:
         ap.error("give a suite (a preset name or grid file) or --planted")
-    thresholds = ([float(t) for t in args.conditional.split(",")] if args.conditional
-                  else [0.0, DISCOVERY_MIN_CONDITIONAL])
-    ratios = [float(t) for t in args.zeroshot_ratio.split(",")] if args.zeroshot_ratio else None
-    default_ratio = unnamed.ZEROSHOT_RATIO
-    if ratios:
-        thresholds = [DISCOVERY_MIN_CONDITIONAL]
+    pairs = [(float(c), float(p)) for c in args.conditional.split(",") for p in args.max_proxy.split(",")]
     backbone = load_backbone(TINY)
-    results = {t: [] for t in (ratios or thresholds)}
+    results = {t: [] for t in pairs}
     for ds in datasets:
         prep = prepare(ds, backbone, progress=False)
-        candidates = discover_on(prep, load_vocabulary(None, ds))
-        line = [f"{ds.name} [{', '.join(ds.attribute_names)}]"]
-        if ratios:
-            line.append(f"ratio {largest_ratio(prep, candidates):.3f}")
-        for t in ratios or thresholds:
-            if ratios:
-                unnamed.ZEROSHOT_RATIO = t
-            kept, image_side = kept_for(prep, candidates, DISCOVERY_MIN_CONDITIONAL if ratios else t, args.top)
-            hit, distractors = judge(list(ds.attribute_names), kept)
-            results[t].append((list(ds.attribute_names), hit, distractors))
-            line.append(f"{t:g}: {', '.join(kept) or 'nothing'}{'' if hit else ' (miss)'}{image_side}")
+        candidates = discover_on(prep, load_vocabulary(None, ds), image_side=False)  # kept_for runs it
+        line, memo = [f"{ds.name} [{', '.join(ds.attribute_names)}]"], {}
+        for t in pairs:
+            kept, image_side = kept_for(prep, candidates, *t, args.top, memo=memo)
+            hit, distractors, mark = judge(list(ds.attribute_names), kept)
+            results[t].append((list(ds.attribute_names), hit, distractors, mark))
+            line.append(f"{t[0]:g}/{t[1]:g}: {', '.join(kept) or 'nothing'}{'' if hit else ' (miss)'}{image_side}")
         print("  ".join(line), flush=True)
-    print(f"\n| {'zero-shot ratio' if ratios else 'min conditional'} | tasks | all biases found | tasks with the {UNSEEN}: found | "
+    print(f"\n| min conditional / max proxy | tasks | all biases found | tasks with the {UNSEEN}: found | "
           "tasks keeping a distractor | distractors per task |\n|---|---|---|---|---|---|")
     for t, rows in results.items():
         marked = [r for r in rows if UNSEEN in r[0]]
-        mark_hits = sum(r[1] for r in marked)
-        default = t == (default_ratio if ratios else DISCOVERY_MIN_CONDITIONAL)
-        print(f"| {t:g}{' *' if default else ''} | {len(rows)} | "
+        mark_hits = sum(r[3] for r in marked)
+        default = t == (DISCOVERY_MIN_CONDITIONAL, DISCOVERY_MAX_PROXY)
+        print(f"| {t[0]:g} / {t[1]:g}{' *' if default else ''} | {len(rows)} | "
               f"{100 * np.mean([r[1] for r in rows]):.0f}% | "
               f"{100 * mark_hits / max(len(marked), 1):.0f}% ({mark_hits}/{len(marked)}) | "
               f"{100 * np.mean([r[2] > 0 for r in rows]):.0f}% | {np.mean([r[2] for r in rows]):.2f} |")

@@ -121,7 +121,7 @@ def discover(dataset: str | GroupDataset, backbone: str = "groupcoop-tiny", pret
     name goes), `score` (by `score`, default `labelfree.DISCOVERY_SCORE`), `scores`, `shares` (of
     the training images per value), `dropped` (values too few images matched) and `spurious`
     (what `bias_prompts: auto` keeps); an unnamed one also has `unnamed`, `value_names` (a, b),
-    `residual_errors` and `zeroshot_ratio`. `vocabulary` is a YAML file, a `discovery.Vocabulary`,
+    `set_apart`, `zeroshot_ratio` and `near_boundary`. `vocabulary` is a YAML file, a `discovery.Vocabulary`,
     or None for the shipped one (world for synth-* datasets, clip otherwise). With `grid` (a .png
     path) and an unnamed attribute found, example training images of each class x value are written
     there. `unkept`, a list, receives the vocabulary's attributes that are no candidate, each

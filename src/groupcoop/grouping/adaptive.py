@@ -7,7 +7,10 @@ labels come from what an ERM classifier learned instead: within each class and e
 the attributes zero-shot does see, the images with a low out-of-fold class margin (the low
 component of a two-Gaussian mixture on the margin, posterior above `CONFLICT_POSTERIOR`) are
 the bias-conflicting ones. Their value names are then arbitrary (class c's aligned images get
-value c mod size); the partition is what GroupCoOp needs. Imports no scikit-learn until it runs.
+value c mod size); the partition is what GroupCoOp needs. An attribute zero-shot cannot tell apart
+at all (its value prompts are the same text: discovery's unnamed attribute) takes its values from
+the image features' own partition instead (`unnamed.find_partition`, fitted on the training split
+beside the seen attributes), where one is found. Imports no scikit-learn until it runs.
 """
 
 from __future__ import annotations
@@ -79,13 +82,46 @@ def _low_margin(margins: np.ndarray, seed: int) -> np.ndarray | None:
     return mixture.predict_proba(margins[:, None])[:, low] > CONFLICT_POSTERIOR
 
 
+_PARTITIONS: dict[tuple, object] = {}  # the training split's partition, fitted once for its three splits
+
+
+def _partition(ref: Reference, seen: list[int], seed: int):
+    """`unnamed.find_partition` on the training split beside the seen attributes' zero-shot values."""
+    import hashlib
+
+    from .unnamed import find_partition
+
+    values = [np.argmax(ref.scores[j], axis=1) for j in seen]
+    digest = hashlib.sha1(np.ascontiguousarray(ref.feats).tobytes() + np.ascontiguousarray(ref.y).tobytes()
+                          + b"".join(np.ascontiguousarray(v).tobytes() for v in values)).hexdigest()
+    key = (digest, seed)
+    if key not in _PARTITIONS:
+        _PARTITIONS.clear()  # one training split at a time
+        _PARTITIONS[key] = find_partition(np.asarray(ref.feats, dtype=np.float64), ref.y, values, seed)
+    return _PARTITIONS[key]
+
+
+def _blind(scores: np.ndarray) -> bool:
+    """Zero-shot cannot tell the values apart at all: every value's prompt scores the same."""
+    return scores.shape[1] == 2 and bool(np.allclose(scores, scores[:, :1]))
+
+
 def relabel_unseen(out: np.ndarray, feats, y, sizes, scores, seed: int, reference: Reference | None) -> np.ndarray:
     """Relabel the attributes whose zero-shot values hardly track the class by the ERM margin,
-    within each class x cell of the attributes zero-shot does see. Which attributes those are,
-    and the ERM, come from the training split (`reference`, or this split itself)."""
+    within each class x cell of the attributes zero-shot does see; one zero-shot cannot tell apart
+    at all, by the image features' own partition where there is one. Which attributes those are,
+    the ERM and the partition come from the training split (`reference`, or this split itself)."""
     ref = reference or Reference(feats, y, scores)
     unseen = [j for j, s in enumerate(sizes)
               if zeroshot_association(np.argmax(ref.scores[j], axis=1), ref.y, int(s)) < WEAK_ASSOCIATION]
+    blind = [j for j in unseen if _blind(ref.scores[j])]
+    if blind and len(np.unique(ref.y)) == 2:
+        part = _partition(ref, [j for j in range(len(sizes)) if j not in unseen], seed)
+        if part is not None:
+            out = out.copy()
+            for j in blind:
+                out[:, j] = part.labels(np.asarray(feats, dtype=np.float64))
+            unseen = [j for j in unseen if j not in blind]
     margins = class_margins(feats, y, seed, reference) if unseen else None
     if margins is None:
         return out

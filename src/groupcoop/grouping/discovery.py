@@ -35,8 +35,8 @@ import numpy as np
 from ..choices import DISCOVERY_SCORES
 from ..data.base import apply_phrase
 from ..errors import UserError, close_matches
-from .labelfree import (DISCOVERY_MIN_CONCENTRATION, DISCOVERY_MIN_CONDITIONAL, DISCOVERY_MIN_VALUE_SHARE,
-                        DISCOVERY_SCORE, DISCOVERY_THRESHOLDS)
+from .labelfree import (DISCOVERY_MAX_PROXY, DISCOVERY_MIN_CONCENTRATION, DISCOVERY_MIN_CONDITIONAL,
+                        DISCOVERY_MIN_VALUE_SHARE, DISCOVERY_SCORE, DISCOVERY_THRESHOLDS)
 from .vocabulary import (SHIPPED, Vocabulary, VocabularyFile, default_vocabulary, load_vocabulary,  # noqa: F401
                          value_name, with_slot)
 
@@ -206,19 +206,34 @@ def conditional_association(y: np.ndarray, values: np.ndarray, kept: list[dict])
     return total / len(y)
 
 
+def read_off(y: np.ndarray, values: np.ndarray, kept: list[dict]) -> float:
+    """How much `values` are read off a kept candidate beyond what the class explains: the largest, over
+    the `kept` candidates, of Cramér's V of the two within each class, weighted by class size (0 with
+    nothing kept). A proxy (weather read off the background) scores high; a second bias drawn apart
+    from the first within each class, low."""
+    best = 0.0
+    for c in kept:
+        within = sum((y == k).sum() * cramers_v(c["assigned"][y == k], values[y == k]) for k in np.unique(y))
+        best = max(best, within / len(y))
+    return float(best)
+
+
 def mark_spurious(ranked: list[dict], y: np.ndarray, score: str,
-                  conditional: float = DISCOVERY_MIN_CONDITIONAL) -> None:
+                  conditional: float = DISCOVERY_MIN_CONDITIONAL, proxy: float = DISCOVERY_MAX_PROXY) -> None:
     """Set each candidate's `spurious`, best first: it goes with the class (its score above the score's
     threshold), concentrates the ERM probe's or zero-shot's errors (`concentration` above
-    `labelfree.DISCOVERY_MIN_CONCENTRATION`), and still goes with the class within the cells of the
-    spurious ones ranked above it (`scores["conditional"]` above `conditional`): a proxy of a kept
-    attribute (weather for the background) adds nothing and is not kept."""
+    `labelfree.DISCOVERY_MIN_CONCENTRATION`), still goes with the class within the cells of the
+    spurious ones ranked above it (`scores["conditional"]` above `conditional`), and is not read off
+    one of them within each class (`scores["read_off"]` below `proxy`): a proxy of a kept attribute
+    (weather for the background) adds nothing and is not kept."""
     kept: list[dict] = []
     for c in ranked:
         c["scores"]["conditional"] = conditional_association(y, c["assigned"], kept)
+        c["scores"]["read_off"] = read_off(y, c["assigned"], kept)
         c["spurious"] = bool(c["scores"][score] > DISCOVERY_THRESHOLDS[score]
                              and c["scores"]["concentration"] > DISCOVERY_MIN_CONCENTRATION
-                             and c["scores"]["conditional"] > conditional)
+                             and c["scores"]["conditional"] > conditional
+                             and c["scores"]["read_off"] < proxy)
         if c["spurious"]:
             kept.append(c)
 
@@ -242,9 +257,10 @@ def value_features(backbone, class_names, vocabulary: Vocabulary) -> dict[str, t
 
 
 def discover_on(prep, vocabulary: Vocabulary, score: str = DISCOVERY_SCORE, compute: tuple[str, ...] | None = None,
-                seed: int = 0, unkept: list | None = None) -> list[dict]:
+                seed: int = 0, unkept: list | None = None, image_side: bool = True) -> list[dict]:
     """Ranked candidates on a prepared dataset's training split (features and class labels only);
-    `unkept` receives the attributes left out, with why (`rank_candidates`)."""
+    `unkept` receives the attributes left out, with why, and `image_side` False leaves the unnamed
+    attribute out (`rank_candidates`)."""
     ds = prep.dataset
     rows = ds.split_indices("train")
     if not len(rows):
@@ -252,7 +268,8 @@ def discover_on(prep, vocabulary: Vocabulary, score: str = DISCOVERY_SCORE, comp
     x = prep.feats.numpy(rows).astype(np.float64)
     classes = prep.backbone.text_features(list(ds.class_names)).float().cpu().numpy()
     return rank_candidates(x, ds.y[rows], value_features(prep.backbone, ds.class_names, vocabulary),
-                           score, compute, seed=seed, zeroshot_pred=np.argmax(x @ classes.T, axis=1), unkept=unkept)
+                           score, compute, seed=seed, zeroshot_pred=np.argmax(x @ classes.T, axis=1), unkept=unkept,
+                           image_side=image_side)
 
 
 @dataclass(frozen=True)
@@ -282,7 +299,7 @@ class Discovered:
         """The metrics.json block."""
         shown = [{**{k: c[k] for k in ("attribute", "values", "score", "shares", "spurious")},
                   "concentration": round(c["scores"]["concentration"], 4),
-                  **({k: c[k] for k in ("unnamed", "residual_errors", "zeroshot_ratio", "value_names", "named_from")
+                  **({k: c[k] for k in ("unnamed", "set_apart", "zeroshot_ratio", "near_boundary", "value_names", "named_from")
                       if k in c} if c.get("unnamed") else {})}
                  for c in self.candidates[:SHOWN]]
         return {"vocabulary": self.vocabulary, "score": self.score, "threshold": DISCOVERY_THRESHOLDS[self.score],
@@ -296,17 +313,33 @@ NOTHING_SPURIOUS = ("no spurious attribute found: no vocabulary attribute went w
                     "errors, and the image features split no class in two")
 
 
+_RECENT: dict[tuple, tuple] = {}  # discovery of the last few (features, options, seed): a sweep's runs of a dataset share it
+_RECENT_SIZE = 8
+
+
 def discover_for_run(prep, options, seed: int = 0, image_side: bool = True) -> Discovered:
     """Discovery for `bias_prompts: auto` with a run's grouping options (vocabulary, score, top);
-    `image_side` False leaves unnamed attributes out (a labeler that cannot label them)."""
+    `image_side` False leaves unnamed attributes out (a labeler that cannot label them). The runs of
+    one sweep on a dataset's features share one discovery per seed (it reads nothing else)."""
+    import hashlib
+
     from .unnamed import named
 
-    vocabulary = load_vocabulary(options.vocabulary, prep.dataset)
-    candidates = discover_on(prep, vocabulary, options.discover_score, seed=seed)
+    ds = prep.dataset
+    rows = ds.split_indices("train")
+    key = (id(prep.feats), ds.name, hashlib.sha1(rows.tobytes() + ds.y[rows].tobytes()).hexdigest(),
+           options.vocabulary, options.discover_score, seed)
+    if key not in _RECENT:
+        vocabulary = load_vocabulary(options.vocabulary, ds)
+        if len(_RECENT) >= _RECENT_SIZE:
+            _RECENT.pop(next(iter(_RECENT)))
+        # the features are held with the result, so their id names no other features while it is here
+        _RECENT[key] = (prep.feats, vocabulary.name, discover_on(prep, vocabulary, options.discover_score, seed=seed))
+    _, vocabulary_name, candidates = _RECENT[key]
     if options.name_attribute is not None:
         candidates = [named(c, options.name_attribute) if c.get("unnamed") else c for c in candidates]
     usable = [c for c in candidates if image_side or not c.get("unnamed")]
-    return Discovered(vocabulary.name, options.discover_score, options.discover_top, candidates,
+    return Discovered(vocabulary_name, options.discover_score, options.discover_top, list(candidates),
                       auto_attributes(usable, options.discover_score, options.discover_top))
 
 
@@ -335,10 +368,11 @@ def format_candidates(candidates: list[dict], dataset, vocabulary: Vocabulary, s
         lines.append(f"  {rank:>4}  {c['attribute']:<{width}}  {c['score']:6.3f}  {c['scores']['concentration']:6.3f}"
                      f"  {values}{mark}")
     lines += ["", f"* spurious, what bias_prompts auto keeps: score above {threshold}, errors (how much a value "
-              f"concentrates the ERM probe's or zero-shot's errors) above {DISCOVERY_MIN_CONCENTRATION}, and still "
+              f"concentrates the ERM probe's or zero-shot's errors) above {DISCOVERY_MIN_CONCENTRATION}, still "
               f"going with the class beside the ones kept above it (Cramér's V within their cells above "
-              f"{DISCOVERY_MIN_CONDITIONAL}); an unnamed attribute: hard images of the ERM that no kept caption explains "
-              "and zero-shot still reads right"]
+              f"{DISCOVERY_MIN_CONDITIONAL}) and not read off one of them (Cramér's V within each class below "
+              f"{DISCOVERY_MAX_PROXY}); an unnamed attribute: a crisp split of the image features, beside the kept "
+              "captions, that goes with the class and whose set-apart images zero-shot still reads right"]
     if not any(c["spurious"] for c in candidates):
         lines.append(NOTHING_SPURIOUS)
     return "\n".join(lines + dropped)

@@ -36,9 +36,11 @@ DISCOVERY_MIN_VALUE_SHARE = 0.05
 # A spurious candidate also concentrates errors: the share of a class's ERM-probe (or zero-shot) errors in
 # one value exceeds that value's share of its correct images by more than this (discovery.mark_spurious).
 DISCOVERY_MIN_CONCENTRATION = 0.1
-# ... and still goes with the class within the cells of the attributes kept before it (Cramér's V, size-weighted):
-# a proxy of a kept attribute adds nothing (discovery.mark_spurious).
+# ... and still goes with the class within the cells of the attributes kept before it (Cramér's V, size-weighted),
+# and, within each class, is not read off a kept attribute (Cramér's V with it, size-weighted, below the second):
+# a proxy of a kept attribute adds nothing (discovery.mark_spurious). Both chosen on the dev suite (docs/defaults.md).
 DISCOVERY_MIN_CONDITIONAL = 0.3
+DISCOVERY_MAX_PROXY = 1.01  # 1.01: off
 # `bias_prompts: auto` keeps at most this many attributes (a grouping option, `discover_top`).
 DISCOVER_TOP = 3
 # `bias_prompts: auto` with nothing above the threshold: groups from a labeler that needs no phrases.
