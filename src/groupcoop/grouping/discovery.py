@@ -35,6 +35,7 @@ import numpy as np
 from ..choices import DISCOVERY_SCORES
 from ..data.base import apply_phrase
 from ..errors import UserError, close_matches
+from .association import cramers_v, read_off  # noqa: F401 (both are discovery's names too)
 from .labelfree import (DISCOVERY_MAX_PROXY, DISCOVERY_MIN_CONCENTRATION, DISCOVERY_MIN_CONDITIONAL,
                         DISCOVERY_MIN_VALUE_SHARE, DISCOVERY_SCORE, DISCOVERY_THRESHOLDS)
 from .vocabulary import (SHIPPED, Vocabulary, VocabularyFile, default_vocabulary, load_vocabulary,  # noqa: F401
@@ -68,16 +69,6 @@ def assign_values(scores: np.ndarray, min_share: float = DISCOVERY_MIN_VALUE_SHA
             return kept, assigned
         kept.pop(int(np.argmin(shares)))
     return [], np.zeros(0, dtype=np.int64)
-
-
-def cramers_v(y: np.ndarray, values: np.ndarray) -> float:
-    """Cramér's V of the class x value contingency table (no continuity correction)."""
-    from scipy.stats.contingency import association, crosstab
-
-    table = crosstab(y, values).count
-    if min(table.shape) < 2:
-        return 0.0
-    return float(association(table, method="cramer", correction=False))
 
 
 def nmi(y: np.ndarray, values: np.ndarray) -> float:
@@ -204,18 +195,6 @@ def conditional_association(y: np.ndarray, values: np.ndarray, kept: list[dict])
         rows = cells == cell
         total += rows.sum() * cramers_v(y[rows], values[rows])
     return total / len(y)
-
-
-def read_off(y: np.ndarray, values: np.ndarray, kept: list[dict]) -> float:
-    """How much `values` are read off a kept candidate beyond what the class explains: the largest, over
-    the `kept` candidates, of Cramér's V of the two within each class, weighted by class size (0 with
-    nothing kept). A proxy (weather read off the background) scores high; a second bias drawn apart
-    from the first within each class, low."""
-    best = 0.0
-    for c in kept:
-        within = sum((y == k).sum() * cramers_v(c["assigned"][y == k], values[y == k]) for k in np.unique(y))
-        best = max(best, within / len(y))
-    return float(best)
 
 
 def mark_spurious(ranked: list[dict], y: np.ndarray, score: str,

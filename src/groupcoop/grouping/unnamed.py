@@ -112,7 +112,7 @@ def find_partition(x: np.ndarray, y: np.ndarray, seen: list[np.ndarray], seed: i
     """The crispest partition of the training features that goes with the class, is no seen attribute
     and sets enough images apart (steps 1-4 of the module's docstring); None where none does, or
     without two classes of `ERM_FOLDS` images each. `proxy` replaces `DISCOVERY_MAX_PROXY` (to try others)."""
-    from .discovery import cramers_v, read_off
+    from .association import cramers_v, read_off
     from .labelfree import DISCOVERY_MAX_PROXY, DISCOVERY_THRESHOLDS
 
     classes, counts = np.unique(y, return_counts=True)
