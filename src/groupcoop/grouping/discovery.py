@@ -169,7 +169,8 @@ def rank_candidates(x: np.ndarray, y: np.ndarray, value_features: dict[str, tupl
         if found is not None and found.pop("found"):
             found["scores"] = _scored(found["assigned"], y, compute, errors)
             found["score"], found["spurious"] = found["scores"][score], True
-            out.insert(sum(c["spurious"] for c in out), found)  # after the captioned ones it is the residual of
+            after = max((i for i, c in enumerate(out) if c["spurious"]), default=-1) + 1
+            out.insert(after, found)  # after the captioned ones it is the residual of
     return out
 
 
