@@ -29,7 +29,7 @@ from groupcoop.backbones.families import TINY, load_backbone
 from groupcoop.data.registry import load_dataset
 from groupcoop.data.world.datasets import make_task_dataset
 from groupcoop.data.world.tasks import SyntheticTask
-from groupcoop.grouping.discovery import cramers_v, discover_on, load_vocabulary, mark_spurious
+from groupcoop.grouping.discovery import discover_on, load_vocabulary, mark_spurious, read_off
 from groupcoop.grouping.labelfree import DISCOVER_TOP, DISCOVERY_MAX_PROXY, DISCOVERY_MIN_CONDITIONAL, DISCOVERY_SCORE
 from groupcoop.grouping.unnamed import image_candidate
 from groupcoop.runs.pipeline import prepare
@@ -62,10 +62,6 @@ def image_side_inputs(prep, candidates: list[dict], conditional: float, proxy: f
     return [c for c in caption if c["spurious"]], x, y, np.argmax(x @ classes.T, axis=1)
 
 
-def within_class_v(y: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
-    return float(sum((y == k).sum() * cramers_v(a[y == k], b[y == k]) for k in np.unique(y)) / len(y))
-
-
 def kept_for(prep, candidates: list[dict], conditional: float, proxy: float, top: int, seed: int = 0,
              memo: dict | None = None) -> tuple[list[str], str]:
     """The attributes auto keeps at these thresholds (caption side, then the image side), an unnamed one
@@ -80,7 +76,7 @@ def kept_for(prep, candidates: list[dict], conditional: float, proxy: float, top
     if found is not None and found["found"]:
         ds = prep.dataset
         truth = ds.attrs[ds.split_indices("train")]
-        match = {b: within_class_v(y, found["assigned"], truth[:, j]) for j, b in enumerate(ds.attribute_names)}
+        match = {b: read_off(y, found["assigned"], [{"assigned": truth[:, j]}]) for j, b in enumerate(ds.attribute_names)}
         best = max(match, key=match.get, default=None)
         kept.append(f"unnamed={best}" if best is not None and match[best] >= MATCH else "unnamed")
     image_side = "" if found is None else (f" [image side: {found['set_apart']} set apart, zero-shot ratio "

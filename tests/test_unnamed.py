@@ -66,15 +66,21 @@ def test_the_unnamed_attribute_labels_every_split_from_the_training_split():
     assert (labels == mark_test).mean() > 0.95  # value a/b is the mark, on images the partition never saw
 
 
+def _two_biases_and_a_proxy(conflicting: float, n: int = 4000):
+    """Classes, a background bias, weather read off the background (a proxy), and a colour bias drawn
+    apart from the background within each class; each bias conflicts on `conflicting` of the images."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, n)
+    background = np.where(rng.random(n) < conflicting, 1 - y, y)
+    weather = np.where(rng.random(n) < 0.05, 1 - background, background)
+    colour = np.where(rng.random(n) < conflicting, 1 - y, y)
+    return y, background, weather, colour
+
+
 def test_a_proxy_is_read_off_a_kept_attribute_and_a_second_bias_is_not():
     from groupcoop.grouping.discovery import read_off
 
-    rng = np.random.default_rng(0)
-    n = 4000
-    y = rng.integers(0, 2, n)
-    background = np.where(rng.random(n) < 0.05, 1 - y, y)
-    weather = np.where(rng.random(n) < 0.05, 1 - background, background)  # read off the background
-    colour = np.where(rng.random(n) < 0.05, 1 - y, y)  # drawn apart from the background within each class
+    y, background, weather, colour = _two_biases_and_a_proxy(conflicting=0.05)
     kept = [{"assigned": background}]
     assert read_off(y, weather, kept) > 0.5 > 0.1 > read_off(y, colour, kept)
     assert read_off(y, weather, []) == 0.0
@@ -88,12 +94,7 @@ def _candidate(name: str, values: np.ndarray, y: np.ndarray) -> dict:
 
 
 def test_a_proxy_of_a_kept_attribute_is_not_kept_but_a_second_bias_is():
-    rng = np.random.default_rng(0)
-    n = 4000
-    y = rng.integers(0, 2, n)
-    background = np.where(rng.random(n) < 0.1, 1 - y, y)
-    weather = np.where(rng.random(n) < 0.05, 1 - background, background)  # read off the background
-    colour = np.where(rng.random(n) < 0.1, 1 - y, y)  # a bias of its own
+    y, background, weather, colour = _two_biases_and_a_proxy(conflicting=0.1)
     ranked = [_candidate("background", background, y), _candidate("weather", weather, y),
               _candidate("colour", colour, y)]
     assert all(c["score"] > 0.5 for c in ranked)  # each goes with the class on its own
