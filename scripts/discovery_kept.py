@@ -4,12 +4,14 @@
     python scripts/discovery_kept.py discovery-dev-wide --conditional 0.15,0.3 --max-proxy 0.3,1.01
     python scripts/discovery_kept.py report                                   # report, never choose
     python scripts/discovery_kept.py --planted                                # the planted tasks of the tests
+    python scripts/discovery_kept.py dev --vocabulary clip                    # real CLIP's vocabulary instead
 
 Per task, discovery runs on the training split (no bias label is read) and keeps at most `--top`
 spurious candidates. A task is a hit when every true bias is found: a captioned one by its name,
 any one (the never-captioned `mark` above all) by a kept unnamed attribute whose values go with
 the bias's within each class (Cramér's V, size-weighted, at least `MATCH`; the true labels are
-read here, to judge, never by discovery). A distractor is a kept attribute that is none of the
+read here, to judge, never by discovery). With a vocabulary other than the world's own
+(`--vocabulary clip`), whose names are not the world's, every kept attribute is judged that way. A distractor is a kept attribute that is none of the
 task's biases. Printed per pair of the caption side's thresholds (`--conditional`:
 `labelfree.DISCOVERY_MIN_CONDITIONAL`, `--max-proxy`: `labelfree.DISCOVERY_MAX_PROXY`): the hit
 rate overall and on the tasks with the mark, the share of tasks that keep a distractor, and the
@@ -20,6 +22,7 @@ mean number of distractors kept. Each task's line shows what was kept and the im
 from __future__ import annotations
 
 import argparse
+from importlib import resources
 
 import numpy as np
 import torch
@@ -30,6 +33,7 @@ from groupcoop.data.registry import load_dataset
 from groupcoop.data.world.datasets import make_task_dataset
 from groupcoop.data.world.tasks import SyntheticTask
 from groupcoop.grouping.discovery import discover_on, load_vocabulary, mark_spurious, read_off
+from groupcoop.grouping.vocabulary import SHIPPED, default_vocabulary
 from groupcoop.grouping.labelfree import DISCOVER_TOP, DISCOVERY_MAX_PROXY, DISCOVERY_MIN_CONDITIONAL, DISCOVERY_SCORE
 from groupcoop.grouping.unnamed import image_candidate
 from groupcoop.runs.pipeline import prepare
@@ -62,32 +66,39 @@ def image_side_inputs(prep, candidates: list[dict], conditional: float, proxy: f
     return [c for c in caption if c["spurious"]], x, y, np.argmax(x @ classes.T, axis=1)
 
 
+def matched_bias(prep, y: np.ndarray, assigned: np.ndarray) -> str | None:
+    """The true bias whose values go with `assigned` within each class (at least `MATCH`), if any."""
+    ds = prep.dataset
+    truth = ds.attrs[ds.split_indices("train")]
+    match = {b: read_off(y, assigned, [{"assigned": truth[:, j]}]) for j, b in enumerate(ds.attribute_names)}
+    best = max(match, key=match.get, default=None)
+    return best if best is not None and match[best] >= MATCH else None
+
+
 def kept_for(prep, candidates: list[dict], conditional: float, proxy: float, top: int, seed: int = 0,
-             memo: dict | None = None) -> tuple[list[str], str]:
+             memo: dict | None = None, by_name: bool = True) -> tuple[list[str], str]:
     """The attributes auto keeps at these thresholds (caption side, then the image side), an unnamed one
-    named by the true bias it matches (`MATCH`, else "unnamed"), and the image side's test in words."""
+    named by the true bias it matches (`MATCH`, else "unnamed"), and the image side's test in words.
+    Without `by_name` a caption attribute is also shown as `attribute=bias` by the bias it matches."""
     spurious, x, y, zeroshot_pred = image_side_inputs(prep, candidates, conditional, proxy)
-    kept = [c["attribute"] for c in spurious]
+    kept = [c["attribute"] if by_name else f"{c['attribute']}={matched_bias(prep, y, c['assigned']) or ''}"
+            for c in spurious]
     memo = {} if memo is None else memo  # the image side depends only on the kept caption candidates
     key = (tuple(kept), proxy)
     if key not in memo:
         memo[key] = image_candidate(x, y, spurious, zeroshot_pred, seed, proxy)
     found = memo[key]
     if found is not None and found["found"]:
-        ds = prep.dataset
-        truth = ds.attrs[ds.split_indices("train")]
-        match = {b: read_off(y, found["assigned"], [{"assigned": truth[:, j]}]) for j, b in enumerate(ds.attribute_names)}
-        best = max(match, key=match.get, default=None)
-        kept.append(f"unnamed={best}" if best is not None and match[best] >= MATCH else "unnamed")
+        kept.append(f"unnamed={matched_bias(prep, y, found['assigned']) or ''}")
     image_side = "" if found is None else (f" [image side: {found['set_apart']} set apart, zero-shot ratio "
                                            f"{found['zeroshot_ratio']:.2f}, near boundary {found['near_boundary']:.3f}]")
     return kept[:top], image_side
 
 
 def judge(biases: list[str], kept: list[str]) -> tuple[bool, int, bool]:
-    """(every bias found, number of distractors kept, the mark found); an unnamed one counts as the
-    bias it matched."""
-    found = {k.partition("=")[2] if k.startswith("unnamed") else k for k in kept}
+    """(every bias found, number of distractors kept, the mark found); an `attribute=bias` one counts as
+    the bias it matched (none: a distractor)."""
+    found = {k.partition("=")[2] if "=" in k else k for k in kept} - {""}
     distractors = len([k for k in found if k not in biases]) + (len(kept) - len(found))
     return set(biases) <= found, distractors, UNSEEN in found
 
@@ -102,6 +113,8 @@ def main() -> None:
                     help=f"comma-separated maximum within-class association with a kept attribute to try "
                          f"(default {DISCOVERY_MAX_PROXY}; 1.01 is off)")
     ap.add_argument("--top", type=int, default=DISCOVER_TOP)
+    ap.add_argument("--vocabulary", help="a shipped vocabulary's name (world, clip) or a file; default: each "
+                                         "dataset's own (world for the synthetic tasks)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     if args.planted:
@@ -115,10 +128,12 @@ def main() -> None:
     results = {t: [] for t in pairs}
     for ds in datasets:
         prep = prepare(ds, backbone, progress=False)
-        candidates = discover_on(prep, load_vocabulary(None, ds), image_side=False)  # kept_for runs it
+        vocabulary = load_vocabulary(resources.files("groupcoop") / SHIPPED[args.vocabulary] if args.vocabulary in SHIPPED else args.vocabulary, ds)
+        by_name = args.vocabulary in (None, default_vocabulary(ds))  # else the names are not the world's
+        candidates = discover_on(prep, vocabulary, image_side=False)  # kept_for runs it
         line, memo = [f"{ds.name} [{', '.join(ds.attribute_names)}]"], {}
         for t in pairs:
-            kept, image_side = kept_for(prep, candidates, *t, args.top, memo=memo)
+            kept, image_side = kept_for(prep, candidates, *t, args.top, memo=memo, by_name=by_name)
             hit, distractors, mark = judge(list(ds.attribute_names), kept)
             results[t].append((list(ds.attribute_names), hit, distractors, mark))
             line.append(f"{t[0]:g}/{t[1]:g}: {', '.join(kept) or 'nothing'}{'' if hit else ' (miss)'}{image_side}")
