@@ -11,8 +11,8 @@ spurious candidates. A task is a hit when every true bias is found: a captioned 
 any one (the never-captioned `mark` above all) by a kept unnamed attribute whose values go with
 the bias's within each class (Cramér's V, size-weighted, at least `MATCH`; the true labels are
 read here, to judge, never by discovery). With a vocabulary other than the world's own
-(`--vocabulary clip`), whose names are not the world's, every kept attribute is judged that way. A distractor is a kept attribute that is none of the
-task's biases. Printed per pair of the caption side's thresholds (`--conditional`:
+(`--vocabulary clip`), whose names are not the world's, every kept attribute is judged that way.
+A distractor is a kept attribute that is none of the task's biases. Printed per pair of the caption side's thresholds (`--conditional`:
 `labelfree.DISCOVERY_MIN_CONDITIONAL`, `--max-proxy`: `labelfree.DISCOVERY_MAX_PROXY`): the hit
 rate overall and on the tasks with the mark, the share of tasks that keep a distractor, and the
 mean number of distractors kept. Each task's line shows what was kept and the image side's test
@@ -22,7 +22,6 @@ mean number of distractors kept. Each task's line shows what was kept and the im
 from __future__ import annotations
 
 import argparse
-from importlib import resources
 
 import numpy as np
 import torch
@@ -33,9 +32,9 @@ from groupcoop.data.registry import load_dataset
 from groupcoop.data.world.datasets import make_task_dataset
 from groupcoop.data.world.tasks import SyntheticTask
 from groupcoop.grouping.discovery import discover_on, load_vocabulary, mark_spurious, read_off
-from groupcoop.grouping.vocabulary import SHIPPED, default_vocabulary
 from groupcoop.grouping.labelfree import DISCOVER_TOP, DISCOVERY_MAX_PROXY, DISCOVERY_MIN_CONDITIONAL, DISCOVERY_SCORE
 from groupcoop.grouping.unnamed import image_candidate
+from groupcoop.grouping.vocabulary import SHIPPED, default_vocabulary, shipped_path
 from groupcoop.runs.pipeline import prepare
 from groupcoop.sweeps.grid import load_grid
 
@@ -128,7 +127,7 @@ def main() -> None:
     results = {t: [] for t in pairs}
     for ds in datasets:
         prep = prepare(ds, backbone, progress=False)
-        vocabulary = load_vocabulary(resources.files("groupcoop") / SHIPPED[args.vocabulary] if args.vocabulary in SHIPPED else args.vocabulary, ds)
+        vocabulary = load_vocabulary(shipped_path(args.vocabulary) if args.vocabulary in SHIPPED else args.vocabulary, ds)
         by_name = args.vocabulary in (None, default_vocabulary(ds))  # else the names are not the world's
         candidates = discover_on(prep, vocabulary, image_side=False)  # kept_for runs it
         line, memo = [f"{ds.name} [{', '.join(ds.attribute_names)}]"], {}

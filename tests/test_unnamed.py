@@ -202,13 +202,11 @@ def test_nothing_spurious_is_said_in_the_discover_table():
 def test_a_background_bias_keeps_the_background_and_nothing_else(vocabulary, bias):
     """The issue's example: shapes whose one bias is the background colour keep the background only,
     with the world's vocabulary and with real CLIP's (which once also kept `gender`, then `age`)."""
-    from importlib import resources
-
     from groupcoop.grouping.discovery import discover_on, load_vocabulary
-    from groupcoop.grouping.vocabulary import SHIPPED
+    from groupcoop.grouping.vocabulary import shipped_path
     from groupcoop.runs.pipeline import prepare
 
     ds = _planted("planted-background", "background", ("grass", "water"), (380, 20, 20, 380))
     prep = prepare(ds, "groupcoop-tiny", progress=False, workers=0)
-    shipped = load_vocabulary(resources.files("groupcoop") / SHIPPED[vocabulary], ds)
+    shipped = load_vocabulary(shipped_path(vocabulary), ds)
     assert [c["attribute"] for c in discover_on(prep, shipped) if c["spurious"]] == [bias]

@@ -58,7 +58,7 @@ def _read(path: Path, what: str) -> VocabularyFile:
     return build(VocabularyFile, read_yaml_mapping(path, what), f"{what} {path}")
 
 
-def _shipped(name: str) -> Path:
+def shipped_path(name: str) -> Path:
     """The file of a vocabulary that ships inside the package."""
     from importlib import resources
 
@@ -70,13 +70,13 @@ def load_vocabulary(path: str | Path | None = None, dataset=None) -> Vocabulary:
     synthetic world, `clip` otherwise); a bad file is one UserError line."""
     if path is None:
         name = default_vocabulary(dataset)
-        shipped = _shipped(name)
+        shipped = shipped_path(name)
         return Vocabulary(f"{name} (shipped)", _attributes(_read(shipped, "shipped vocabulary")))
     path = Path(path).expanduser()
     given = _read(path, "vocabulary file")
     attributes = {}
     if given.extends:
-        attributes = _attributes(_read(_shipped(given.extends), "shipped vocabulary"))
+        attributes = _attributes(_read(shipped_path(given.extends), "shipped vocabulary"))
     attributes.update(_attributes(given))
     return Vocabulary(str(path) + (f" (extends {given.extends})" if given.extends else ""), attributes)
 
