@@ -5,6 +5,7 @@
     python scripts/discovery_kept.py report                                   # report, never choose
     python scripts/discovery_kept.py --planted                                # the planted tasks of the tests
     python scripts/discovery_kept.py dev --vocabulary clip                    # real CLIP's vocabulary instead
+    python scripts/discovery_kept.py report --reach                           # which biases were within reach
 
 Per task, discovery runs on the training split (no bias label is read) and keeps at most `--top`
 spurious candidates. A task is a hit when every true bias is found: a captioned one by its name,
@@ -17,6 +18,13 @@ A distractor is a kept attribute that is none of the task's biases. Printed per 
 rate overall and on the tasks with the mark, the share of tasks that keep a distractor, and the
 mean number of distractors kept. Each task's line shows what was kept and the image side's test
 (set-apart images, zero-shot's relative accuracy on them, share near the boundary).
+
+`--reach` asks, per true bias, whether any label-free signal here could find it, reading the true
+labels (to judge, never to discover): `read`, how well its caption's zero-shot values go with it
+within each class, and `held`, how well the image side's self-training keeps it when started on
+its true values (the task's other biases projected out), both as within-class Cramér's V. A bias
+is within reach when either is at least `MATCH`. Printed per bias kind: how often it was within
+reach, and how often found (at the first thresholds given) within reach and out of it.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ from groupcoop.data.world.datasets import make_task_dataset
 from groupcoop.data.world.tasks import SyntheticTask
 from groupcoop.grouping.discovery import discover_on, load_vocabulary, mark_spurious, read_off
 from groupcoop.grouping.labelfree import DISCOVER_TOP, DISCOVERY_MAX_PROXY, DISCOVERY_MIN_CONDITIONAL, DISCOVERY_SCORE
-from groupcoop.grouping.unnamed import image_candidate
+from groupcoop.grouping.unnamed import image_candidate, project_out, seen_basis, self_trained
 from groupcoop.grouping.vocabulary import SHIPPED, default_vocabulary, shipped_path
 from groupcoop.runs.pipeline import prepare
 from groupcoop.sweeps.grid import load_grid
@@ -94,6 +102,43 @@ def kept_for(prep, candidates: list[dict], conditional: float, proxy: float, top
     return kept[:top], image_side
 
 
+def reach(prep, candidates: list[dict]) -> dict[str, tuple[float, float]]:
+    """Per true bias, (read, held): its caption's zero-shot reading and the image side's hold on it (`--reach`)."""
+    ds = prep.dataset
+    rows = ds.split_indices("train")
+    y, x = ds.y[rows], prep.feats.numpy(rows).astype(np.float64)
+    truth = [np.unique(ds.attrs[rows, j], return_inverse=True)[1] for j in range(len(ds.attribute_names))]
+    by_name = {c["attribute"]: c["assigned"] for c in candidates if not c.get("unnamed")}
+    out = {}
+    for j, bias in enumerate(ds.attribute_names):
+        read = read_off(y, by_name[bias], [{"assigned": truth[j]}]) if bias in by_name else 0.0
+        others = [t for k, t in enumerate(truth) if k != j]
+        _, held = self_trained(project_out(x, seen_basis(x, y, others) if others else None), truth[j], seed=0)
+        out[bias] = (read, read_off(y, held, [{"assigned": truth[j]}]))
+    return out
+
+
+def print_reach(rows: list[tuple[str, str, float, float, bool]]) -> None:
+    """The `--reach` table: per bias kind, how often within reach, and found within reach and out of it; then
+    the tasks whose every bias was within reach, and how many of them, and of the others, were found whole."""
+    tasks = {}
+    for task, *bias in rows:
+        tasks.setdefault(task, []).append(bias)
+    rows = [bias for task in tasks.values() for bias in task]
+    print(f"\n| bias | tasks with it | within reach (read or held >= {MATCH}) | found within reach | found out of reach |"
+          "\n|---|---|---|---|---|")
+    for bias in dict.fromkeys(r[0] for r in rows):
+        mine = [r for r in rows if r[0] == bias]
+        inside = [r for r in mine if max(r[1], r[2]) >= MATCH]
+        outside = [r for r in mine if max(r[1], r[2]) < MATCH]
+        print(f"| {bias} | {len(mine)} | {len(inside)} | {sum(r[3] for r in inside)}/{len(inside)} | "
+              f"{sum(r[3] for r in outside)}/{len(outside)} |")
+    inside = [all(b[3] for b in biases) for biases in tasks.values() if all(max(b[1], b[2]) >= MATCH for b in biases)]
+    outside = [all(b[3] for b in biases) for biases in tasks.values() if any(max(b[1], b[2]) < MATCH for b in biases)]
+    print(f"\nevery bias within reach on {len(inside)} of {len(tasks)} tasks ({100 * len(inside) / len(tasks):.0f}%): "
+          f"all found on {sum(inside)} of them; on the {len(outside)} others, all found on {sum(outside)}")
+
+
 def judge(biases: list[str], kept: list[str]) -> tuple[bool, int, bool]:
     """(every bias found, number of distractors kept, the mark found); an `attribute=bias` one counts as
     the bias it matched (none: a distractor)."""
@@ -112,6 +157,8 @@ def main() -> None:
                     help=f"comma-separated maximum within-class association with a kept attribute to try "
                          f"(default {DISCOVERY_MAX_PROXY}; 1.01 is off)")
     ap.add_argument("--top", type=int, default=DISCOVER_TOP)
+    ap.add_argument("--reach", action="store_true", help="also judge, per true bias, whether it was within reach "
+                                                          "of the caption or image side (world vocabulary only)")
     ap.add_argument("--vocabulary", help="a shipped vocabulary's name (world, clip) or a file; default: each "
                                          "dataset's own (world for the synthetic tasks)")
     args = ap.parse_args()
@@ -122,9 +169,11 @@ def main() -> None:
         datasets = [load_dataset(d.name) for d in load_grid(presets.resolve(args.suite)).datasets]
     else:
         ap.error("give a suite (a preset name or grid file) or --planted")
+    if args.reach and args.vocabulary not in (None, "world"):
+        ap.error("--reach judges a caption by its bias's name: use it with the world's own vocabulary")
     pairs = [(float(c), float(p)) for c in args.conditional.split(",") for p in args.max_proxy.split(",")]
     backbone = load_backbone(TINY)
-    results = {t: [] for t in pairs}
+    results, reached = {t: [] for t in pairs}, []
     for ds in datasets:
         prep = prepare(ds, backbone, progress=False)
         vocabulary = load_vocabulary(shipped_path(args.vocabulary) if args.vocabulary in SHIPPED else args.vocabulary, ds)
@@ -136,6 +185,11 @@ def main() -> None:
             hit, distractors, mark = judge(list(ds.attribute_names), kept)
             results[t].append((list(ds.attribute_names), hit, distractors, mark))
             line.append(f"{t[0]:g}/{t[1]:g}: {', '.join(kept) or 'nothing'}{'' if hit else ' (miss)'}{image_side}")
+            if args.reach and t == pairs[0]:
+                found = {k.partition("=")[2] if "=" in k else k for k in kept}
+                for bias, (read, held) in reach(prep, candidates).items():
+                    reached.append((ds.name, bias, read, held, bias in found))
+                    line.append(f"{bias} read {read:.2f} held {held:.2f}")
         print("  ".join(line), flush=True)
     print(f"\n| min conditional / max proxy | tasks | all biases found | tasks with the {UNSEEN}: found | "
           "tasks keeping a distractor | distractors per task |\n|---|---|---|---|---|---|")
@@ -147,6 +201,8 @@ def main() -> None:
               f"{100 * np.mean([r[1] for r in rows]):.0f}% | "
               f"{100 * mark_hits / max(len(marked), 1):.0f}% ({mark_hits}/{len(marked)}) | "
               f"{100 * np.mean([r[2] > 0 for r in rows]):.0f}% | {np.mean([r[2] for r in rows]):.2f} |")
+    if reached:
+        print_reach(reached)
 
 
 if __name__ == "__main__":

@@ -84,7 +84,7 @@ def _least_sure(x: np.ndarray, y: np.ndarray, seed: int) -> np.ndarray:
     return prob[np.arange(len(y)), y]
 
 
-def _self_trained(z: np.ndarray, values: np.ndarray, seed: int):
+def self_trained(z: np.ndarray, values: np.ndarray, seed: int):
     """(classifier, values) at the self-training's fixed point (or after MAX_ROUNDS)."""
     from sklearn.linear_model import LogisticRegression
 
@@ -130,7 +130,7 @@ def find_partition(x: np.ndarray, y: np.ndarray, seen: list[np.ndarray], seed: i
         for k in (0, 1):
             rows = np.flatnonzero((y == k) & free)
             start[rows[np.argsort(own[rows], kind="stable")[:max(1, int(share * counts[k]))]]] = 1 - k
-        model, values = _self_trained(z, start, seed)
+        model, values = self_trained(z, start, seed)
         apart = values != y
         if (model is None or apart.sum() < max(MIN_CONFLICTING, MIN_CONFLICTING_SHARE * len(y))
                 or cramers_v(y, values) <= DISCOVERY_THRESHOLDS["cramers_v"]
