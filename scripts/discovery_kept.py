@@ -41,13 +41,13 @@ from groupcoop.data.world.datasets import make_task_dataset
 from groupcoop.data.world.tasks import SyntheticTask
 from groupcoop.grouping.discovery import discover_on, load_vocabulary, mark_spurious, read_off
 from groupcoop.grouping.labelfree import DISCOVER_TOP, DISCOVERY_MAX_PROXY, DISCOVERY_MIN_CONDITIONAL, DISCOVERY_SCORE
-from groupcoop.grouping.unnamed import image_candidate, project_out, seen_basis, self_trained
+from groupcoop.grouping.unnamed import SAME_PARTITION, image_candidate, project_out, seen_basis, self_trained
 from groupcoop.grouping.vocabulary import SHIPPED, default_vocabulary, shipped_path
 from groupcoop.runs.pipeline import prepare
 from groupcoop.sweeps.grid import load_grid
 
 UNSEEN = "mark"  # the world's never-captioned attribute
-MATCH = 0.5  # an unnamed attribute is the bias whose values go with its own this much within each class
+MATCH = SAME_PARTITION  # an unnamed attribute is the bias whose values go with its own this much within each class
 
 
 def planted_tasks() -> list[SyntheticTask]:

@@ -12,7 +12,7 @@ import pytest
 import groupcoop
 
 from groupcoop.grouping.discovery import NOTHING_SPURIOUS, mark_spurious
-from groupcoop.grouping.unnamed import image_candidate
+from groupcoop.grouping.unnamed import caption_twin, image_candidate
 
 
 def _marked(n: int = 2000, conflicting: float = 0.05, seed: int = 0):
@@ -180,6 +180,28 @@ def test_a_bad_name_attribute_is_one_line_before_any_work(cli, tmp_path, flags, 
                  "--groups", "pseudo", *bias, *flags, "--out", tmp_path / "run")
     assert result.code == 2 and says in result.err and len(result.err.strip().splitlines()) == 1, result.err
     assert not (tmp_path / "run").exists()
+
+
+def test_an_unnamed_split_a_left_out_caption_also_makes_is_shown_with_that_caption_as_a_name_to_try():
+    from groupcoop.grouping.discovery import Vocabulary, format_candidates
+
+    x, y, mark, zeroshot = _marked()
+    found = image_candidate(x, y, [], zeroshot)
+    weather = {"attribute": "weather", "assigned": np.random.default_rng(1).integers(0, 2, len(y)), "spurious": False}
+    tag = {"attribute": "tag", "assigned": mark, "spurious": False}
+    assert caption_twin(found, y, [weather, tag]) == "tag"
+    assert caption_twin(found, y, [weather]) is None
+    assert caption_twin(found, y, [{**tag, "spurious": True}]) is None  # a kept caption is no other name for it
+
+    class Train:
+        name = "marked"
+
+        @staticmethod
+        def split_indices(_):
+            return np.arange(len(y))
+
+    found.update(named_by="tag", score=0.9, scores={"concentration": 0.5}, spurious=True)
+    assert "(the same partition as tag)" in format_candidates([found], Train, Vocabulary("world", {}))
 
 
 def test_nothing_spurious_is_said_in_the_discover_table():

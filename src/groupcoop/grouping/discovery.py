@@ -140,9 +140,10 @@ def rank_candidates(x: np.ndarray, y: np.ndarray, value_features: dict[str, tupl
     value), dropped, assigned (each training image's value), spurious (whether it goes with the
     class above the threshold, concentrates the errors and adds to the ones ranked above it: what
     `bias_prompts: auto` may keep). The unnamed candidate, where found, comes right after the spurious
-    caption candidates: it is what they leave unexplained. An attribute left with fewer than two values is
+    caption candidates: it is what they leave unexplained; its `named_by`, where set, is a left-out caption
+    candidate that splits each class the same way (`unnamed.caption_twin`). An attribute left with fewer than two values is
     no candidate; `unkept`, where given, receives it as {"attribute", "reason"}."""
-    from .unnamed import image_candidate
+    from .unnamed import caption_twin, image_candidate
 
     compute = tuple(dict.fromkeys([score, *(compute or ())]))
     errors = {"erm": probe_errors(x, y, seed)}
@@ -169,6 +170,8 @@ def rank_candidates(x: np.ndarray, y: np.ndarray, value_features: dict[str, tupl
         if found is not None and found.pop("found"):
             found["scores"] = _scored(found["assigned"], y, compute, errors)
             found["score"], found["spurious"] = found["scores"][score], True
+            if (twin := caption_twin(found, y, out)) is not None:
+                found["named_by"] = twin
             after = max((i for i, c in enumerate(out) if c["spurious"]), default=-1) + 1
             out.insert(after, found)  # after the captioned ones it is the residual of
     return out
@@ -279,7 +282,8 @@ class Discovered:
         """The metrics.json block."""
         shown = [{**{k: c[k] for k in ("attribute", "values", "score", "shares", "spurious")},
                   "concentration": round(c["scores"]["concentration"], 4),
-                  **({k: c[k] for k in ("unnamed", "set_apart", "zeroshot_ratio", "near_boundary", "value_names", "named_from")
+                  **({k: c[k] for k in ("unnamed", "set_apart", "zeroshot_ratio", "near_boundary", "value_names", "named_from",
+                                           "named_by")
                       if k in c} if c.get("unnamed") else {})}
                  for c in self.candidates[:SHOWN]]
         return {"vocabulary": self.vocabulary, "score": self.score, "threshold": DISCOVERY_THRESHOLDS[self.score],

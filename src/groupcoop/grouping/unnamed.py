@@ -40,6 +40,7 @@ PARTITION_C = 1.0  # inverse L2 strength of the self-training classifier (dev)
 MIN_CONFLICTING = 10  # set-apart images needed to speak of an attribute at all
 MIN_CONFLICTING_SHARE = 0.002  # ... and this share of the training images
 ZEROSHOT_RATIO = 0.8  # zero-shot accuracy on the set-apart images / on the rest, at least (dev)
+SAME_PARTITION = 0.5  # within-class Cramér's V at which two splits are one attribute (a caption's twin; the scripts' judge)
 NAME = "unnamed {}"
 VALUES = ("a", "b")
 PHRASES = ("{}", "{}")  # an unnamed value's prompt is the class name alone
@@ -161,6 +162,17 @@ def image_candidate(x: np.ndarray, y: np.ndarray, kept: list[dict], zeroshot_pre
             "shares": [round(float(s), 4) for s in shares], "dropped": [], "assigned": part.values,
             "found": ratio >= ZEROSHOT_RATIO, "set_apart": int(apart.sum()), "zeroshot_ratio": round(ratio, 3),
             "near_boundary": round(part.near_boundary, 4)}
+
+
+def caption_twin(found: dict, y: np.ndarray, captions: list[dict]) -> str | None:
+    """The caption candidate, left out by discovery's tests, whose zero-shot values split each class as
+    the unnamed attribute does (within-class Cramér's V at least `SAME_PARTITION`, the best if several):
+    a name to try for it. None where no caption does."""
+    from .association import read_off
+
+    match = {c["attribute"]: read_off(y, found["assigned"], [c]) for c in captions if not c.get("spurious")}
+    best = max(match, key=match.get, default=None)
+    return best if best is not None and match[best] >= SAME_PARTITION else None
 
 
 def parse_name(text: str) -> tuple[str, tuple[str, str]]:
