@@ -145,3 +145,34 @@ def test_a_missing_vocabulary_file_and_a_vocabulary_without_auto_are_refused(cli
     assert result.code == 2 and result.err.count("\n") == 1 and "not found" in result.err
     with pytest.raises(UserError, match="--bias-prompts auto"):
         groupcoop.fit("synth-waterbirds", groups={"source": "pseudo", "vocabulary": str(tmp_path / "v.yaml")})
+
+
+def test_a_candidate_above_the_threshold_that_is_not_kept_says_which_test_it_failed():
+    from groupcoop.grouping.discovery import Discovered, Vocabulary, format_candidates
+
+    def candidate(attribute, spurious, **tests):
+        return {"attribute": attribute, "values": ["{} a", "{} b"], "shares": [0.5, 0.5], "score": 0.8,
+                "scores": {"concentration": 0.4, "conditional": 0.8, "read_off": 0.0, **tests}, "spurious": spurious}
+
+    kept = candidate("background", True)
+    second = candidate("size", False, conditional=0.26)
+    proxy = candidate("weather", False, conditional=0.1, read_off=0.7)
+    quiet = candidate("position", False, concentration=0.05)
+    below = {**candidate("tilt", False), "score": 0.2}
+
+    class Train:
+        name = "toy"
+
+        @staticmethod
+        def split_indices(_):
+            return np.arange(10)
+
+    table = format_candidates([kept, second, proxy, quiet, below], Train, Vocabulary("world", {}))
+    rows = {line.split()[1]: line for line in table.splitlines() if line.strip()[:1].isdigit()}
+    assert "not kept" not in rows["background"] and "not kept" not in rows["tilt"]
+    assert "(not kept: adds little beside the kept ones (0.26))" in rows["size"]
+    assert "(not kept: read off a kept attribute within each class (0.70))" in rows["weather"]
+    assert "(not kept: its values concentrate few errors (0.05))" in rows["position"]
+    block = Discovered("world", "cramers_v", 3, [kept, second], [kept]).report(None)
+    assert [c.get("not_kept") for c in block["candidates"]] == [None, "adds little beside the kept ones (0.26)"]
+    json.dumps(block)

@@ -221,6 +221,21 @@ def mark_spurious(ranked: list[dict], y: np.ndarray, score: str,
             kept.append(c)
 
 
+def why_not_kept(c: dict, score: str) -> str | None:
+    """In words, which of `mark_spurious`'s tests (at the defaults) a captioned candidate above the score's
+    threshold failed; None for one kept, one below the threshold (its score says why) or an unnamed one."""
+    tests = c.get("scores", {})
+    if c.get("spurious") or c.get("unnamed") or c["score"] <= DISCOVERY_THRESHOLDS[score]:
+        return None
+    if tests.get("concentration", 1.0) <= DISCOVERY_MIN_CONCENTRATION:
+        return f"its values concentrate few errors ({tests['concentration']:.2f})"
+    if tests.get("read_off", 0.0) >= DISCOVERY_MAX_PROXY:
+        return f"read off a kept attribute within each class ({tests['read_off']:.2f})"
+    if tests.get("conditional", 1.0) <= DISCOVERY_MIN_CONDITIONAL:
+        return f"adds little beside the kept ones ({tests['conditional']:.2f})"
+    return None
+
+
 def auto_attributes(candidates: list[dict], score: str, top: int) -> list[dict]:
     """What `bias_prompts: auto` keeps: the spurious candidates (`mark_spurious`), at most `top`."""
     return [c for c in candidates if c["spurious"]][:top]
@@ -285,6 +300,7 @@ class Discovered:
                   **({k: c[k] for k in ("unnamed", "set_apart", "zeroshot_ratio", "near_boundary", "value_names", "named_from",
                                            "named_by")
                       if k in c} if c.get("unnamed") else {})}
+                 | ({"not_kept": why} if (why := why_not_kept(c, self.score)) else {})
                  for c in self.candidates[:SHOWN]]
         return {"vocabulary": self.vocabulary, "score": self.score, "threshold": DISCOVERY_THRESHOLDS[self.score],
                 "min_concentration": DISCOVERY_MIN_CONCENTRATION, "top": self.top,
@@ -348,6 +364,8 @@ def format_candidates(candidates: list[dict], dataset, vocabulary: Vocabulary, s
         values = ", ".join(f"{v} {100 * s:.0f}%" for v, s in zip(names, c["shares"]))
         if c.get("named_by"):
             values += f"  (the same partition as {c['named_by']})"
+        if why := why_not_kept(c, score):
+            values += f"  (not kept: {why})"
         mark = " *" if c["spurious"] else ""
         lines.append(f"  {rank:>4}  {c['attribute']:<{width}}  {c['score']:6.3f}  {c['scores']['concentration']:6.3f}"
                      f"  {values}{mark}")

@@ -306,6 +306,8 @@ def _discovery_section(metrics: dict, figures: dict[str, bytes]) -> str:
             else ", ".join(map(str, phrases))
         if c.get("named_by"):
             values += f"; the same partition as {c['named_by']}"
+        if c.get("not_kept"):
+            values += f"; not kept: {c['not_kept']}"
         if c.get("named_from"):
             values += f"; {c['named_from']}, named with --name-attribute"
         score, concentration, name = number(c.get("score")), number(c.get("concentration")), esc(c.get("attribute"))
