@@ -105,6 +105,9 @@ def test_discover_command_and_api_agree(cli, waterbirds_prep):
     assert captioned == sorted(captioned, reverse=True)
     spurious = [c["spurious"] for c in listed]
     assert spurious[0] and background["spurious"]  # the bias ranks first and is kept (a proxy may rank above a kept one)
+    weather = next(c for c in listed if c["attribute"] == "weather")  # the background's proxy, and says so
+    assert not weather["spurious"] and weather["not_kept"].startswith("read off a kept attribute")
+    assert "not_kept" not in background
     api = groupcoop.discover("synth-waterbirds", backbone="groupcoop-tiny", top=3)
     assert [(c["attribute"], c["values"]) for c in api] == [(c["attribute"], c["values"]) for c in listed]
     table = cli("discover", "--dataset", "synth-waterbirds", "--backbone", "groupcoop-tiny", "--quiet",

@@ -120,8 +120,9 @@ def discover(dataset: str | GroupDataset, backbone: str = "groupcoop-tiny", pret
     Each candidate is a dict: `attribute`, `values` (the kept value phrases, "{}" where the class
     name goes), `score` (by `score`, default `labelfree.DISCOVERY_SCORE`), `scores`, `shares` (of
     the training images per value), `dropped` (values too few images matched) and `spurious`
-    (what `bias_prompts: auto` keeps); an unnamed one also has `unnamed`, `value_names` (a, b),
-    `set_apart`, `zeroshot_ratio` and `near_boundary`. `vocabulary` is a YAML file, a `discovery.Vocabulary`,
+    (what `bias_prompts: auto` keeps), and `not_kept` (the test it failed) for one above the score's
+    threshold that is not kept; an unnamed one also has `unnamed`, `value_names` (a, b), `set_apart`,
+    `zeroshot_ratio`, `near_boundary` and, where a left-out caption splits each class alike, `named_by`. `vocabulary` is a YAML file, a `discovery.Vocabulary`,
     or None for the shipped one (world for synth-* datasets, clip otherwise). With `grid` (a .png
     path) and an unnamed attribute found, example training images of each class x value are written
     there. `unkept`, a list, receives the vocabulary's attributes that are no candidate, each
@@ -130,7 +131,7 @@ def discover(dataset: str | GroupDataset, backbone: str = "groupcoop-tiny", pret
     """
     from .backbones.families import check_device, load_backbone
     from .data.registry import load_dataset
-    from .grouping.discovery import DISCOVERY_SCORE, Vocabulary, check_score, discover_on, load_vocabulary
+    from .grouping.discovery import DISCOVERY_SCORE, Vocabulary, check_score, discover_on, load_vocabulary, why_not_kept
 
     given = check("discover()", dataset=dataset, backbone=backbone, pretrained=pretrained, vocabulary=vocabulary,
                   top=top, score=score, root=root, progress=progress, workers=workers, seed=seed, grid=grid,
@@ -151,7 +152,8 @@ def discover(dataset: str | GroupDataset, backbone: str = "groupcoop-tiny", pret
         from .reports.gallery import unnamed_grid
 
         unnamed_grid(ds, unnamed, grid)
-    return [{k: v for k, v in c.items() if k != "assigned"} for c in candidates[:top]]
+    return [{k: v for k, v in c.items() if k != "assigned"} | ({"not_kept": why} if (why := why_not_kept(c, score)) else {})
+            for c in candidates[:top]]
 
 
 def load_run(folder: str | Path) -> Run:
