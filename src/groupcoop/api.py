@@ -122,10 +122,10 @@ def discover(dataset: str | GroupDataset, backbone: str = "groupcoop-tiny", pret
     the training images per value), `dropped` (values too few images matched) and `spurious`
     (what `bias_prompts: auto` keeps), and `not_kept` (the test it failed) for one above the score's
     threshold that is not kept; an unnamed one also has `unnamed`, `value_names` (a, b), `set_apart`,
-    `zeroshot_ratio`, `near_boundary` and, where a left-out caption splits each class alike, `named_by`. `vocabulary` is a YAML file, a `discovery.Vocabulary`,
-    or None for the shipped one (world for synth-* datasets, clip otherwise). With `grid` (a .png
-    path) and an unnamed attribute found, example training images of each class x value are written
-    there. `unkept`, a list, receives the vocabulary's attributes that are no candidate, each
+    `zeroshot_ratio`, `near_boundary` and, where a left-out caption splits each class alike, `named_by`.
+    `vocabulary` is a YAML file, a `discovery.Vocabulary`, or None for the shipped one (world for
+    synth-* datasets, clip otherwise). With `grid` (a .png path) and an unnamed attribute found,
+    example training images of each class x value are written there. `unkept`, a list, receives the vocabulary's attributes that are no candidate, each
     {"attribute", "reason"} (fewer than two values matched enough images). Reads image features and
     class labels, never a bias label.
     """
@@ -152,8 +152,8 @@ def discover(dataset: str | GroupDataset, backbone: str = "groupcoop-tiny", pret
         from .reports.gallery import unnamed_grid
 
         unnamed_grid(ds, unnamed, grid)
-    return [{k: v for k, v in c.items() if k != "assigned"} | ({"not_kept": why} if (why := why_not_kept(c, score)) else {})
-            for c in candidates[:top]]
+    return [{k: v for k, v in c.items() if k != "assigned"}
+            | ({"not_kept": why} if (why := why_not_kept(c, score)) else {}) for c in candidates[:top]]
 
 
 def load_run(folder: str | Path) -> Run:

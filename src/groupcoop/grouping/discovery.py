@@ -140,9 +140,9 @@ def rank_candidates(x: np.ndarray, y: np.ndarray, value_features: dict[str, tupl
     value), dropped, assigned (each training image's value), spurious (whether it goes with the
     class above the threshold, concentrates the errors and adds to the ones ranked above it: what
     `bias_prompts: auto` may keep). The unnamed candidate, where found, comes right after the spurious
-    caption candidates: it is what they leave unexplained; its `named_by`, where set, is a left-out caption
-    candidate that splits each class the same way (`unnamed.caption_twin`). An attribute left with fewer than two values is
-    no candidate; `unkept`, where given, receives it as {"attribute", "reason"}."""
+    caption candidates: it is what they leave unexplained; its `named_by`, where set, is a left-out
+    caption candidate that splits each class the same way (`unnamed.caption_twin`). An attribute left
+    with fewer than two values is no candidate; `unkept`, where given, receives it as {"attribute", "reason"}."""
     from .unnamed import caption_twin, image_candidate
 
     compute = tuple(dict.fromkeys([score, *(compute or ())]))
