@@ -110,9 +110,23 @@ def test_discover_command_and_api_agree(cli, waterbirds_prep):
     assert "not_kept" not in background
     api = groupcoop.discover("synth-waterbirds", backbone="groupcoop-tiny", top=3)
     assert [(c["attribute"], c["values"]) for c in api] == [(c["attribute"], c["values"]) for c in listed]
-    table = cli("discover", "--dataset", "synth-waterbirds", "--backbone", "groupcoop-tiny", "--quiet",
-                "--workers", "0", "--score", "nmi")
-    assert table.code == 0 and "score nmi" in table.out and "background" in table.out
+
+
+def test_discover_scores_by_the_score_asked_for(cli, tmp_path):
+    import pandas as pd
+    import replicas
+    from test_progress import csv_flags
+
+    from groupcoop.grouping.labelfree import DISCOVERY_THRESHOLDS
+
+    root = replicas.csv_replica(tmp_path)  # 16 tiny images on grass or water, no bias column
+    pd.read_csv(root / "labels.csv").drop(columns=["background"]).to_csv(root / "plain.csv", index=False)
+    (root / "vocabulary.yaml").write_text('attributes:\n  background: ["{} on grass", "{} on water"]\n')
+    table = cli("discover", *csv_flags(root), "--vocabulary", root / "vocabulary.yaml", "--backbone", "groupcoop-tiny",
+                "--quiet", "--workers", "0", "--score", "nmi")
+    assert table.code == 0, table.err
+    assert "score nmi" in table.out and f"score above {DISCOVERY_THRESHOLDS['nmi']}," in table.out, table.out
+    assert any(line.split()[:2] == ["1", "background"] for line in table.out.splitlines()), table.out
 
 
 BAD_VOCABULARIES = {
